@@ -1,0 +1,34 @@
+"""psycancel: cancel a running PostgreSQL query safely.
+
+Encrypted when the connection is, never blocking an event loop or other
+threads, bounded by a timeout. See the README for the full story.
+"""
+
+from __future__ import annotations
+
+from ._api import DEFAULT_TIMEOUT, cancel, cancel_async
+from .errors import (
+    CancelError,
+    CancellationTimeout,
+    Error,
+    InsecureCancelError,
+    InsecureCancelWarning,
+    InterfaceError,
+    OperationalError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "CancelError",
+    "CancellationTimeout",
+    "Error",
+    "InsecureCancelError",
+    "InsecureCancelWarning",
+    "InterfaceError",
+    "OperationalError",
+    "__version__",
+    "cancel",
+    "cancel_async",
+]

@@ -1,0 +1,115 @@
+"""The public cancel functions: pick the API, apply the policy, map errors."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import time
+
+from ._legacy import check_policy, start_legacy_cancel
+from ._machine import cancel_steps
+from ._resolve import as_pgconn
+from ._sniff import running_asyncio
+from .errors import CancelError, CancellationTimeout
+from .pq.abc import PGcancelConn, PGconn
+from .pq.enums import ConnStatus
+from .waiting import wait_asyncio, wait_blocking
+
+__all__ = ["DEFAULT_TIMEOUT", "cancel", "cancel_async"]
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds a cancel may take before :class:`CancellationTimeout`."""
+
+
+def _check_args(timeout: float, strict: bool) -> float:
+    """Validate the arguments; return the deadline (``time.monotonic`` based)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    return time.monotonic() + timeout
+
+
+def _new_cancel_conn(pgconn: PGconn) -> PGcancelConn:
+    """A cancel connection ready to start; :class:`CancelError` if libpq refuses."""
+    cc = pgconn.cancel_conn()
+    if cc.status == ConnStatus.BAD:
+        message = cc.error_message or "libpq could not prepare the cancel request"
+        cc.finish()
+        raise CancelError(message)
+    return cc
+
+
+def _expired(timeout: float) -> CancellationTimeout:
+    return CancellationTimeout(
+        f"the legacy cancel request did not complete within {timeout:g} s "
+        "(its worker thread gives up when the operating system does)"
+    )
+
+
+def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> None:
+    """Cancel the query running on ``conn``, blocking this thread (not others).
+
+    Uses the encrypted, non-blocking ``PQcancelConn`` API when the
+    connection's libpq has it; otherwise the legacy ``PQcancel`` in a worker
+    thread, under the security policy (see :class:`InsecureCancelWarning`).
+    Returns when the server has processed the request, which does not prove
+    that a query was running. Raises :class:`CancellationTimeout` after
+    ``timeout`` seconds, :class:`CancelError` if the request failed,
+    :class:`InterfaceError` for a closed or unsupported connection.
+    """
+    deadline = _check_args(timeout, strict)
+    pgconn = as_pgconn(conn)
+    if pgconn.libpq.has_cancel_conn:
+        cc = _new_cancel_conn(pgconn)
+        try:
+            wait_blocking(cancel_steps(cc), deadline, timeout)
+        finally:
+            cc.finish()
+        return
+    check_policy(pgconn, strict=strict, stacklevel=2)
+    done = start_legacy_cancel(pgconn)
+    try:
+        done.result(timeout=max(0.0, deadline - time.monotonic()))
+    except concurrent.futures.TimeoutError:
+        raise _expired(timeout) from None
+
+
+async def cancel_async(
+    conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False
+) -> None:
+    """Cancel the query running on ``conn`` without blocking the event loop.
+
+    Same semantics and errors as :func:`cancel`. If the awaiting task is
+    cancelled, the cancel connection is closed and ``CancelledError``
+    propagates. Runs under asyncio, and under Trio through AnyIO (installed
+    separately: ``pip install psycancel[anyio]``).
+    """
+    deadline = _check_args(timeout, strict)
+    pgconn = as_pgconn(conn)
+    if not running_asyncio():
+        # Trio (or another AnyIO backend): imports AnyIO, only on this path.
+        from ._waiting_anyio import cancel_anyio
+
+        await cancel_anyio(pgconn, deadline, timeout, strict=strict, stacklevel=2)
+        return
+    if pgconn.libpq.has_cancel_conn:
+        cc = _new_cancel_conn(pgconn)
+        try:
+            await wait_asyncio(cancel_steps(cc), deadline, timeout)
+        finally:
+            cc.finish()
+        return
+    check_policy(pgconn, strict=strict, stacklevel=2)
+    done = start_legacy_cancel(pgconn)
+    try:
+        await asyncio.wait_for(
+            asyncio.wrap_future(done), max(0.0, deadline - time.monotonic())
+        )
+    except asyncio.TimeoutError:
+        raise _expired(timeout) from None
+
+

@@ -1,0 +1,73 @@
+"""The libpq layer: loads one of the two twins of the same interface.
+
+``PSYCANCEL_IMPL=c`` forces the compiled twin (``psycancel_c._pq``),
+``PSYCANCEL_IMPL=python`` the ctypes twin; unset (or ``auto``) tries the
+compiled twin first. ``__impl__`` names the active one.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from . import abc
+from .abc import QueryResult
+from .enums import ConnStatus, ExecStatus, PollingStatus
+
+__all__ = [
+    "ConnStatus",
+    "ExecStatus",
+    "Libpq",
+    "PGcancel",
+    "PGcancelConn",
+    "PGconn",
+    "PollingStatus",
+    "QueryResult",
+    "__impl__",
+    "abc",
+    "import_twin",
+]
+
+ENV_IMPL = "PSYCANCEL_IMPL"
+
+
+def import_twin(name: str) -> ModuleType:
+    """Import a twin by name (``"c"`` or ``"python"``), with a clear error."""
+    if name == "python":
+        from . import _ctypes
+
+        return _ctypes
+    if name == "c":
+        try:
+            from psycancel_c import _pq  # type: ignore[attr-defined,unused-ignore]
+        except ImportError as ex:
+            raise ImportError(
+                "the compiled twin psycancel_c._pq is not available "
+                f"(not built, or it failed to import: {ex})"
+            ) from ex
+        module: ModuleType = _pq
+        return module
+    raise ImportError(f"unknown {ENV_IMPL}={name!r}: use 'c', 'python' or 'auto'")
+
+
+def _select() -> tuple[str, ModuleType]:
+    wanted = os.environ.get(ENV_IMPL, "auto").strip().lower() or "auto"
+    if wanted != "auto":
+        return wanted, import_twin(wanted)
+    try:
+        return "c", import_twin("c")
+    except ImportError:
+        return "python", import_twin("python")
+
+
+__impl__, _twin = _select()
+
+if TYPE_CHECKING:
+    # Both twins have this interface (a parity test checks it).
+    from ._ctypes import Libpq, PGcancel, PGcancelConn, PGconn
+else:
+    Libpq = _twin.Libpq
+    PGconn = _twin.PGconn
+    PGcancelConn = _twin.PGcancelConn
+    PGcancel = _twin.PGcancel

@@ -1,0 +1,66 @@
+"""libpq enumerations used by both twins (values from libpq-fe.h)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["ConnStatus", "ExecStatus", "PollingStatus"]
+
+
+class ConnStatus(IntEnum):
+    """``ConnStatusType``: the state of a connection or cancel connection."""
+
+    OK = 0
+    BAD = 1
+    STARTED = 2
+    MADE = 3
+    AWAITING_RESPONSE = 4
+    AUTH_OK = 5
+    SETENV = 6
+    SSL_STARTUP = 7
+    NEEDED = 8
+    CHECK_WRITABLE = 9
+    CONSUME = 10
+    GSS_STARTUP = 11
+    CHECK_TARGET = 12
+    CHECK_STANDBY = 13
+    ALLOCATED = 14
+    AUTHENTICATING = 15
+
+    @classmethod
+    def _missing_(cls, value: object) -> ConnStatus | None:
+        # A newer libpq may add states: keep the number rather than fail.
+        if not isinstance(value, int):
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"UNKNOWN_{value}"
+        member._value_ = value
+        return member
+
+
+class PollingStatus(IntEnum):
+    """``PostgresPollingStatusType``: what a poll function asks for next."""
+
+    FAILED = 0
+    READING = 1
+    WRITING = 2
+    OK = 3
+    ACTIVE = 4
+
+
+class ExecStatus(IntEnum):
+    """``ExecStatusType``: the status of a query result."""
+
+    EMPTY_QUERY = 0
+    COMMAND_OK = 1
+    TUPLES_OK = 2
+    COPY_OUT = 3
+    COPY_IN = 4
+    BAD_RESPONSE = 5
+    NONFATAL_ERROR = 6
+    FATAL_ERROR = 7
+    COPY_BOTH = 8
+    SINGLE_TUPLE = 9
+    PIPELINE_SYNC = 10
+    PIPELINE_ABORTED = 11
+    TUPLES_CHUNK = 12

@@ -1,0 +1,228 @@
+"""Shared fixtures of the test suite."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from psycancel import pq
+from psycancel._server import (
+    ConninfoValue,
+    ThrowawayServer,
+    cached_postgres_prefix,
+    find_postgres_prefix,
+    libpq_file,
+    make_conninfo,
+    parse_conninfo,
+    postgres_version,
+)
+from psycancel.pq import Libpq
+from tests.proxy import ServerLike, TcpProxy
+
+# =====================================================================================
+# The server and the proxy
+#
+# ``pg_server`` is a throwaway PostgreSQL 18 (built by tools/build_postgres.sh, or
+# from $PSYCANCEL_PG_PREFIX), started once per session; or, when
+# $PSYCANCEL_TEST_DSN is set, an external server described by that DSN (with
+# $PSYCANCEL_TEST_SSLROOTCERT as its CA certificate, for verify-full).
+# =====================================================================================
+
+ENV_TEST_DSN = "PSYCANCEL_TEST_DSN"
+ENV_TEST_SSLROOTCERT = "PSYCANCEL_TEST_SSLROOTCERT"
+
+
+class ExternalServer:
+    """A server given by a DSN, with the same interface as ``ThrowawayServer``."""
+
+    def __init__(self, dsn: str, ca_file: Path | None = None) -> None:
+        self.base_params = parse_conninfo(dsn)
+        self.ca_file = ca_file
+        self.prefix: Path | None = None
+        params = self.base_params
+        self.host: str = params.get("hostaddr") or params.get("host") or "localhost"
+        self.port: int = int(params.get("port") or 5432)
+
+    def dsn(self, sslmode: str = "disable", **params: ConninfoValue) -> str:
+        """The given DSN with ``sslmode`` (and ``sslrootcert``) set, plus *params*."""
+        conn: dict[str, ConninfoValue] = dict(self.base_params)
+        conn["sslmode"] = sslmode
+        if sslmode in ("verify-ca", "verify-full") and self.ca_file is not None:
+            conn["sslrootcert"] = self.ca_file
+        conn.update(params)
+        return make_conninfo(conn)
+
+    @property
+    def dsn_plain(self) -> str:
+        """``dsn("disable")``."""
+        return self.dsn("disable")
+
+    @property
+    def dsn_tls(self) -> str:
+        """``dsn("require")``."""
+        return self.dsn("require")
+
+    @property
+    def dsn_verify(self) -> str:
+        """``dsn("verify-full")``."""
+        return self.dsn("verify-full")
+
+    def describe(self) -> str:
+        """The DSN, with any password masked."""
+        shown: dict[str, ConninfoValue] = {
+            k: ("***" if k == "password" else v) for k, v in self.base_params.items()
+        }
+        return make_conninfo(shown)
+
+
+def _external_server() -> ExternalServer | None:
+    dsn = os.environ.get(ENV_TEST_DSN)
+    if not dsn:
+        return None
+    ca = os.environ.get(ENV_TEST_SSLROOTCERT)
+    return ExternalServer(dsn, Path(ca) if ca else None)
+
+
+def _server_header(config: pytest.Config) -> list[str]:
+    """Say which PostgreSQL server the tests run against."""
+    external = _external_server()
+    if external is not None:
+        return [f"postgresql: external server {external.describe()} ({ENV_TEST_DSN})"]
+    prefix = cached_postgres_prefix()
+    if prefix is None:
+        return ["postgresql: throwaway server; not built yet (tools/build_postgres.sh will run)"]
+    try:
+        version = postgres_version(prefix)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        version = f"pg_config failed: {exc}"
+    return [f"postgresql: throwaway server from {prefix} ({version})"]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[ThrowawayServer | ExternalServer]:
+    """The PostgreSQL server of the session (throwaway, or $PSYCANCEL_TEST_DSN)."""
+    external = _external_server()
+    if external is not None:
+        yield external
+        return
+    with ThrowawayServer(find_postgres_prefix()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dsn_plain(pg_server: ServerLike) -> str:
+    """A conninfo string for a plain (``sslmode=disable``) connection."""
+    return pg_server.dsn("disable")
+
+
+@pytest.fixture(scope="session")
+def dsn_tls(pg_server: ServerLike) -> str:
+    """A conninfo string for TLS without certificate checks (``sslmode=require``)."""
+    return pg_server.dsn("require")
+
+
+@pytest.fixture(scope="session")
+def dsn_verify(pg_server: ThrowawayServer | ExternalServer) -> str:
+    """A conninfo string for TLS with full verification (``sslmode=verify-full``)."""
+    dsn = pg_server.dsn("verify-full")
+    if pg_server.ca_file is None and not re.search(r"\bsslrootcert\s*=", dsn):
+        pytest.skip(f"verify-full against an external server needs ${ENV_TEST_SSLROOTCERT}")
+    return dsn
+
+
+@pytest.fixture(
+    scope="session",
+    params=["dsn_plain", "dsn_tls", "dsn_verify"],
+    ids=["disable", "require", "verify-full"],
+)
+def dsn(request: pytest.FixtureRequest) -> str:
+    """Each of ``dsn_plain``, ``dsn_tls``, ``dsn_verify`` in turn."""
+    value: str = request.getfixturevalue(request.param)
+    return value
+
+
+@pytest.fixture
+def proxy(pg_server: ServerLike) -> Iterator[Callable[[], TcpProxy]]:
+    """A factory of started ``TcpProxy``s towards the server; all closed at teardown."""
+    made: list[TcpProxy] = []
+
+    def make_proxy() -> TcpProxy:
+        px = TcpProxy(pg_server.host, pg_server.port)
+        made.append(px)
+        return px.start()
+
+    try:
+        yield make_proxy
+    finally:
+        for px in made:
+            px.close()
+
+
+# =====================================================================================
+# More fixtures below.
+# =====================================================================================
+
+# =====================================================================================
+# The libpqs under test and the twin in use
+#
+# ``libpq`` is a libpq >= 17 (the new API): $PSYCANCEL_LIBPQ, else the one built
+# with the server. ``legacy_libpq`` is the machine's system libpq (< 17), for the
+# fallback path. Both are loaded with the active twin (``PSYCANCEL_IMPL``).
+# =====================================================================================
+
+SYSTEM_LIBPQ_ENV = "PSYCANCEL_TEST_LEGACY_LIBPQ"
+
+
+def _new_libpq_path() -> str | None:
+    env = os.environ.get("PSYCANCEL_LIBPQ")
+    if env:
+        return env
+    prefix = cached_postgres_prefix()
+    return str(libpq_file(prefix)) if prefix else None
+
+
+def _legacy_libpq_path() -> str:
+    from psycancel.pq._libfind import _system_libpq
+
+    path = os.environ.get(SYSTEM_LIBPQ_ENV) or _system_libpq()
+    if not path:
+        raise RuntimeError(f"no system libpq found; set ${SYSTEM_LIBPQ_ENV}")
+    return path
+
+
+def _describe(lib: Libpq) -> str:
+    major, minor = divmod(lib.version, 10000)
+    return f"libpq {major}.{minor} at {lib.path} (PQcancelConn: {lib.has_cancel_conn})"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say which server, which twin and which libpqs the tests run against."""
+    lines = _server_header(config)
+    lines.append(f"psycancel twin: {pq.__impl__} ({pq.PGconn.__module__})")
+    new = _new_libpq_path()
+    lines.append(f"new-API libpq: {_describe(Libpq.load(new)) if new else 'not built yet'}")
+    lines.append(f"legacy libpq: {_describe(Libpq.load(_legacy_libpq_path()))}")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def libpq(pg_server: ServerLike) -> Libpq:
+    """A libpq >= 17 (with the PQcancelConn API), loaded with the active twin."""
+    path = _new_libpq_path()
+    assert path, "the PostgreSQL build should exist once pg_server is up"
+    lib = Libpq.load(path)
+    assert lib.has_cancel_conn, f"{lib.path} has no PQcancelConn API"
+    return lib
+
+
+@pytest.fixture(scope="session")
+def legacy_libpq() -> Libpq:
+    """The system libpq (< 17, legacy PQcancel only), loaded with the active twin."""
+    lib = Libpq.load(_legacy_libpq_path())
+    assert not lib.has_cancel_conn, f"{lib.path} is not a legacy libpq"
+    return lib

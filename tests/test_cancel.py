@@ -1,0 +1,200 @@
+"""The public API against the real server, with the new PQcancelConn API."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import pytest
+
+import psycancel
+from psycancel import _api
+from psycancel.pq import ExecStatus, Libpq, PGconn
+from psycancel.pq.abc import PGcancelConn
+
+from .helpers import QUERY_CANCELED, drain, loop_fds, open_fds, run, sleeping, sockets_to
+
+MODES = ["sync", "async"]
+
+
+def do_cancel(mode: str, conn: Any, **kwargs: Any) -> None:
+    """Call the API under test in the given mode."""
+    if mode == "sync":
+        psycancel.cancel(conn, **kwargs)
+    else:
+        asyncio.run(psycancel.cancel_async(conn, **kwargs))
+
+
+@pytest.fixture
+def created(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
+    """Every PGcancelConn the API creates (kept alive, so GC cannot finish them)."""
+    made: list[PGcancelConn] = []
+    original = _api._new_cancel_conn
+
+    def spy(pgconn: Any) -> PGcancelConn:
+        cc = original(pgconn)
+        made.append(cc)
+        return cc
+
+    monkeypatch.setattr(_api, "_new_cancel_conn", spy)
+    return made
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cancels_running_query(
+    mode: str, dsn: str, libpq: Libpq, created: list[PGcancelConn]
+) -> None:
+    with sleeping(dsn, libpq) as conn:
+        do_cancel(mode, conn, timeout=10)
+        res = drain(conn)
+        assert res.status == ExecStatus.FATAL_ERROR
+        assert res.sqlstate == QUERY_CANCELED
+        assert run(conn, "select 42").rows == (("42",),)
+    assert len(created) == 1 and created[0].closed
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_connection_was_encrypted_as_expected(mode: str, dsn: str, libpq: Libpq) -> None:
+    with sleeping(dsn, libpq) as conn:
+        assert conn.ssl_in_use == ("sslmode=disable" not in dsn)
+        do_cancel(mode, conn)
+        assert drain(conn).sqlstate == QUERY_CANCELED
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_idle_connection(mode: str, dsn: str, libpq: Libpq, created: list[PGcancelConn]) -> None:
+    conn = PGconn.connect(dsn, libpq=libpq)
+    try:
+        do_cancel(mode, conn)
+        res = run(conn, "select 1")
+        assert res.status == ExecStatus.TUPLES_OK and res.rows == (("1",),)
+    finally:
+        conn.finish()
+    assert len(created) == 1 and created[0].closed
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_timeout_when_black_holed(
+    mode: str, pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]
+) -> None:
+    px = proxy()
+    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    try:
+        px.blackhole()
+        before = sockets_to(px.port)  # the session's own connection
+        timeout = 0.5
+        t0 = time.monotonic()
+        if mode == "sync":
+            with pytest.raises(psycancel.CancellationTimeout):
+                psycancel.cancel(conn, timeout=timeout)
+        else:
+
+            async def main() -> None:
+                loop = asyncio.get_running_loop()
+                before = loop_fds(loop)
+                with pytest.raises(psycancel.CancellationTimeout):
+                    await psycancel.cancel_async(conn, timeout=timeout)
+                assert loop_fds(loop) == before
+
+            asyncio.run(main())
+        elapsed = time.monotonic() - t0
+        assert elapsed >= timeout
+        # Generous: catches a deadline checked only when woken, not a slow machine.
+        assert elapsed < timeout + 1.0
+        assert sockets_to(px.port) == before
+    finally:
+        conn.finish()
+    assert len(created) == 1 and created[0].closed
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_refused(
+    mode: str, pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]
+) -> None:
+    px = proxy()
+    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
+    try:
+        px.close()
+        fds = open_fds()
+        t0 = time.monotonic()
+        with pytest.raises(psycancel.CancelError) as info:
+            do_cancel(mode, conn, timeout=10)
+        assert time.monotonic() - t0 < 5  # refused means fast, not the timeout
+        assert "refused" in str(info.value).lower()
+        assert open_fds() <= fds
+    finally:
+        conn.finish()
+    assert len(created) == 1 and created[0].closed
+
+
+def test_task_cancellation_cleans_up(pg_server: Any, proxy: Any, libpq: Libpq) -> None:
+    px = proxy()
+    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    try:
+        px.blackhole()
+        before = sockets_to(px.port)
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            before = loop_fds(loop)
+            task = asyncio.create_task(psycancel.cancel_async(conn, timeout=30))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert loop_fds(loop) == before
+
+        asyncio.run(main())
+        assert sockets_to(px.port) == before
+    finally:
+        conn.finish()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "bad", [None, object(), "host=localhost", 42], ids=["None", "object", "str", "int"]
+)
+def test_not_a_connection(mode: str, bad: object) -> None:
+    with pytest.raises(psycancel.InterfaceError):
+        do_cancel(mode, bad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_finished_connection(mode: str, dsn_plain: str, libpq: Libpq) -> None:
+    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn.finish()
+    with pytest.raises(psycancel.InterfaceError, match="closed"):
+        do_cancel(mode, conn)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [
+        (-1, ValueError),
+        (0, ValueError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        ("1", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+    ],
+)
+def test_bad_timeout(
+    mode: str, timeout: object, error: type[Exception], dsn_plain: str, libpq: Libpq
+) -> None:
+    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    try:
+        with pytest.raises(error, match="timeout"):
+            do_cancel(mode, conn, timeout=timeout)
+    finally:
+        conn.finish()
+
+
+def test_errors_hierarchy() -> None:
+    assert issubclass(psycancel.CancellationTimeout, TimeoutError)
+    for name in ("CancelError", "CancellationTimeout", "InterfaceError", "InsecureCancelError"):
+        assert issubclass(getattr(psycancel, name), psycancel.Error)
+    assert issubclass(psycancel.InsecureCancelWarning, UserWarning)

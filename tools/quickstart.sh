@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set everything up, then run the demo or the whole test suite.
+#
+#   bash tools/quickstart.sh demo   # throwaway server, cancel a query from asyncio
+#   bash tools/quickstart.sh test   # the suite, once per twin, plus mypy and ruff
+#
+# Needs: Debian (or derivative) with Python >= 3.10, root or sudo for apt.
+# Creates .venv in the clone; builds PostgreSQL 18 into a cache outside it
+# (see tools/build_postgres.sh), reused on later runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-}"
+case "$what" in demo|test) ;; *) echo "usage: $0 demo|test" >&2; exit 2 ;; esac
+
+log() { printf '\n== %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+python="${PYTHON:-python3}"
+
+# --- system packages the Python side needs (venv, headers, compiler) ---------------
+need=()
+"$python" -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+"$python" - <<'PY' 2>/dev/null || need+=(python3-dev)
+import os, sysconfig, sys
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+PY
+command -v gcc >/dev/null || need+=(gcc)
+command -v openssl >/dev/null || need+=(openssl)
+[ -f /usr/lib/x86_64-linux-gnu/libpq.so.5 ] || [ -n "$(ldconfig -p | grep 'libpq.so.5 ')" ] || need+=(libpq5)
+if [ "${#need[@]}" -gt 0 ]; then
+    log "installing system packages: ${need[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# --- PostgreSQL 18 (server + libpq >= 17) from source, cached -----------------------
+log "PostgreSQL 18 (built once, then cached)"
+prefix="$(bash tools/build_postgres.sh)"
+export PSYCANCEL_PG_PREFIX="$prefix"
+export PSYCANCEL_LIBPQ="$prefix/lib/libpq.so.5"
+
+# --- the virtualenv, with the compiled twin -----------------------------------------
+log "virtualenv .venv and psycancel (with its compiled twin)"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+PSYCANCEL_REQUIRE_EXT=1 .venv/bin/python -m pip install -q -e '.[test,drivers]'
+bash tools/install_test_drivers.sh .venv
+.venv/bin/python -m psycancel info
+
+if [ "$what" = demo ]; then
+    log "demo"
+    exec .venv/bin/python -m psycancel demo
+fi
+
+log "static checks"
+.venv/bin/python -m ruff check .
+.venv/bin/python -m mypy --strict psycancel
+
+for impl in c python; do
+    log "test suite, PSYCANCEL_IMPL=$impl"
+    PSYCANCEL_IMPL="$impl" .venv/bin/python -m pytest -q -p no:cacheprovider tests
+done
+log "all green"
