@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from ..errors import CancelError, InterfaceError, OperationalError
 from ._libfind import default_libpq_path, library_file_of
 from .abc import QueryResult
-from .enums import ConnStatus, ExecStatus, PollingStatus
+from .enums import ConnStatus, ExecStatus, PollingStatus, conn_status, polling_status
 
 __all__ = ["Libpq", "PGcancel", "PGcancelConn", "PGconn"]
 
@@ -246,7 +246,7 @@ class PGconn:
     @property
     def status(self) -> ConnStatus:
         """``PQstatus``."""
-        return ConnStatus(self._libpq.f.PQstatus(self._p()))
+        return conn_status(self._libpq.f.PQstatus(self._p()))
 
     @property
     def error_message(self) -> str:
@@ -271,7 +271,7 @@ class PGconn:
     def connect_poll(self) -> PollingStatus:
         """``PQconnectPoll``."""
         with self._lock:
-            return PollingStatus(self._libpq.f.PQconnectPoll(self._p()))
+            return polling_status(self._libpq.f.PQconnectPoll(self._p()))
 
     def send_query(self, query: str) -> None:
         """``PQsendQuery``; :class:`OperationalError` on failure."""
@@ -376,7 +376,7 @@ class PGcancelConn:
     @property
     def status(self) -> ConnStatus:
         """``PQcancelStatus``."""
-        return ConnStatus(self._libpq.f.PQcancelStatus(self._p()))
+        return conn_status(self._libpq.f.PQcancelStatus(self._p()))
 
     @property
     def socket(self) -> int:
@@ -414,7 +414,7 @@ class PGcancelConn:
             ptr = self._p()
             if not self._started:
                 raise InterfaceError("poll() before start()")
-            return PollingStatus(self._libpq.f.PQcancelPoll(ptr))
+            return polling_status(self._libpq.f.PQcancelPoll(ptr))
 
     def blocking(self) -> None:
         """``PQcancelBlocking`` (the GIL is released while it waits)."""
