@@ -7,6 +7,7 @@ threads, bounded by a timeout. See the README for the full story.
 from __future__ import annotations
 
 from ._api import DEFAULT_TIMEOUT, cancel, cancel_async
+from ._timeout import cancel_after
 from .errors import (
     CancelError,
     CancellationTimeout,
@@ -15,6 +16,7 @@ from .errors import (
     InsecureCancelWarning,
     InterfaceError,
     OperationalError,
+    QueryTimeout,
 )
 
 __version__ = "0.1.0"
@@ -28,7 +30,9 @@ __all__ = [
     "InsecureCancelWarning",
     "InterfaceError",
     "OperationalError",
+    "QueryTimeout",
     "__version__",
     "cancel",
+    "cancel_after",
     "cancel_async",
 ]

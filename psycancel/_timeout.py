@@ -1,0 +1,374 @@
+"""``cancel_after``: a client-side statement timeout that keeps the connection.
+
+::
+
+    with psycancel.cancel_after(conn, 2.0):          # blocking drivers
+        cur.execute("select slow()")
+
+    async with psycancel.cancel_after(aconn, 2.0):   # async drivers
+        await cur.execute("select slow()")
+
+If the block is still running after ``seconds``, a cancel request is sent for
+``conn`` (a thread timer for ``with``; a loop timer and a non-blocking cancel
+for ``async with`` under asyncio). The code in the block is never interrupted
+or cancelled: the driver receives the server's "query cancelled" error as
+usual, and the block turns it into :class:`QueryTimeout`, raised ``from`` it.
+
+Guarantee: **after the block exits, no cancel from it is in flight.** If the
+timer fired, leaving the block waits until the server has processed the
+cancel request (the cancel connection reached EOF: the postmaster has already
+signalled the backend). A cancel that reaches an idle backend is dropped by
+the server, so the next query on the connection can never be hit by it. The
+wait is bounded by ``timeout``; if the cancel could not be completed (refused,
+timed out), the block raises that error (:class:`CancelError`,
+:class:`CancellationTimeout`) instead of returning, because then the
+guarantee cannot be given (if the block raised an exception of its own, that
+one propagates, with a note about the cancel's failure on Python >= 3.11).
+
+Thread rule: the cancel object is created when the block is entered, in the
+thread (or task) that owns the connection; only that prepared object is used
+by the timer (libpq allows using a ``PGcancelConn`` from another thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from concurrent.futures import Future
+from types import TracebackType
+
+from ._api import DEFAULT_TIMEOUT, _check_args, _new_cancel_conn
+from ._api import _expired as _legacy_expired
+from ._legacy import _run as _run_legacy
+from ._legacy import check_policy
+from ._machine import cancel_steps
+from ._resolve import as_pgconn
+from ._sniff import running_asyncio
+from .errors import CancelError, QueryTimeout
+from .pq.abc import PGcancel, PGcancelConn
+from .waiting import wait_asyncio, wait_blocking
+
+__all__ = ["QUERY_CANCELED", "cancel_after"]
+
+QUERY_CANCELED = "57014"
+"""SQLSTATE of a cancelled query (``query_canceled``)."""
+
+_NEW, _ARMED, _FIRING, _DISARMED = "new", "armed", "firing", "disarmed"
+_GRACE = 1.0
+"""Seconds a fired timer thread may take past the cancel's own deadline to end."""
+
+
+def _has_sqlstate(exc: BaseException | None) -> bool:
+    """True for a driver's "query cancelled" error (psycopg2 ``pgcode``, psycopg ``sqlstate``)."""
+    if exc is None:
+        return False
+    for attr in ("sqlstate", "pgcode"):
+        try:
+            if getattr(exc, attr, None) == QUERY_CANCELED:
+                return True
+        except Exception:  # a broken property: not a cancellation we can vouch for
+            continue
+    return False
+
+
+def _query_canceled(exc: BaseException | None) -> BaseException | None:
+    """The driver's "query cancelled" error behind ``exc``, or None.
+
+    aiopg turns psycopg2's ``QueryCanceled`` into ``asyncio.CancelledError``
+    (raised while handling it): that one counts too, unless the task really
+    has a cancellation request pending.
+    """
+    if _has_sqlstate(exc):
+        return exc
+    if isinstance(exc, asyncio.CancelledError) and _has_sqlstate(exc.__context__):
+        task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
+        cancelling = getattr(task, "cancelling", None)  # Python >= 3.11
+        if cancelling is None or not cancelling():
+            return exc.__context__
+    return None
+
+
+def _check_seconds(seconds: float) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"seconds must be a number, got {type(seconds).__name__}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"seconds must be a positive, finite number, got {seconds!r}")
+    return float(seconds)
+
+
+class cancel_after:  # lower case: used like a function, as in ``with cancel_after(...)``
+    """Cancel the query running on ``conn`` if the block lasts over ``seconds``.
+
+    A context manager, synchronous (``with``: the timer is a thread, for
+    blocking drivers such as psycopg2) or asynchronous (``async with``: an
+    event-loop timer and a non-blocking cancel; under Trio a thread timer).
+    When it fired, the driver's query-cancelled error (SQLSTATE 57014) is
+    re-raised as :class:`QueryTimeout` ``from`` it; a block that finishes in
+    time is untouched. After the block exits, no cancel from it is in flight
+    (see the module documentation for the exact guarantee).
+
+    ``timeout`` bounds the cancel request itself and ``strict`` is the
+    security policy of :func:`psycancel.cancel`; with a libpq < 17 on an
+    encrypted connection the policy is applied when the block is entered
+    (:class:`InsecureCancelWarning`, or :class:`InsecureCancelError` with
+    ``strict=True``). Single use: enter it once. The timer fires once.
+
+    Use ``with`` around blocking calls: inside ``async with`` under asyncio
+    the timer is a loop timer, which cannot fire while a blocking call holds
+    the loop.
+    """
+
+    def __init__(
+        self,
+        conn: object,
+        seconds: float,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        strict: bool = False,
+    ) -> None:
+        self._seconds = _check_seconds(seconds)
+        _check_args(timeout, strict)
+        self._conn = conn
+        self._timeout = float(timeout)
+        self._strict = strict
+        self._lock = threading.Lock()
+        self._state = _NEW
+        self._fired = False
+        self._fired_at = 0.0
+        self._error: BaseException | None = None
+        self._cc: PGcancelConn | None = None
+        self._legacy: PGcancel | None = None
+        # thread timer
+        self._disarm = threading.Event()
+        self._thread: threading.Thread | None = None
+        # asyncio timer
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def seconds(self) -> float:
+        """The time limit of the block."""
+        return self._seconds
+
+    @property
+    def fired(self) -> bool:
+        """True once the timer has fired (a cancel request was, or is being, sent)."""
+        return self._fired
+
+    # -- shared -------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Make the cancel object now, in the thread that owns the connection."""
+        if self._state != _NEW:
+            raise RuntimeError("cancel_after() objects are single use: make a new one")
+        pgconn = as_pgconn(self._conn)
+        if pgconn.libpq.has_cancel_conn:
+            self._cc = _new_cancel_conn(pgconn)
+        else:
+            # Frames: check_policy <- _prepare <- __enter__/__aenter__ <- the caller.
+            check_policy(pgconn, strict=self._strict, stacklevel=3)
+            self._legacy = pgconn.get_cancel()
+
+    def _release(self) -> None:
+        """Free the prepared cancel object (only when the timer never fired)."""
+        cc, self._cc = self._cc, None
+        if cc is not None:
+            cc.finish()
+        legacy, self._legacy = self._legacy, None
+        if legacy is not None:
+            legacy.free()
+
+    def _fire(self) -> bool:
+        """Move ARMED -> FIRING; False if the block was disarmed first."""
+        with self._lock:
+            if self._state != _ARMED:
+                return False
+            self._state = _FIRING
+            self._fired = True
+            self._fired_at = time.monotonic()
+            return True
+
+    def _disarm_or_fired(self) -> bool:
+        """At exit: disarm the timer unless it fired already; True if it fired."""
+        with self._lock:
+            fired = self._state == _FIRING
+            if not fired:
+                self._state = _DISARMED
+        self._disarm.set()
+        if self._handle is not None:
+            self._handle.cancel()
+        if not fired:
+            self._release()
+        return fired
+
+    def _outcome(self, exc: BaseException | None) -> None:
+        """After a fired timer's cancel completed: map or report."""
+        canceled = _query_canceled(exc)
+        if canceled is not None:
+            raise QueryTimeout(
+                f"the query was cancelled by psycancel.cancel_after: it ran for more "
+                f"than {self._seconds:g} s"
+            ) from canceled
+        error = self._error
+        if error is None:
+            return  # the query ended just before the cancel reached the server
+        if exc is not None:
+            # The block failed on its own; keep its error, mention ours.
+            add_note = getattr(exc, "add_note", None)  # Python >= 3.11
+            if add_note is not None:
+                add_note(f"psycancel.cancel_after: the timeout's cancel also failed: {error!r}")
+            return
+        raise error
+
+    # -- thread timer (``with``, and ``async with`` outside asyncio) -----------------
+
+    def _start_thread(self) -> None:
+        self._state = _ARMED
+        thread = threading.Thread(
+            target=self._thread_main, name="psycancel-cancel-after", daemon=True
+        )
+        try:
+            thread.start()
+        except BaseException:
+            self._state = _DISARMED
+            self._release()
+            raise
+        self._thread = thread
+
+    def _thread_main(self) -> None:
+        if self._disarm.wait(self._seconds) or not self._fire():
+            return
+        try:
+            self._send_blocking()
+        except Exception as ex:
+            self._error = ex
+
+    def _send_blocking(self) -> None:
+        cc, self._cc = self._cc, None
+        if cc is not None:
+            try:
+                wait_blocking(cancel_steps(cc), time.monotonic() + self._timeout, self._timeout)
+            finally:
+                cc.finish()
+            return
+        legacy, self._legacy = self._legacy, None
+        if legacy is not None:
+            try:
+                legacy.cancel()
+            finally:
+                legacy.free()
+
+    def _join_thread(self) -> None:
+        """Wait for the fired timer thread's cancel to complete (bounded)."""
+        thread = self._thread
+        assert thread is not None
+        # The new API's waiter gives up by itself at its deadline; a legacy
+        # PQcancel has no timeout, so it is waited for until that deadline only.
+        thread.join(max(0.0, self._fired_at + self._timeout - time.monotonic()) + _GRACE)
+        if thread.is_alive():
+            self._error = _legacy_expired(self._timeout)
+
+    def __enter__(self) -> cancel_after:
+        self._prepare()
+        self._start_thread()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._thread is None:
+            return
+        if self._disarm_or_fired():
+            self._join_thread()
+            self._outcome(exc)
+
+    # -- asyncio timer (``async with``) -------------------------------------------
+
+    async def __aenter__(self) -> cancel_after:
+        if not running_asyncio():
+            import anyio.to_thread  # noqa: F401  (needed at exit: fail early if missing)
+
+            self._prepare()
+            self._start_thread()
+            return self
+        self._prepare()
+        loop = asyncio.get_running_loop()
+        self._state = _ARMED
+        self._handle = loop.call_later(self._seconds, self._fire_asyncio, loop)
+        return self
+
+    def _fire_asyncio(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._fire():
+            self._task = loop.create_task(self._send_asyncio())
+
+    async def _send_asyncio(self) -> None:
+        try:
+            cc, self._cc = self._cc, None
+            if cc is not None:
+                try:
+                    await wait_asyncio(
+                        cancel_steps(cc), time.monotonic() + self._timeout, self._timeout
+                    )
+                finally:
+                    cc.finish()
+                return
+            legacy, self._legacy = self._legacy, None
+            if legacy is not None:
+                done: Future[None] = Future()
+                done.set_running_or_notify_cancel()
+                try:
+                    threading.Thread(
+                        target=_run_legacy,
+                        args=(legacy, done),
+                        name="psycancel-legacy-cancel",
+                        daemon=True,
+                    ).start()
+                except BaseException:
+                    legacy.free()
+                    raise
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(done), self._timeout)
+                except asyncio.TimeoutError:
+                    raise _legacy_expired(self._timeout) from None
+        except Exception as ex:
+            self._error = ex
+
+    async def _join_task(self) -> None:
+        """Wait for the fired cancel task, even if this task is cancelled meanwhile."""
+        task = self._task
+        assert task is not None
+        interrupted: asyncio.CancelledError | None = None
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError as ex:
+                if not (task.done() and task.cancelled()):
+                    interrupted = ex  # ours: keep the guarantee first, re-raise after
+        if task.cancelled() and self._error is None:
+            self._error = CancelError("the cancel task was cancelled before it completed")
+        if interrupted is not None:
+            raise interrupted
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state == _NEW:
+            return
+        if not self._disarm_or_fired():
+            return
+        if self._thread is not None:
+            import anyio.to_thread
+
+            # Not abandoned on cancellation: leaving early would break the guarantee.
+            await anyio.to_thread.run_sync(self._join_thread)
+        else:
+            await self._join_task()
+        self._outcome(exc)

@@ -1,0 +1,100 @@
+"""The AnyIO waiter: :func:`psycancel.cancel_async` under Trio (or any AnyIO backend).
+
+Imported only when the running async library is not asyncio (the asyncio
+path in ``psycancel.waiting`` needs no third-party package). Same guarantees
+as ``wait_asyncio``: it waits for exactly the readiness the machine asked for
+on the socket it named (which may change between steps), bounds every wait by
+the time left (an AnyIO cancel scope, so the deadline holds even if the socket
+never becomes ready), raises :class:`CancellationTimeout` when it passes, and
+leaves nothing registered with the event loop on any exit (the wait is
+unregistered by AnyIO/Trio when its scope is cancelled).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ._api import _expired as _legacy_expired
+from ._api import _new_cancel_conn
+from ._legacy import check_policy, start_legacy_cancel
+from ._machine import READ, CancelSteps, cancel_steps
+from .pq.abc import PGconn
+from .waiting import _expired
+
+__all__ = ["cancel_anyio", "wait_anyio", "wait_future_anyio"]
+
+
+def _fd_waiters() -> tuple[Callable[[int], Awaitable[Any]], Callable[[int], Awaitable[Any]]]:
+    """``wait_readable``/``wait_writable`` that accept a file descriptor."""
+    readable = getattr(anyio, "wait_readable", None)
+    writable = getattr(anyio, "wait_writable", None)
+    if readable is not None and writable is not None:  # AnyIO >= 4.7
+        return readable, writable
+    # Older AnyIO only waits on socket objects; Trio's own functions take an fd.
+    import trio.lowlevel
+
+    return trio.lowlevel.wait_readable, trio.lowlevel.wait_writable
+
+
+async def wait_anyio(steps: CancelSteps, deadline: float, timeout: float) -> None:
+    """Run ``steps`` in the current AnyIO task until done or ``deadline`` (monotonic)."""
+    wait_readable, wait_writable = _fd_waiters()
+    try:
+        for fd, event in steps:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _expired(timeout)
+            with anyio.move_on_after(remaining) as scope:
+                if event == READ:
+                    await wait_readable(fd)
+                else:
+                    await wait_writable(fd)
+            if scope.cancelled_caught:
+                raise _expired(timeout)
+    finally:
+        steps.close()
+
+
+def _outcome(done: concurrent.futures.Future[None], seconds: float) -> bool:
+    """Block a worker thread until ``done`` completes; False after ``seconds``."""
+    finished, _ = concurrent.futures.wait([done], timeout=max(0.0, seconds))
+    return bool(finished)
+
+
+async def wait_future_anyio(
+    done: concurrent.futures.Future[None], deadline: float, timeout: float
+) -> None:
+    """Wait for a legacy cancel's Future without blocking the event loop.
+
+    A worker thread waits on the Future (never longer than the time left); the
+    task can be cancelled at any time (the worker is abandoned and ends by the
+    deadline on its own).
+    """
+    if not done.done():
+        finished = await anyio.to_thread.run_sync(
+            _outcome, done, deadline - time.monotonic(), abandon_on_cancel=True
+        )
+        if not finished:
+            raise _legacy_expired(timeout)
+    done.result()  # re-raise the worker's error, if any
+
+
+async def cancel_anyio(
+    pgconn: PGconn, deadline: float, timeout: float, *, strict: bool, stacklevel: int
+) -> None:
+    """The body of :func:`psycancel.cancel_async` for AnyIO backends other than asyncio."""
+    if pgconn.libpq.has_cancel_conn:
+        cc = _new_cancel_conn(pgconn)
+        try:
+            await wait_anyio(cancel_steps(cc), deadline, timeout)
+        finally:
+            cc.finish()
+        return
+    check_policy(pgconn, strict=strict, stacklevel=stacklevel + 1)
+    await wait_future_anyio(start_legacy_cancel(pgconn), deadline, timeout)
