@@ -9,6 +9,7 @@ import time
 
 from ._legacy import check_policy, start_legacy_cancel
 from ._machine import cancel_steps
+from ._offload import run_offloaded
 from ._resolve import as_pgconn
 from ._sniff import running_asyncio
 from .errors import CancelError, CancellationTimeout
@@ -79,7 +80,11 @@ def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = Fal
 
 
 async def cancel_async(
-    conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False
+    conn: object,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    strict: bool = False,
+    offload: bool | None = None,
 ) -> None:
     """Cancel the query running on ``conn`` without blocking the event loop.
 
@@ -87,8 +92,18 @@ async def cancel_async(
     cancelled, the cancel connection is closed and ``CancelledError``
     propagates. Runs under asyncio, and under Trio through AnyIO (installed
     separately: ``pip install psycancel[anyio]``).
+
+    ``offload`` (asyncio only) chooses where the cancel's own work runs:
+    ``True`` in psycancel's background thread (the TLS handshake's CPU work
+    then never runs in the loop thread), ``False`` in the loop thread through
+    ``add_reader``/``add_writer``; ``None`` (default) offloads exactly the
+    cancels of TLS connections (see ``docs/performance.md`` for the
+    measurements behind this rule). Timeouts, errors and cleanup are the same
+    in every mode.
     """
     deadline = _check_args(timeout, strict)
+    if offload is not None and not isinstance(offload, bool):
+        raise TypeError(f"offload must be a bool or None, got {type(offload).__name__}")
     pgconn = as_pgconn(conn)
     if not running_asyncio():
         # Trio (or another AnyIO backend): imports AnyIO, only on this path.
@@ -97,7 +112,13 @@ async def cancel_async(
         await cancel_anyio(pgconn, deadline, timeout, strict=strict, stacklevel=2)
         return
     if pgconn.libpq.has_cancel_conn:
+        if offload is None:
+            offload = pgconn.ssl_in_use
         cc = _new_cancel_conn(pgconn)
+        if offload:
+            # The reactor finishes ``cc`` on every outcome.
+            await run_offloaded(cancel_steps(cc), cc, deadline, timeout)
+            return
         try:
             await wait_asyncio(cancel_steps(cc), deadline, timeout)
         finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -226,3 +226,49 @@ def legacy_libpq() -> Libpq:
     lib = Libpq.load(_legacy_libpq_path())
     assert not lib.has_cancel_conn, f"{lib.path} is not a legacy libpq"
     return lib
+
+
+# =====================================================================================
+# In CI a skip is a failure
+#
+# A test that depends on something missing must make it available (the quickstart
+# installs everything), so with CI=true (or PSYCANCEL_NO_SKIP=1) every skip is
+# reported as a failure, except skips whose reason starts with ALLOWED_SKIP: those
+# are not missing dependencies (e.g. a recursion guard in a child process).
+# =====================================================================================
+
+ALLOWED_SKIP = "[not a missing dependency]"
+
+
+def _skips_fail() -> bool:
+    flags = (os.environ.get("CI", ""), os.environ.get("PSYCANCEL_NO_SKIP", ""))
+    return any(flag.strip().lower() in ("1", "true", "yes") for flag in flags)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Turn skips into failures in CI (see above)."""
+    report = yield
+    if (
+        report.skipped
+        and _skips_fail()
+        and not hasattr(report, "wasxfail")
+        and ALLOWED_SKIP not in str(report.longrepr)
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI=true): {report.longrepr}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """The same for a whole module skipped at import (``allow_module_level``)."""
+    report = yield
+    if report.skipped and _skips_fail() and ALLOWED_SKIP not in str(report.longrepr):
+        report.outcome = "failed"
+        report.longrepr = f"module skipped in CI (CI=true): {report.longrepr}"
+    return report

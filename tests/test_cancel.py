@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any
@@ -16,7 +17,13 @@ from psycancel.pq.abc import PGcancelConn
 
 from .helpers import QUERY_CANCELED, drain, loop_fds, open_fds, run, sleeping, sockets_to
 
-MODES = ["sync", "async"]
+MODES = ["sync", "async", "async-inline", "async-offload"]
+"""``async`` uses the default placement; the others force ``offload``."""
+
+
+def async_kwargs(mode: str) -> dict[str, Any]:
+    """The ``offload`` argument that ``mode`` stands for."""
+    return {"async-inline": {"offload": False}, "async-offload": {"offload": True}}.get(mode, {})
 
 
 def do_cancel(mode: str, conn: Any, **kwargs: Any) -> None:
@@ -24,7 +31,7 @@ def do_cancel(mode: str, conn: Any, **kwargs: Any) -> None:
     if mode == "sync":
         psycancel.cancel(conn, **kwargs)
     else:
-        asyncio.run(psycancel.cancel_async(conn, **kwargs))
+        asyncio.run(psycancel.cancel_async(conn, **kwargs, **async_kwargs(mode)))
 
 
 @pytest.fixture
@@ -95,7 +102,7 @@ def test_timeout_when_black_holed(
                 loop = asyncio.get_running_loop()
                 before = loop_fds(loop)
                 with pytest.raises(psycancel.CancellationTimeout):
-                    await psycancel.cancel_async(conn, timeout=timeout)
+                    await psycancel.cancel_async(conn, timeout=timeout, **async_kwargs(mode))
                 assert loop_fds(loop) == before
 
             asyncio.run(main())
@@ -129,7 +136,10 @@ def test_refused(
     assert len(created) == 1 and created[0].closed
 
 
-def test_task_cancellation_cleans_up(pg_server: Any, proxy: Any, libpq: Libpq) -> None:
+@pytest.mark.parametrize("offload", [False, True])
+def test_task_cancellation_cleans_up(
+    offload: bool, pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]
+) -> None:
     px = proxy()
     conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
     try:
@@ -139,7 +149,9 @@ def test_task_cancellation_cleans_up(pg_server: Any, proxy: Any, libpq: Libpq) -
         async def main() -> None:
             loop = asyncio.get_running_loop()
             before = loop_fds(loop)
-            task = asyncio.create_task(psycancel.cancel_async(conn, timeout=30))
+            task = asyncio.create_task(
+                psycancel.cancel_async(conn, timeout=30, offload=offload)
+            )
             await asyncio.sleep(0.2)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -150,6 +162,43 @@ def test_task_cancellation_cleans_up(pg_server: Any, proxy: Any, libpq: Libpq) -
         assert sockets_to(px.port) == before
     finally:
         conn.finish()
+    assert len(created) == 1 and created[0].closed
+
+
+def test_bad_offload(dsn_plain: str, libpq: Libpq) -> None:
+    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    try:
+        with pytest.raises(TypeError, match="offload"):
+            asyncio.run(psycancel.cancel_async(conn, offload="yes"))  # type: ignore[arg-type]
+    finally:
+        conn.finish()
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_many_concurrent_async_cancels(
+    offload: bool, dsn_tls: str, libpq: Libpq, created: list[PGcancelConn]
+) -> None:
+    """50 concurrent cancels of 5 running queries: all complete, all cleaned up."""
+    conns = []
+    stack = contextlib.ExitStack()
+    try:
+        for _ in range(5):
+            conns.append(stack.enter_context(sleeping(dsn_tls, libpq)))
+
+        async def main() -> None:
+            await asyncio.gather(
+                *(
+                    psycancel.cancel_async(conns[i % 5], timeout=20, offload=offload)
+                    for i in range(50)
+                )
+            )
+
+        asyncio.run(main())
+        for conn in conns:
+            assert drain(conn).sqlstate == QUERY_CANCELED
+    finally:
+        stack.close()
+    assert len(created) == 50 and all(cc.closed for cc in created)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -1,0 +1,460 @@
+"""psycancel against its peers, side by side in one run: medians and ratios.
+
+    python benchmarks/run.py            # everything (a few minutes)
+    python benchmarks/run.py --quick    # smoke form for CI: correctness only
+
+Sections (all against one throwaway PostgreSQL 18 with TLS, on loopback):
+
+1. single-cancel latency, plain and TLS: psycancel (both twins, sync, async
+   inline and offloaded), psycopg 3 ``cancel_safe``, psycopg2 ``cancel``, and
+   the raw floor (a hand-written CancelRequest over a socket, with and
+   without TLS);
+2. event-loop stall (largest gap between ticks of a busy coroutine) and total
+   time while N concurrent TLS cancels run;
+3. the legacy path (libpq < 17): loop stall with 10 concurrent cancels
+   through a proxy adding 10 ms each way;
+4. the GIL: main-thread progress while a thread runs a blocking cancel
+   through a proxy adding 200 ms each way;
+5. client CPU per cancel.
+
+Every cancel targets an idle connection: the server does the same work
+(fork, read, look up the backend) whether a query runs or not, and idle
+connections can be cancelled again and again. Contenders are interleaved
+within each repetition so machine noise hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import ssl
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, Env, Ticker, environment, median, progress_ratio, proxy_process
+
+import psycancel
+from psycancel.pq import import_twin
+
+TWINS = {"c": import_twin("c"), "python": import_twin("python")}
+CANCEL_REQUEST_CODE = 80877102
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+# ------------------------------------------------------------------ connections
+
+
+def pgconn(twin: str, dsn: str, libpq_path: str) -> Any:
+    """A psycancel PGconn of the given twin."""
+    mod = TWINS[twin]
+    return mod.PGconn.connect(dsn, libpq=mod.Libpq.load(libpq_path))
+
+
+def raw_cancel(host: str, port: int, pid: int, tls: bool) -> None:
+    """The floor: one CancelRequest (wrong key: same server work), wait for EOF."""
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as libpq does
+    try:
+        packet = struct.pack("!iiii", 16, CANCEL_REQUEST_CODE, pid, 0)
+        if tls:
+            sock.sendall(SSL_REQUEST)
+            assert sock.recv(1) == b"S"
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            with ctx.wrap_socket(sock) as tsock:
+                tsock.sendall(packet)
+                while tsock.recv(64):
+                    pass
+        else:
+            sock.sendall(packet)
+            while sock.recv(64):
+                pass
+    finally:
+        sock.close()
+
+
+# ------------------------------------------------------------------ 1. latency
+
+
+def bench_latency(env: Env, samples: int, repeat: int) -> dict[str, dict[str, float]]:
+    """Median wall time (ms) of one cancel, per contender, plain and TLS."""
+    import psycopg
+    import psycopg2
+
+    out: dict[str, dict[str, float]] = {}
+    loop = asyncio.new_event_loop()
+    try:
+        for label, sslmode in (("plain", "disable"), ("TLS", "require")):
+            dsn = env.server.dsn(sslmode)
+            conns = {t: pgconn(t, dsn, env.libpq_path) for t in TWINS}
+            pg3 = psycopg.connect(dsn, autocommit=True)
+            apg3 = loop.run_until_complete(psycopg.AsyncConnection.connect(dsn, autocommit=True))
+            pg2 = psycopg2.connect(dsn)
+            pid = conns["c"].backend_pid
+
+            def timed_async(make: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+                async def once() -> None:
+                    await make()
+
+                return lambda: loop.run_until_complete(once())
+
+            contenders: dict[str, Callable[[], None]] = {}
+            for t, conn in conns.items():
+                contenders[f"psycancel-{t} sync"] = lambda c=conn: psycancel.cancel(c)
+                contenders[f"psycancel-{t} async"] = timed_async(
+                    lambda c=conn: psycancel.cancel_async(c, offload=False)
+                )
+                contenders[f"psycancel-{t} async offload"] = timed_async(
+                    lambda c=conn: psycancel.cancel_async(c, offload=True)
+                )
+            contenders["psycopg cancel_safe"] = pg3.cancel_safe
+            contenders["psycopg async cancel_safe"] = timed_async(apg3.cancel_safe)
+            contenders["psycopg2 cancel (clear text)"] = pg2.cancel
+            contenders["raw floor"] = lambda: raw_cancel(
+                env.server.host, env.server.port, pid, sslmode != "disable"
+            )
+            times: dict[str, list[float]] = {name: [] for name in contenders}
+            for name, fn in contenders.items():
+                fn()  # warm up
+            for _ in range(repeat):
+                for name, fn in contenders.items():
+                    one: list[float] = []
+                    for _ in range(samples):
+                        t0 = time.perf_counter()
+                        fn()
+                        one.append(time.perf_counter() - t0)
+                    times[name].append(median(one))
+            out[label] = {name: 1000 * median(v) for name, v in times.items()}
+            for conn in conns.values():
+                conn.finish()
+            pg3.close()
+            loop.run_until_complete(apg3.close())
+            pg2.close()
+    finally:
+        loop.close()
+    return out
+
+
+# ------------------------------------------------------------------ 2. loop stall
+
+
+async def _stall(make_cancels: Callable[[], list[Awaitable[None]]]) -> tuple[float, float]:
+    async with Ticker() as ticker:
+        t0 = time.perf_counter()
+        await asyncio.gather(*make_cancels())
+        total = time.perf_counter() - t0
+    return ticker.max_gap * 1000, total * 1000
+
+
+def bench_stall(env: Env, sizes: list[int], repeat: int) -> dict[str, dict[int, dict[str, float]]]:
+    """Largest loop gap and total time (ms) for N concurrent TLS cancels."""
+    import psycopg
+
+    dsn = env.server.dsn("require")
+    pool = 20
+
+    async def main() -> dict[str, dict[int, dict[str, float]]]:
+        conns = {t: [pgconn(t, dsn, env.libpq_path) for _ in range(pool)] for t in TWINS}
+        pg3 = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(pool)]
+
+        def ours(t: str, offload: bool, n: int) -> Callable[[], list[Awaitable[None]]]:
+            return lambda: [
+                psycancel.cancel_async(conns[t][i % pool], offload=offload) for i in range(n)
+            ]
+
+        def theirs(n: int) -> Callable[[], list[Awaitable[None]]]:
+            return lambda: [pg3[i % pool].cancel_safe() for i in range(n)]
+
+        names = [f"psycancel-{t}{' offload' if off else ''}" for t in TWINS for off in (False, True)]
+        names.append("psycopg cancel_safe")
+        raw: dict[str, dict[int, dict[str, list[float]]]] = {
+            name: {n: {"stall": [], "total": []} for n in sizes} for name in names
+        }
+        for _ in range(repeat):
+            for n in sizes:
+                runs: dict[str, Callable[[], list[Awaitable[None]]]] = {}
+                for t in TWINS:
+                    runs[f"psycancel-{t}"] = ours(t, False, n)
+                    runs[f"psycancel-{t} offload"] = ours(t, True, n)
+                runs["psycopg cancel_safe"] = theirs(n)
+                for name, make in runs.items():
+                    stall, total = await _stall(make)
+                    raw[name][n]["stall"].append(stall)
+                    raw[name][n]["total"].append(total)
+        for cs in conns.values():
+            for c in cs:
+                c.finish()
+        for a in pg3:
+            await a.close()
+        return {
+            name: {n: {k: median(v) for k, v in per.items()} for n, per in by_n.items()}
+            for name, by_n in raw.items()
+        }
+
+    return asyncio.run(main())
+
+
+# ------------------------------------------------------------------ 3. legacy stall
+
+
+def bench_legacy(env: Env, repeat: int, concurrency: int = 10) -> dict[str, float]:
+    """Loop stall (ms): 10 legacy cancels through a 10 ms-each-way proxy."""
+    import psycopg2
+
+    with proxy_process(env, 0.010) as port:
+        dsn = env.server.dsn("disable", port=port)
+        ours = [pgconn("c", dsn, env.legacy_libpq_path) for _ in range(concurrency)]
+        assert not ours[0].libpq.has_cancel_conn
+        theirs = [psycopg2.connect(dsn) for _ in range(concurrency)]
+
+        async def psycancel_legacy() -> None:
+            await asyncio.gather(*(psycancel.cancel_async(c) for c in ours))
+
+        async def psycopg2_in_loop() -> None:
+            for c in theirs:
+                c.cancel()
+
+        async def psycopg2_in_thread() -> None:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(None, c.cancel) for c in theirs))
+
+        contenders = {
+            "psycancel (legacy libpq, worker threads)": psycancel_legacy,
+            "psycopg2 cancel() in the loop": psycopg2_in_loop,
+            "psycopg2 cancel() in threads": psycopg2_in_thread,
+        }
+        results: dict[str, list[float]] = {name: [] for name in contenders}
+
+        async def main() -> None:
+            for _ in range(repeat):
+                for name, fn in contenders.items():
+                    async with Ticker() as ticker:
+                        await fn()
+                    results[name].append(ticker.max_gap * 1000)
+
+        asyncio.run(main())
+        for c in ours:
+            c.finish()
+        for c in theirs:
+            c.close()
+    return {name: median(v) for name, v in results.items()}
+
+
+# ------------------------------------------------------------------ 4. GIL
+
+
+def bench_gil(env: Env, repeat: int) -> dict[str, float]:
+    """Main-thread progress (% of baseline) during a blocking cancel (200 ms each way)."""
+    import psycopg2
+
+    with proxy_process(env, 0.2) as port:
+        dsn = env.server.dsn("disable", port=port)
+        conns = {t: pgconn(t, dsn, env.libpq_path) for t in TWINS}
+        pg2 = psycopg2.connect(dsn)
+        contenders: dict[str, Callable[[], object]] = {
+            f"psycancel-{t} cancel()": (lambda c=c: psycancel.cancel(c)) for t, c in conns.items()
+        }
+        contenders["psycopg2 cancel()"] = pg2.cancel
+        results: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(repeat):
+            for name, fn in contenders.items():
+                ratio, _elapsed = progress_ratio(fn)
+                results[name].append(100 * ratio)
+        for c in conns.values():
+            c.finish()
+        pg2.close()
+    return {name: median(v) for name, v in results.items()}
+
+
+# ------------------------------------------------------------------ 5. CPU
+
+
+def bench_cpu(env: Env, cancels: int, repeat: int) -> dict[str, dict[str, float]]:
+    """Client CPU microseconds per complete cancel (this process, all threads)."""
+    import psycopg
+
+    out: dict[str, dict[str, float]] = {}
+    for label, sslmode in (("plain", "disable"), ("TLS", "require")):
+        dsn = env.server.dsn(sslmode)
+        conns = {t: pgconn(t, dsn, env.libpq_path) for t in TWINS}
+        pg3 = psycopg.connect(dsn, autocommit=True)
+        contenders: dict[str, Callable[[], None]] = {
+            f"psycancel-{t}": (lambda c=c: psycancel.cancel(c)) for t, c in conns.items()
+        }
+        contenders["psycopg cancel_safe"] = pg3.cancel_safe
+        results: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(repeat):
+            for name, fn in contenders.items():
+                fn()
+                c0 = time.process_time()
+                for _ in range(cancels):
+                    fn()
+                results[name].append((time.process_time() - c0) / cancels * 1e6)
+        out[label] = {name: median(v) for name, v in results.items()}
+        for c in conns.values():
+            c.finish()
+        pg3.close()
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report(results: dict[str, Any]) -> str:
+    """The Markdown tables and the verdict on each target."""
+    parts: list[str] = []
+    lat = results["latency"]
+    names = list(lat["plain"])
+    rows = []
+    for name in names:
+        p, t = lat["plain"][name], lat["TLS"][name]
+        rows.append(
+            [
+                name,
+                f"{p:.2f}",
+                f"{p / lat['plain']['raw floor']:.2f}x",
+                f"{t:.2f}",
+                f"{t / lat['TLS']['raw floor']:.2f}x",
+            ]
+        )
+    parts.append("### 1. Single-cancel latency (ms, median)\n")
+    parts.append(
+        _table(["contender", "plain", "vs floor", "TLS", "vs floor"], rows)
+    )
+    stall = results["stall"]
+    sizes = sorted({int(n) for per in stall.values() for n in per})
+    rows = []
+    for name, per in stall.items():
+        rows.append(
+            [name]
+            + [f"{per[n]['stall']:.1f} / {per[n]['total']:.0f}" for n in sizes]
+        )
+    parts.append("\n### 2. Loop stall / total time (ms) with N concurrent TLS cancels\n")
+    parts.append(_table(["contender"] + [f"N={n}" for n in sizes], rows))
+    parts.append("\n### 3. Legacy path: loop stall (ms), 10 cancels, 10 ms each way\n")
+    parts.append(_table(["contender", "stall"], [[k, f"{v:.1f}"] for k, v in results["legacy"].items()]))
+    parts.append("\n### 4. GIL: main-thread progress during a blocking cancel (200 ms each way)\n")
+    parts.append(_table(["contender", "progress"], [[k, f"{v:.0f}%"] for k, v in results["gil"].items()]))
+    cpu = results["cpu"]
+    parts.append("\n### 5. Client CPU per cancel (us)\n")
+    parts.append(
+        _table(
+            ["contender", "plain", "TLS"],
+            [[k, f"{cpu['plain'][k]:.0f}", f"{cpu['TLS'][k]:.0f}"] for k in cpu["plain"]],
+        )
+    )
+    parts.append("\n### Targets\n")
+    parts.extend(f"- {line}" for line in targets(results))
+    return "\n".join(parts)
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """Each target of the benchmark issue, with the measured figures."""
+    out = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    stall = results["stall"]
+    n = max(int(k) for k in stall["psycopg cancel_safe"])
+    default = "psycancel-c offload" if results.get("default_offload_tls", True) else "psycancel-c"
+    ours, theirs = stall[default][n], stall["psycopg cancel_safe"][n]
+    ok = ours["stall"] <= 3 and ours["stall"] <= 0.2 * theirs["stall"] and ours["total"] <= theirs["total"]
+    out.append(
+        f"loop stall, {n} TLS cancels ({default}): {ours['stall']:.1f} ms vs psycopg "
+        f"{theirs['stall']:.1f} ms ({ours['stall'] / theirs['stall']:.2f}x), total "
+        f"{ours['total']:.0f} vs {theirs['total']:.0f} ms: {verdict(ok)}"
+    )
+    lat = results["latency"]
+    for label in ("plain", "TLS"):
+        best = min(lat[label][k] for k in ("psycancel-c sync", "psycancel-c async"))
+        psy = lat[label]["psycopg cancel_safe"]
+        floor = lat[label]["raw floor"]
+        out.append(
+            f"latency {label}: psycancel-c {best:.2f} ms = {best / psy:.2f}x psycopg, "
+            f"{best / floor:.2f}x floor: {verdict(best <= 1.05 * psy and best <= 1.05 * floor)}"
+        )
+    leg = results["legacy"]["psycancel (legacy libpq, worker threads)"]
+    out.append(f"legacy loop stall: {leg:.1f} ms: {verdict(leg <= 3)}")
+    for k, v in results["gil"].items():
+        if k.startswith("psycancel"):
+            out.append(f"GIL, {k}: {v:.0f}% of baseline: {verdict(v >= 90)}")
+    cpu = results["cpu"]
+    for label in ("plain", "TLS"):
+        r = cpu[label]["psycancel-c"] / cpu[label]["psycancel-python"]
+        out.append(f"CPU per cancel {label}: c/ctypes = {r:.2f}x: {verdict(r <= 0.8)}")
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Loop stall vs concurrency, as a PNG (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, per in results["stall"].items():
+        sizes = sorted(int(n) for n in per)
+        ax.plot(sizes, [per[n]["stall"] for n in sizes], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("concurrent TLS cancels")
+    ax.set_ylabel("largest event-loop gap (ms, median)")
+    ax.set_title("asyncio loop stall while cancelling (PostgreSQL 18, loopback, TLS)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> int:
+    """Run every section and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke form (CI): tiny sizes")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    args = parser.parse_args()
+    repeat = 1 if args.quick else args.repeat
+    t0 = time.monotonic()
+    with environment() as env:
+        results: dict[str, Any] = {}
+        print("1/5 latency...", file=sys.stderr)
+        results["latency"] = bench_latency(env, samples=3 if args.quick else 30, repeat=repeat)
+        print("2/5 loop stall...", file=sys.stderr)
+        sizes = [1, 10] if args.quick else [1, 10, 50, 200]
+        results["stall"] = bench_stall(env, sizes, repeat=repeat)
+        print("3/5 legacy...", file=sys.stderr)
+        results["legacy"] = bench_legacy(env, repeat=repeat)
+        print("4/5 GIL...", file=sys.stderr)
+        results["gil"] = bench_gil(env, repeat=repeat)
+        print("5/5 CPU...", file=sys.stderr)
+        results["cpu"] = bench_cpu(env, cancels=10 if args.quick else 200, repeat=repeat)
+    results["seconds"] = time.monotonic() - t0
+    print(report(results))
+    print(f"\n(ran in {results['seconds']:.0f} s)")
+    if not args.quick:
+        args.out.write_text(json.dumps(results, indent=1))
+        png = args.out.with_name("stall.png")
+        if plot(results, png):
+            print(f"plot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
