@@ -109,10 +109,13 @@ class _Reactor:
         while True:
             with self._lock:
                 incoming, self._incoming = self._incoming, []
-                aborts, self._aborts = self._aborts, []
             for job in incoming:
                 heapq.heappush(deadlines, (job.deadline, next(counter), job))
                 self._advance(sel, job)
+            # Aborts last, just before waiting: none is left pending for a
+            # round while the jobs above were advanced.
+            with self._lock:
+                aborts, self._aborts = self._aborts, []
             for job in aborts:
                 self._finish(sel, job, asyncio.CancelledError())
             while deadlines and deadlines[0][2].finished:

@@ -20,27 +20,57 @@ reference): same classes, methods, properties, return types and exceptions.
   block or change the object (start, poll, blocking, reset, finish, legacy
   cancel/free, connect poll, send query, consume input, get result) runs as:
   GIL released, *then* lock acquired, libpq called, anything needed copied
-  out (error text with ``strdup``), lock released, *then* GIL re-acquired.
-  So no thread ever waits for the lock while holding the GIL, and no thread
-  ever waits for the GIL while holding the lock: neither a deadlock nor a
-  lock convoy (a lock held while its owner queues for the GIL, which makes
-  every other user queue behind it) is possible. No Python code and no
-  exception can run while the lock is held, and the lock is never taken
-  twice by one thread.
+  out (error text with ``strdup``, only on failure), lock released, *then*
+  GIL re-acquired. So no thread ever waits for the lock while holding the
+  GIL, and no thread ever waits for the GIL while holding the lock: neither a
+  deadlock nor a lock convoy (a lock held while its owner queues for the
+  GIL, which makes every other user queue behind it) is possible. No Python
+  code and no exception can run while the lock is held, and the lock is
+  never taken twice by one thread.
+  The lock is held only for libpq calls that do not wait for the server,
+  except in ``PGcancelConn.blocking()`` and the legacy ``PGcancel.cancel()``
+  (nothing else can usefully happen to those objects meanwhile; ``finish()``
+  waits for them), and in ``send_query()`` while a query too large for the
+  socket's buffer is being sent. In particular ``PGconn.get_result()`` never waits with
+  the lock: it loops { under the lock: ``PQflush``, ``PQconsumeInput``,
+  ``PQisBusy``, and ``PQgetResult`` once ``PQisBusy`` says it cannot block;
+  else, lock released, ``poll()`` on the socket (at most ``_WAIT_SLICE_MS``)
+  }, all without the GIL. So another thread can ``cancel_conn()``,
+  ``get_cancel()``, read the getters or ``finish()`` the connection while a
+  thread waits for a result (psycopg2-style: one thread runs the query,
+  another cancels it). If it finishes it, the waiting thread raises
+  :class:`InterfaceError` ("the connection is closed"): ``finish()`` of an
+  owned connection with waiters first shuts the socket down for reading
+  (``shutdown(SHUT_RD)``: writing still works, so ``PQfinish`` still sends
+  Terminate), which wakes them at once; the wrapper of a borrowed pointer
+  only forgets it, and its waiters notice within a slice. The waiting
+  thread only keeps the socket's *number* outside the lock, never the
+  pointer: a finish cannot free anything under it. A signal (``EINTR``)
+  makes it run the Python signal handlers, which may raise
+  (``KeyboardInterrupt``), as in the ctypes twin.
   Cheap calls (the getters, ``is_busy``, ``cancel_conn``, ``get_cancel``)
   keep the GIL when it suffices: each object counts, in ``_inflight`` (only
   changed with the GIL held), the threads that released the GIL to use it;
   when the count is 0 and this thread holds the GIL, no other thread can be
   inside libpq with this object nor enter it, so the call is made right away
-  with no lock. Otherwise (another thread is in, say, ``blocking()``) the
-  getter takes the slow path above and waits for that call, as it must: a
-  concurrent ``PQcancelPoll`` may reallocate the buffer that
+  with no lock. Otherwise (another thread is in, say, ``blocking()`` or
+  waiting in ``get_result()``) the getter takes the slow path above, as it
+  must: a concurrent ``PQcancelPoll`` may reallocate the buffer that
   ``PQcancelErrorMessage`` returns, and ``finish()`` frees the object.
   ``closed`` reads the pointer without either (an aligned pointer load).
   On a free-threaded build (``Py_GIL_DISABLED``) the fast path is compiled
   out and every call takes the lock. The module still does not declare
   itself free-threading compatible, so such an interpreter re-enables the
   GIL when importing it.
+* **fork().** Objects belong to the process that made them: each records the
+  module's *fork generation* (a C counter that ``os.register_at_fork``
+  bumps in the child). In another generation (a forked child),
+  ``finish()``/``free()`` and ``__dealloc__`` only forget the pointer (never
+  ``PQfinish``, which would send Terminate on the socket the parent still
+  uses, nor ``PQcancelFinish``/``PQfreeCancel``), and every other use raises
+  :class:`InterfaceError` ("... belongs to the parent process ..."). The
+  check comes before the lock, which a thread of the parent may have held
+  at the fork.
 * **Misuse never crashes**: use after ``finish()``, ``start()`` twice,
   ``poll()`` before ``start()``, NULL or non-int pointers, a ``Libpq`` of the
   other twin: :class:`~psycancel.errors.InterfaceError`. Objects cannot be
@@ -49,10 +79,16 @@ reference): same classes, methods, properties, return types and exceptions.
   ``PGconn.get_cancel``), so no arbitrary pointer can reach libpq.
   ``__dealloc__`` finishes what the object owns, never a borrowed
   ``PGconn``.
+* **Cheap hot paths.** Enum members come from module-level tuples (no
+  ``IntEnum`` construction per call), outcomes of the locked sections are
+  plain C ints turned into exceptions only on failure, and error text is
+  copied only when a call failed.
 """
 
 cimport cython
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.errno cimport EINTR, errno
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free
 from libc.string cimport strdup, strlen
@@ -86,6 +122,20 @@ cdef extern from *:
     ctypedef struct PGcancel_t "psycancel_PGcancel"
     ctypedef struct PGcancelConn_t "psycancel_PGcancelConn"
     const bint PSYCANCEL_FREE_THREADING
+
+cdef extern from "<poll.h>" nogil:
+    ctypedef unsigned long nfds_t
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd* fds, nfds_t nfds, int timeout)
+    const short POLLIN
+    const short POLLOUT
+
+cdef extern from "<sys/socket.h>" nogil:
+    int shutdown(int sockfd, int how)
+    const int SHUT_RD
 
 # Prototypes of the libpq functions used (enums are C ints in libpq's ABI).
 ctypedef int (*fn_lib_version)() noexcept nogil
@@ -123,6 +173,7 @@ cdef struct Functions:
     fn_conn_int PQsslInUse
     fn_ssl_attribute PQsslAttribute
     fn_send_query PQsendQuery
+    fn_conn_int PQflush
     fn_conn_int PQconsumeInput
     fn_conn_int PQisBusy
     fn_get_result PQgetResult
@@ -152,16 +203,95 @@ cdef struct Functions:
 
 cdef enum:
     _CANCEL_ERRBUF = 256
+    _WAIT_SLICE_MS = 500  # the longest single wait of get_result() (see the docstring)
 cdef int _PG_DIAG_SQLSTATE = ord("C")
 cdef int _CONNECTION_BAD = 1
 cdef int _CONNECTION_ALLOCATED = 14
 
 
-cdef str _text(const char* raw):
-    """libpq's message as text, without the trailing newline."""
+cdef str _message(const char* raw):
+    """libpq's error message as text, without the trailing newline."""
     if raw == NULL or raw[0] == 0:
         return ""
     return PyUnicode_DecodeUTF8(raw, <Py_ssize_t>strlen(raw), "replace").rstrip("\n")
+
+
+cdef inline str _value(const char* raw):
+    """A value of a result row, as text: decoded only, byte-exact."""
+    return PyUnicode_DecodeUTF8(raw, <Py_ssize_t>strlen(raw), "replace")
+
+
+# =====================================================================================
+# Enum members, looked up by value (constructing an IntEnum member costs ~1 us)
+# =====================================================================================
+
+cdef tuple _CONN_STATUS = tuple([ConnStatus(i) for i in range(max(ConnStatus) + 1)])
+cdef tuple _POLLING_STATUS = tuple([PollingStatus(i) for i in range(max(PollingStatus) + 1)])
+cdef tuple _EXEC_STATUS = tuple([ExecStatus(i) for i in range(max(ExecStatus) + 1)])
+cdef int _N_CONN_STATUS = len(_CONN_STATUS)
+cdef int _N_POLLING_STATUS = len(_POLLING_STATUS)
+cdef int _N_EXEC_STATUS = len(_EXEC_STATUS)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline object _conn_status(int value):
+    if 0 <= value < _N_CONN_STATUS:
+        return _CONN_STATUS[value]
+    return ConnStatus(value)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline object _polling_status(int value):
+    if 0 <= value < _N_POLLING_STATUS:
+        return _POLLING_STATUS[value]
+    return PollingStatus(value)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline object _exec_status(int value):
+    if 0 <= value < _N_EXEC_STATUS:
+        return _EXEC_STATUS[value]
+    return ExecStatus(value)
+
+
+# =====================================================================================
+# fork(): the generation of this process (see "fork()" in the module docstring)
+# =====================================================================================
+
+cdef unsigned int _fork_generation = 0
+
+
+def _after_fork_in_child():
+    """Registered with ``os.register_at_fork``: a new generation in the child."""
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef str _forked(str what):
+    return (
+        f"the {what} belongs to the parent process (it was made before os.fork()); "
+        "make a new one in this process"
+    )
+
+
+_CONN_FORKED = _forked("connection")
+_CANCEL_CONN_FORKED = _forked("cancel connection")
+_CANCEL_FORKED = _forked("cancel handle")
+_CONN_CLOSED = "the connection is closed"
+_CANCEL_CONN_FINISHED = "the cancel connection is finished"
+_CANCEL_FREED = "the cancel handle is freed"
+
+
+# =====================================================================================
+# Libpq
+# =====================================================================================
 
 
 _cache = {}
@@ -205,6 +335,7 @@ cdef class Libpq:
         f.PQsslInUse = <fn_conn_int>_symbol(handle, b"PQsslInUse", path, True)
         f.PQsslAttribute = <fn_ssl_attribute>_symbol(handle, b"PQsslAttribute", path, True)
         f.PQsendQuery = <fn_send_query>_symbol(handle, b"PQsendQuery", path, True)
+        f.PQflush = <fn_conn_int>_symbol(handle, b"PQflush", path, True)
         f.PQconsumeInput = <fn_conn_int>_symbol(handle, b"PQconsumeInput", path, True)
         f.PQisBusy = <fn_conn_int>_symbol(handle, b"PQisBusy", path, True)
         f.PQgetResult = <fn_get_result>_symbol(handle, b"PQgetResult", path, True)
@@ -269,7 +400,7 @@ cdef class Libpq:
                 handle = dlopen(c_name, RTLD_NOW | RTLD_LOCAL)
                 err = dlerror() if handle == NULL else NULL
             if handle == NULL:
-                message = _text(err) or f"cannot load {name!r}"
+                message = _message(err) or f"cannot load {name!r}"
                 raise OSError(message)
             # A library that is not a libpq stays loaded, as with ctypes.CDLL.
             version_func = dlsym(handle, b"PQlibVersion")
@@ -331,6 +462,8 @@ cdef enum:
     R_NOT_ALLOCATED = 3  # start()/blocking() on a used object: InterfaceError
     R_FAILED = 4         # libpq said no: CancelError / OperationalError, with its text
     R_NOT_STARTED = 5    # poll() before start(): InterfaceError
+    R_WAIT = 6           # get_result(): wait for the socket, then try again
+    R_INTERRUPTED = 7    # get_result(): a signal arrived; run the Python handlers
 
 
 cdef char* _dup(const char* text) noexcept nogil:
@@ -342,30 +475,33 @@ cdef char* _dup(const char* text) noexcept nogil:
 
 cdef str _take(char* copy):
     """The text of a copy made by _dup(), which is freed."""
+    if copy == NULL:
+        return ""
     try:
-        return _text(copy)
+        return _message(copy)
     finally:
         free(copy)
 
 
 cdef int _raise_for(
-    int rc, int status, str text, str closed_text, str what, object failure
+    int rc, int status, char* text, str closed_text, str what, object failure
 ) except -1:
-    """Raise the exception that goes with a non-OK outcome."""
+    """Raise the exception that goes with a non-OK outcome; ``text`` is freed."""
+    message = _take(text)
     if rc == R_OK:
         return 0
     if rc == R_CLOSED:
         raise InterfaceError(closed_text)
     if rc == R_BAD:
-        raise CancelError(text)
+        raise CancelError(message)
     if rc == R_NOT_ALLOCATED:
         raise InterfaceError(
             f"{what}() needs a new or reset cancel connection "
-            f"(status {ConnStatus(status).name})"
+            f"(status {_conn_status(status).name})"
         )
     if rc == R_NOT_STARTED:
         raise InterfaceError("poll() before start()")
-    raise failure(text)
+    raise failure(message)
 
 
 cdef inline bint _gil_is_enough(int inflight) noexcept:
@@ -394,8 +530,6 @@ cdef inline void _count_out(int* inflight) noexcept:
 # =====================================================================================
 # PGconn
 # =====================================================================================
-
-_CONN_CLOSED = "the connection is closed"
 
 # PGconn calls cheap enough to keep the GIL (when it is enough: see above).
 cdef enum:
@@ -434,6 +568,33 @@ cdef void _conn_call(Functions* f, PGconn_t* ptr, int which, Answer* out) noexce
         out.ptr = f.PQgetCancel(ptr)
 
 
+cdef object _copy_result(Functions* f, PGresult_t* res):
+    """A ``QueryResult`` copied out of ``res``, which is cleared."""
+    cdef int nrows, ncols, r, c
+    cdef const char* sqlstate
+    try:
+        nrows = f.PQntuples(res)
+        ncols = f.PQnfields(res)
+        rows = []
+        for r in range(nrows):
+            row = []
+            for c in range(ncols):
+                if f.PQgetisnull(res, r, c):
+                    row.append(None)
+                else:
+                    row.append(_value(f.PQgetvalue(res, r, c)))
+            rows.append(tuple(row))
+        sqlstate = f.PQresultErrorField(res, _PG_DIAG_SQLSTATE)
+        return QueryResult(
+            status=_exec_status(f.PQresultStatus(res)),
+            sqlstate=sqlstate.decode() if sqlstate != NULL and sqlstate[0] != 0 else None,
+            message=_message(f.PQresultErrorMessage(res)),
+            rows=tuple(rows),
+        )
+    finally:
+        f.PQclear(res)
+
+
 @cython.no_gc_clear
 cdef class PGconn:
     """A libpq connection (compiled twin); see :class:`psycancel.pq.abc.PGconn`."""
@@ -443,6 +604,8 @@ cdef class PGconn:
     cdef Functions* _f
     cdef bint _borrowed
     cdef int _inflight
+    cdef int _waiters            # threads waiting in get_result(); changed under the lock
+    cdef unsigned int _generation
     cdef cython.pymutex _lock
     cdef object __weakref__
 
@@ -456,6 +619,7 @@ cdef class PGconn:
         self._libpq = lib
         self._f = &lib._f
         self._borrowed = borrowed
+        self._generation = _fork_generation
         return self
 
     @staticmethod
@@ -463,7 +627,7 @@ cdef class PGconn:
         if ptr == NULL:
             raise MemoryError("libpq could not allocate a connection")
         if lib._f.PQstatus(ptr) == _CONNECTION_BAD:
-            message = _text(lib._f.PQerrorMessage(ptr))
+            message = _message(lib._f.PQerrorMessage(ptr))
             with nogil:
                 lib._f.PQfinish(ptr)
             raise OperationalError(f"connection failed: {message}")
@@ -507,35 +671,51 @@ cdef class PGconn:
         # Nobody else can hold a reference now: no lock needed.
         cdef PGconn_t* ptr = self._ptr
         self._ptr = NULL
-        if ptr != NULL and not self._borrowed and self._f != NULL:
-            with nogil:
-                self._f.PQfinish(ptr)
+        if ptr == NULL or self._borrowed or self._f == NULL:
+            return
+        if self._generation != _fork_generation:
+            return  # the parent's connection: never PQfinish it here
+        with nogil:
+            self._f.PQfinish(ptr)
+
+    cdef inline int _check_process(self) except -1:
+        """Refuse the parent's object in a forked child (before any lock)."""
+        if self._generation != _fork_generation:
+            raise InterfaceError(_CONN_FORKED)
+        return 0
 
     cdef inline PGconn_t* _p(self) except NULL:
+        if self._generation != _fork_generation:
+            raise InterfaceError(_CONN_FORKED)
         if self._ptr == NULL:
             raise InterfaceError(_CONN_CLOSED)
         return self._ptr
 
-    cdef Answer _call(self, int which) except *:
+    cdef int _call(self, int which, Answer* out) except -1:
         """A cheap libpq call, with the pointer to this thread alone."""
         cdef PGconn_t* ptr
-        cdef Answer out
         out.value = 0
         out.text = NULL
         out.ptr = NULL
         if _gil_is_enough(self._inflight):
-            _conn_call(self._f, self._p(), which, &out)
-            return out
+            _conn_call(self._f, self._p(), which, out)
+            return 0
+        self._check_process()
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
                 ptr = self._ptr
                 if ptr != NULL:
-                    _conn_call(self._f, ptr, which, &out)
+                    _conn_call(self._f, ptr, which, out)
         _count_out(&self._inflight)
         if ptr == NULL:
             raise InterfaceError(_CONN_CLOSED)
-        return out
+        return 0
+
+    cdef inline int _int_call(self, int which) except? -1:
+        cdef Answer out
+        self._call(which, &out)
+        return out.value
 
     @property
     def libpq(self):
@@ -560,32 +740,37 @@ cdef class PGconn:
     @property
     def status(self):
         """``PQstatus``."""
-        return ConnStatus(self._call(C_STATUS).value)
+        return _conn_status(self._int_call(C_STATUS))
 
     @property
     def error_message(self):
         """``PQerrorMessage``."""
-        return _take(self._call(C_ERROR_MESSAGE).text)
+        cdef Answer out
+        if _gil_is_enough(self._inflight):
+            return _message(self._f.PQerrorMessage(self._p()))  # no copy needed
+        self._call(C_ERROR_MESSAGE, &out)
+        return _take(out.text)
 
     @property
     def socket(self):
         """``PQsocket``."""
-        return self._call(C_SOCKET).value
+        return self._int_call(C_SOCKET)
 
     @property
     def backend_pid(self):
         """``PQbackendPID``."""
-        return self._call(C_BACKEND_PID).value
+        return self._int_call(C_BACKEND_PID)
 
     @property
     def ssl_in_use(self):
         """``PQsslInUse``."""
-        return bool(self._call(C_SSL_IN_USE).value)
+        return self._int_call(C_SSL_IN_USE) != 0
 
     def connect_poll(self):
         """``PQconnectPoll``."""
         cdef PGconn_t* ptr
         cdef int value = 0
+        self._check_process()
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
@@ -595,13 +780,14 @@ cdef class PGconn:
         _count_out(&self._inflight)
         if ptr == NULL:
             raise InterfaceError(_CONN_CLOSED)
-        return PollingStatus(value)
+        return _polling_status(value)
 
     cdef int _io(self, bint send, const char* query) except -1:
         """PQsendQuery (send) or PQconsumeInput; OperationalError on failure."""
         cdef PGconn_t* ptr
         cdef int rc = R_OK
         cdef char* msg = NULL
+        self._check_process()
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
@@ -613,7 +799,9 @@ cdef class PGconn:
                     rc = R_FAILED
                     msg = _dup(self._f.PQerrorMessage(ptr))
         _count_out(&self._inflight)
-        return _raise_for(rc, 0, _take(msg), _CONN_CLOSED, "", OperationalError)
+        if rc == R_OK:
+            return 0
+        return _raise_for(rc, 0, msg, _CONN_CLOSED, "", OperationalError)
 
     def send_query(self, query):
         """``PQsendQuery``; :class:`OperationalError` on failure."""
@@ -626,83 +814,130 @@ cdef class PGconn:
 
     def is_busy(self):
         """``PQisBusy``."""
-        return bool(self._call(C_IS_BUSY).value)
+        return self._int_call(C_IS_BUSY) != 0
+
+    cdef int _result_step(
+        self, bint waited, PGresult_t** res, char** msg, pollfd* wait
+    ) noexcept nogil:
+        """One step of get_result(), under the lock: never blocks."""
+        cdef Functions* f = self._f
+        cdef PGconn_t* ptr = self._ptr
+        cdef int flushed, consumed
+        if waited:
+            self._waiters -= 1
+        if ptr == NULL:
+            return R_CLOSED
+        if not f.PQisBusy(ptr):
+            res[0] = f.PQgetResult(ptr)  # does not block now
+            return R_OK
+        flushed = f.PQflush(ptr)
+        consumed = f.PQconsumeInput(ptr)
+        if not f.PQisBusy(ptr):
+            res[0] = f.PQgetResult(ptr)
+            return R_OK
+        wait.fd = f.PQsocket(ptr) if consumed and flushed >= 0 else -1
+        if wait.fd < 0:
+            msg[0] = _dup(f.PQerrorMessage(ptr))
+            return R_FAILED
+        wait.events = POLLIN | POLLOUT if flushed > 0 else POLLIN
+        wait.revents = 0
+        self._waiters += 1
+        return R_WAIT
 
     def get_result(self):
-        """The next result, copied out and freed; None when there are no more."""
-        cdef PGconn_t* ptr
+        """The next result, copied out and freed; None when there are no more.
+
+        Waits for the server without holding the connection's lock (see the
+        module docstring): other threads can cancel, read the getters or
+        finish the connection meanwhile (then this raises InterfaceError).
+        """
         cdef PGresult_t* res = NULL
-        cdef Functions* f = self._f
-        cdef int nrows, ncols, r, c
-        cdef const char* sqlstate
-        _count_in(&self._inflight)
-        with nogil:
-            with self._lock:
-                ptr = self._ptr
-                if ptr != NULL:
-                    res = f.PQgetResult(ptr)
-        _count_out(&self._inflight)
-        if ptr == NULL:
-            raise InterfaceError(_CONN_CLOSED)
+        cdef char* msg = NULL
+        cdef pollfd wait
+        cdef bint waited
+        cdef int rc
+        self._check_process()
+        while True:
+            waited = False
+            _count_in(&self._inflight)
+            with nogil:
+                # The lock only around the steps; the wait between them
+                # uses the socket's number only: if another thread finishes
+                # the connection meanwhile, the next step sees it.
+                while True:
+                    with self._lock:
+                        rc = self._result_step(waited, &res, &msg, &wait)
+                    if rc != R_WAIT:
+                        break
+                    waited = True
+                    if poll(&wait, 1, _WAIT_SLICE_MS) < 0 and errno == EINTR:
+                        with self._lock:
+                            self._waiters -= 1
+                        rc = R_INTERRUPTED
+                        break
+            _count_out(&self._inflight)
+            if rc != R_INTERRUPTED:
+                break
+            PyErr_CheckSignals()  # a handler may raise (KeyboardInterrupt)
+        if rc == R_FAILED:
+            raise OperationalError(_take(msg) or "the connection has no socket")
+        if rc != R_OK:
+            _raise_for(rc, 0, msg, _CONN_CLOSED, "", OperationalError)
         if res == NULL:
             return None
-        # The result belongs to the caller now: no lock needed to read it.
-        try:
-            nrows = f.PQntuples(res)
-            ncols = f.PQnfields(res)
-            rows = []
-            for r in range(nrows):
-                row = []
-                for c in range(ncols):
-                    if f.PQgetisnull(res, r, c):
-                        row.append(None)
-                    else:
-                        row.append(_text(f.PQgetvalue(res, r, c)))
-                rows.append(tuple(row))
-            sqlstate = f.PQresultErrorField(res, _PG_DIAG_SQLSTATE)
-            return QueryResult(
-                status=ExecStatus(f.PQresultStatus(res)),
-                sqlstate=sqlstate.decode() if sqlstate != NULL and sqlstate[0] != 0 else None,
-                message=_text(f.PQresultErrorMessage(res)),
-                rows=tuple(rows),
-            )
-        finally:
-            f.PQclear(res)
+        # The result belongs to this thread now: no lock needed to read it.
+        return _copy_result(self._f, res)
 
     def cancel_conn(self):
         """A new ``PGcancelConn`` (``PQcancelCreate``)."""
+        cdef Answer out
         if not self._libpq._has_cancel_conn:
             raise InterfaceError(
                 f"libpq {self._libpq._version} at {self._libpq._path} has no "
                 "PQcancelConn API (needs libpq >= 17)"
             )
-        cdef PGcancelConn_t* cptr = <PGcancelConn_t*>self._call(C_CANCEL_CREATE).ptr
-        if cptr == NULL:
+        self._call(C_CANCEL_CREATE, &out)
+        if out.ptr == NULL:
             raise MemoryError("libpq could not allocate a cancel connection")
-        return PGcancelConn._wrap(cptr, self._libpq)
+        return PGcancelConn._wrap(<PGcancelConn_t*>out.ptr, self._libpq)
 
     def get_cancel(self):
         """A legacy cancel handle (``PQgetCancel``)."""
-        cdef PGcancel_t* cptr = <PGcancel_t*>self._call(C_GET_CANCEL).ptr
-        if cptr == NULL:
+        cdef Answer out
+        self._call(C_GET_CANCEL, &out)
+        if out.ptr == NULL:
             raise InterfaceError("the connection has no cancel information (not open?)")
-        return PGcancel._wrap(cptr, self._libpq)
+        return PGcancel._wrap(<PGcancel_t*>out.ptr, self._libpq)
 
     def finish(self):
         """``PQfinish`` for an owned connection; idempotent."""
         cdef PGconn_t* ptr
+        cdef int fd = -1
+        if self._generation != _fork_generation:
+            self._ptr = NULL  # the parent's connection: forget it, never PQfinish here
+            return
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
                 ptr = self._ptr
                 self._ptr = NULL
+                if ptr != NULL and not self._borrowed and self._waiters > 0:
+                    fd = self._f.PQsocket(ptr)
             # The pointer is this thread's alone now: finish it without the lock.
             if ptr != NULL and not self._borrowed:
+                if fd >= 0:
+                    shutdown(fd, SHUT_RD)  # wake the threads in get_result()
                 self._f.PQfinish(ptr)
         _count_out(&self._inflight)
 
     def __repr__(self):
-        state = "closed" if self._ptr == NULL else self.status.name
+        if self._generation != _fork_generation:
+            state = "of the parent process"
+        else:
+            try:
+                state = self.status.name
+            except InterfaceError:
+                state = "closed"
         return (
             f"<PGconn {state} ptr=0x{<uintptr_t>self._ptr:x} "
             f"borrowed={bool(self._borrowed)} (c)>"
@@ -712,8 +947,6 @@ cdef class PGconn:
 # =====================================================================================
 # PGcancelConn
 # =====================================================================================
-
-_CANCEL_CONN_FINISHED = "the cancel connection is finished"
 
 
 @cython.no_gc_clear
@@ -725,6 +958,7 @@ cdef class PGcancelConn:
     cdef Functions* _f
     cdef bint _started
     cdef int _inflight
+    cdef unsigned int _generation
     cdef cython.pymutex _lock
     cdef object __weakref__
 
@@ -737,16 +971,25 @@ cdef class PGcancelConn:
         self._ptr = ptr
         self._libpq = lib
         self._f = &lib._f
+        self._generation = _fork_generation
         return self
 
     def __dealloc__(self):
         cdef PGcancelConn_t* ptr = self._ptr
         self._ptr = NULL
-        if ptr != NULL and self._f != NULL:
-            with nogil:
-                self._f.PQcancelFinish(ptr)
+        if ptr == NULL or self._f == NULL or self._generation != _fork_generation:
+            return  # nothing, or the parent's: never PQcancelFinish it here
+        with nogil:
+            self._f.PQcancelFinish(ptr)
+
+    cdef inline int _check_process(self) except -1:
+        if self._generation != _fork_generation:
+            raise InterfaceError(_CANCEL_CONN_FORKED)
+        return 0
 
     cdef inline PGcancelConn_t* _p(self) except NULL:
+        if self._generation != _fork_generation:
+            raise InterfaceError(_CANCEL_CONN_FORKED)
         if self._ptr == NULL:
             raise InterfaceError(_CANCEL_CONN_FINISHED)
         return self._ptr
@@ -758,6 +1001,7 @@ cdef class PGcancelConn:
         if _gil_is_enough(self._inflight):
             ptr = self._p()
             return self._f.PQcancelSocket(ptr) if want_socket else self._f.PQcancelStatus(ptr)
+        self._check_process()
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
@@ -778,7 +1022,7 @@ cdef class PGcancelConn:
     @property
     def status(self):
         """``PQcancelStatus``."""
-        return ConnStatus(self._int_call(False))
+        return _conn_status(self._int_call(False))
 
     @property
     def socket(self):
@@ -791,7 +1035,8 @@ cdef class PGcancelConn:
         cdef PGcancelConn_t* ptr
         cdef char* msg = NULL
         if _gil_is_enough(self._inflight):
-            return _text(self._f.PQcancelErrorMessage(self._p()))
+            return _message(self._f.PQcancelErrorMessage(self._p()))
+        self._check_process()
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
@@ -827,13 +1072,16 @@ cdef class PGcancelConn:
         cdef int rc
         cdef int status = 0
         cdef char* msg = NULL
+        self._check_process()
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
                 rc = self._send_locked(blocking, &status, &msg)
         _count_out(&self._inflight)
+        if rc == R_OK:
+            return 0
         return _raise_for(
-            rc, status, _take(msg), _CANCEL_CONN_FINISHED,
+            rc, status, msg, _CANCEL_CONN_FINISHED,
             "blocking" if blocking else "start", CancelError,
         )
 
@@ -846,6 +1094,7 @@ cdef class PGcancelConn:
         cdef PGcancelConn_t* ptr
         cdef int rc = R_OK
         cdef int value = 0
+        self._check_process()
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
@@ -857,8 +1106,9 @@ cdef class PGcancelConn:
                 else:
                     value = self._f.PQcancelPoll(ptr)
         _count_out(&self._inflight)
-        _raise_for(rc, 0, None, _CANCEL_CONN_FINISHED, "poll", CancelError)
-        return PollingStatus(value)
+        if rc != R_OK:
+            _raise_for(rc, 0, NULL, _CANCEL_CONN_FINISHED, "poll", CancelError)
+        return _polling_status(value)
 
     def blocking(self):
         """``PQcancelBlocking`` (the GIL is released while it waits)."""
@@ -867,6 +1117,7 @@ cdef class PGcancelConn:
     def reset(self):
         """``PQcancelReset``."""
         cdef PGcancelConn_t* ptr
+        self._check_process()
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
@@ -881,6 +1132,9 @@ cdef class PGcancelConn:
     def finish(self):
         """``PQcancelFinish``; idempotent."""
         cdef PGcancelConn_t* ptr
+        if self._generation != _fork_generation:
+            self._ptr = NULL  # the parent's: forget it, never PQcancelFinish here
+            return
         _count_in(&self._inflight)
         with nogil:
             with self._lock:
@@ -891,7 +1145,13 @@ cdef class PGcancelConn:
         _count_out(&self._inflight)
 
     def __repr__(self):
-        state = "finished" if self._ptr == NULL else self.status.name
+        if self._generation != _fork_generation:
+            state = "of the parent process"
+        else:
+            try:
+                state = self.status.name
+            except InterfaceError:
+                state = "finished"
         return f"<PGcancelConn {state} (c)>"
 
 
@@ -907,6 +1167,7 @@ cdef class PGcancel:
     cdef PGcancel_t* _ptr
     cdef Libpq _libpq
     cdef Functions* _f
+    cdef unsigned int _generation
     cdef cython.pymutex _lock
     cdef object __weakref__
 
@@ -919,12 +1180,13 @@ cdef class PGcancel:
         self._ptr = ptr
         self._libpq = lib
         self._f = &lib._f
+        self._generation = _fork_generation
         return self
 
     def __dealloc__(self):
         cdef PGcancel_t* ptr = self._ptr
         self._ptr = NULL
-        if ptr != NULL and self._f != NULL:
+        if ptr != NULL and self._f != NULL and self._generation == _fork_generation:
             self._f.PQfreeCancel(ptr)
 
     @property
@@ -937,6 +1199,8 @@ cdef class PGcancel:
         cdef char errbuf[_CANCEL_ERRBUF]
         cdef PGcancel_t* ptr
         cdef int ok = 0
+        if self._generation != _fork_generation:
+            raise InterfaceError(_CANCEL_FORKED)
         errbuf[0] = 0
         with nogil:
             with self._lock:
@@ -944,14 +1208,17 @@ cdef class PGcancel:
                 if ptr != NULL:
                     ok = self._f.PQcancel(ptr, errbuf, _CANCEL_ERRBUF)
         if ptr == NULL:
-            raise InterfaceError("the cancel handle is freed")
+            raise InterfaceError(_CANCEL_FREED)
         if not ok:
             errbuf[_CANCEL_ERRBUF - 1] = 0
-            raise CancelError(_text(errbuf) or "PQcancel failed")
+            raise CancelError(_message(errbuf) or "PQcancel failed")
 
     def free(self):
         """``PQfreeCancel``; idempotent."""
         cdef PGcancel_t* ptr
+        if self._generation != _fork_generation:
+            self._ptr = NULL  # the parent's: forget it
+            return
         with nogil:
             with self._lock:
                 ptr = self._ptr
@@ -960,4 +1227,6 @@ cdef class PGcancel:
                 self._f.PQfreeCancel(ptr)
 
     def __repr__(self):
+        if self._generation != _fork_generation:
+            return "<PGcancel of the parent process (c)>"
         return f"<PGcancel {'freed' if self._ptr == NULL else 'ready'} (c)>"

@@ -2,18 +2,22 @@
 
 Use after finish, double finish, start twice, poll before start, NULL or
 non-int pointers, a libpq of the other twin, a closed connection, a libpq
-without the PQcancelConn API, a connection that failed... Every case is run
-against the ctypes twin and the compiled twin, on a real server and a real
-libpq (nothing is mocked). The whole file is also run once more under
-``python -X dev`` (debug memory allocator hooks, faulthandler), in a child.
+without the PQcancelConn API, a connection that failed, calling a class
+directly, getters racing finish()... Every case is run against the ctypes
+twin and the compiled twin, on a real server and a real libpq (nothing is
+mocked). The whole file is also run once more under ``python -X dev``
+(debug memory allocator hooks, faulthandler) with ``MALLOC_PERTURB_`` (freed
+C memory is overwritten), in a child.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes.util
 import gc
 import importlib
 import os
+import pickle
 import random
 import re
 import select
@@ -376,17 +380,12 @@ def test_from_ptr_rejects_bad_pointers(twin: ModuleType, new_libpq: Any, ptr: ob
         twin.PGconn.from_ptr(ptr, new_libpq)
 
 
-def test_from_ptr_out_of_range_compiled() -> None:
-    """Compiled twin only: an address that does not fit a pointer is refused.
-
-    (The ctypes twin accepts it and fails later, with ``ctypes.ArgumentError``.)
-    """
-    c = compiled_twin()
-    lib = c.Libpq.load(NEW_LIBPQ)
-    with pytest.raises(InterfaceError):
-        c.PGconn.from_ptr(2**64, lib)
-    with pytest.raises(InterfaceError):
-        c.PGconn.from_ptr(2**200, lib)
+def test_from_ptr_out_of_range(twin: ModuleType, new_libpq: Any) -> None:
+    """An address that does not fit a pointer is refused."""
+    with pytest.raises(InterfaceError, match="not a valid address"):
+        twin.PGconn.from_ptr(2**64, new_libpq)
+    with pytest.raises(InterfaceError, match="not a valid address"):
+        twin.PGconn.from_ptr(2**200, new_libpq)
 
 
 @pytest.mark.parametrize("bad", ["other-twin", None, "path", 42, "module"])
@@ -612,6 +611,70 @@ def test_concurrent_misuse_does_not_crash(twin: ModuleType, conn: Any) -> None:
     assert res.rows == (("1",),)
 
 
+def test_getters_race_finish_without_crashing(
+    twin: ModuleType, new_libpq: Any, dsn_plain: str
+) -> None:
+    """Threads read every getter of a PGconn and of a PGcancelConn while another
+    thread finishes them: each call either works or raises InterfaceError; none
+    reads freed memory (every libpq call is made under the object's lock)."""
+    conn_getters: list[Callable[[Any], object]] = [
+        lambda c: c.status,
+        lambda c: c.error_message,
+        lambda c: c.socket,
+        lambda c: c.backend_pid,
+        lambda c: c.ssl_in_use,
+        lambda c: c.is_busy(),
+        lambda c: c.pgconn_ptr,
+        lambda c: repr(c),
+    ]
+    cc_getters: list[Callable[[Any], object]] = [
+        lambda cc: cc.status,
+        lambda cc: cc.socket,
+        lambda cc: cc.error_message,
+        lambda cc: repr(cc),
+    ]
+    unexpected: list[BaseException] = []
+    for round_ in range(8):
+        conn = twin.PGconn.connect(dsn_plain, libpq=new_libpq)
+        cc = conn.cancel_conn()
+        cc.start()
+        go = threading.Event()
+        stop = threading.Event()
+
+        def reader(
+            seed: int,
+            conn: Any = conn,
+            cc: Any = cc,
+            go: threading.Event = go,
+            stop: threading.Event = stop,
+        ) -> None:
+            rnd = random.Random(seed)
+            go.wait()
+            while not stop.is_set():
+                try:
+                    rnd.choice(conn_getters)(conn)
+                    rnd.choice(cc_getters)(cc)
+                except InterfaceError:
+                    if conn.closed and cc.closed:
+                        return
+                except BaseException as ex:
+                    unexpected.append(ex)
+                    return
+
+        threads = [threading.Thread(target=reader, args=(round_ * 10 + i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        go.set()
+        time.sleep(0.002 * round_)  # finish at a different moment in every round
+        cc.finish()
+        conn.finish()
+        stop.set()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+    assert unexpected == []
+
+
 def test_finish_from_another_thread_waits_for_blocking(
     twin: ModuleType, new_libpq: Any, pg_server: Any, proxy: Any
 ) -> None:
@@ -638,22 +701,42 @@ def test_finish_from_another_thread_waits_for_blocking(
 
 
 # =====================================================================================
-# Constructors are not public in the compiled twin
+# Constructors are not public (in either twin)
 # =====================================================================================
 
 
-def test_compiled_classes_cannot_be_instantiated_directly() -> None:
+def test_classes_cannot_be_instantiated_directly(twin: ModuleType, new_libpq: Any) -> None:
     """An arbitrary address can only reach libpq through from_ptr()'s checks."""
-    c = compiled_twin()
-    lib = c.Libpq.load(NEW_LIBPQ)
+    lib = new_libpq
     with pytest.raises(TypeError):
-        c.Libpq()
+        twin.Libpq()
     with pytest.raises(TypeError):
-        c.PGconn(12345, lib, borrowed=False)
+        twin.Libpq(ctypes.CDLL(None), NEW_LIBPQ)
     with pytest.raises(TypeError):
-        c.PGcancelConn(12345, lib)
+        twin.PGconn(0xDEAD, lib, borrowed=False).finish()
     with pytest.raises(TypeError):
-        c.PGcancel(12345, lib)
+        twin.PGconn(0xDEAD, lib, borrowed=True)
+    with pytest.raises(TypeError):
+        twin.PGcancelConn(0xDEAD, lib).finish()
+    with pytest.raises(TypeError):
+        twin.PGcancel(0xDEAD, lib).free()
+    gc.collect()  # the half-made objects are collected without touching libpq
+
+
+def test_objects_cannot_be_copied_or_pickled(twin: ModuleType, conn: Any) -> None:
+    """A copy would share the pointer, and finish it twice."""
+    cc = conn.cancel_conn()
+    handle = conn.get_cancel()
+    borrowed = twin.PGconn.from_ptr(conn.pgconn_ptr, conn.libpq)
+    try:
+        for obj in (conn.libpq, conn, borrowed, cc, handle):
+            for dup in (copy.copy, copy.deepcopy, pickle.dumps):
+                with pytest.raises(TypeError, match="cannot pickle"):
+                    dup(obj)
+        assert run(conn, "select 1").rows == (("1",),)
+    finally:
+        cc.finish()
+        handle.free()
 
 
 # =====================================================================================
@@ -661,9 +744,11 @@ def test_compiled_classes_cannot_be_instantiated_directly() -> None:
 # =====================================================================================
 
 
-@pytest.mark.skipif(bool(os.environ.get(ENV_CHILD)), reason="already the -X dev child")
+@pytest.mark.skipif(bool(os.environ.get(ENV_CHILD)), reason="[not a missing dependency] already the -X dev child")
 def test_this_file_passes_under_dev_mode(pg_server: Any) -> None:
-    env = dict(os.environ, **{ENV_CHILD: "1"})
+    # MALLOC_PERTURB_: glibc fills freed memory, so that a read of a freed
+    # libpq object returns garbage (and likely crashes) instead of stale data.
+    env = dict(os.environ, **{ENV_CHILD: "1", "MALLOC_PERTURB_": "165"})
     # Reuse this session's server instead of starting another one.
     if not env.get("PSYCANCEL_TEST_DSN"):
         env["PSYCANCEL_TEST_DSN"] = pg_server.dsn("disable")

@@ -2,18 +2,21 @@
 
 Statically: the same public names, the same kinds of members (property,
 method, classmethod) with the same signatures, and every member of the
-Protocols in ``psycancel.pq.abc``. Against a live server: the same value
-types (``status`` is a ``ConnStatus``, ``socket`` an ``int``, ...) and the
-same values.
+Protocols in ``psycancel.pq.abc``; the compiled twin's type stub
+(``psycancel_c/_pq.pyi``) declares exactly its members, with the ctypes
+twin's annotations. Against a live server: the same value types (``status``
+is a ``ConnStatus``, ``socket`` an ``int``, ...) and the same values.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import os
 import select
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -33,6 +36,7 @@ except ImportError:  # not built: its tests are skipped (fail with PSYCANCEL_REQ
 NEW_LIBPQ = os.environ.get("PSYCANCEL_LIBPQ") or "/var/cache/psycancel/postgresql-18/lib/libpq.so.5"
 OLD_LIBPQ = "/usr/lib/x86_64-linux-gnu/libpq.so.5"
 CLASSES = ["Libpq", "PGconn", "PGcancelConn", "PGcancel"]
+STUB = Path(__file__).resolve().parents[1] / "psycancel_c" / "_pq.pyi"
 
 # Public attributes that only one twin has on its *instances*, on purpose.
 INSTANCE_EXTRAS = {
@@ -177,6 +181,107 @@ def test_classmethod_signatures() -> None:
         ]
 
 
+def test_classes_cannot_be_instantiated_directly() -> None:
+    """Both twins refuse to wrap an arbitrary pointer by calling the class."""
+    for mod in (_ctypes, compiled_twin()):
+        for name in CLASSES:
+            with pytest.raises(TypeError, match=r"use .*\(\)"):
+                getattr(mod, name)(0xDEAD, None)
+
+
+# =====================================================================================
+# The compiled twin's type stub (psycancel_c/_pq.pyi)
+# =====================================================================================
+
+
+def stub_members(cls_name: str) -> dict[str, ast.FunctionDef]:
+    """The public members that the stub declares on ``cls_name``."""
+    tree = ast.parse(STUB.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls_name:
+            return {
+                item.name: item
+                for item in node.body
+                if isinstance(item, ast.FunctionDef) and not item.name.startswith("_")
+            }
+    raise AssertionError(f"{STUB} declares no class {cls_name}")
+
+
+def stub_kind(func: ast.FunctionDef) -> str:
+    decorators = {ast.unparse(d) for d in func.decorator_list}
+    if "property" in decorators:
+        return "property"
+    if "classmethod" in decorators:
+        return "classmethod"
+    if "staticmethod" in decorators:
+        return "staticmethod"
+    return "method"
+
+
+def stub_signature(func: ast.FunctionDef) -> list[tuple[str, str | None, str | None]]:
+    """(name, annotation, default) of every parameter but self/cls, then the return."""
+    args = func.args
+    positional = args.posonlyargs + args.args
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
+    defaults += list(args.defaults)
+    params = list(zip(positional, defaults, strict=True))[1:]
+    params += list(zip(args.kwonlyargs, args.kw_defaults, strict=True))
+    out = [
+        (
+            arg.arg,
+            ast.unparse(arg.annotation) if arg.annotation else None,
+            ast.unparse(default) if default is not None else None,
+        )
+        for arg, default in params
+    ]
+    out.append(("return", ast.unparse(func.returns) if func.returns else None, None))
+    return out
+
+
+def ctypes_signature(member: object) -> list[tuple[str, str | None, str | None]]:
+    """The same, from the ctypes twin's (string) annotations."""
+    func = member.fget if isinstance(member, property) else member
+    if isinstance(func, (classmethod, staticmethod)):
+        func = func.__func__
+    sig = inspect.signature(func)  # type: ignore[arg-type]
+    params = [p for p in sig.parameters.values() if p.name not in ("self", "cls")]
+    empty = inspect.Parameter.empty
+    out = [
+        (
+            p.name,
+            None if p.annotation is empty else str(p.annotation),
+            None if p.default is empty else repr(p.default),
+        )
+        for p in params
+    ]
+    ret = sig.return_annotation
+    out.append(("return", None if ret is empty else str(ret), None))
+    return out
+
+
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_stub_declares_the_compiled_members(cls_name: str) -> None:
+    c_cls = getattr(compiled_twin(), cls_name)
+    declared = stub_members(cls_name)
+    assert set(declared) == public_names(c_cls)
+    for name, func in declared.items():
+        assert stub_kind(func) == member_kind(c_cls, name), f"{cls_name}.{name}"
+
+
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_stub_has_the_ctypes_annotations(cls_name: str) -> None:
+    py_cls = getattr(_ctypes, cls_name)
+    for name, func in stub_members(cls_name).items():
+        member = inspect.getattr_static(py_cls, name)
+        assert stub_signature(func) == ctypes_signature(member), f"{cls_name}.{name}"
+
+
+def test_stub_module_names() -> None:
+    tree = ast.parse(STUB.read_text())
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert classes == set(CLASSES) == set(compiled_twin().__all__)
+
+
 # =====================================================================================
 # Live parity: value types and values
 # =====================================================================================
@@ -255,6 +360,18 @@ def test_pgconn_value_types(twin: ModuleType, conn: Any, dsn: str) -> None:
     assert borrowed.backend_pid == conn.backend_pid
     assert borrowed.finish() is None
     assert borrowed.closed is True and conn.closed is False
+
+
+def test_row_values_are_byte_exact(twin: ModuleType, conn: Any) -> None:
+    """Only error messages lose their trailing newline; values are kept as they are."""
+    conn.send_query("select E'y\\n', E'\\n', ' z ', '', E'a\\r\\n\\n', 'é'")
+    res = conn.get_result()
+    assert conn.get_result() is None
+    assert res.rows == (("y\n", "\n", " z ", "", "a\r\n\n", "é"),)
+    conn.send_query("select 1/0")
+    err = conn.get_result()
+    assert conn.get_result() is None
+    assert err.message and not err.message.endswith("\n")
 
 
 def test_connect_poll_value_types(twin: ModuleType, new_libpq: Any, dsn_plain: str) -> None:

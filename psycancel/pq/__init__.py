@@ -40,7 +40,7 @@ def import_twin(name: str) -> ModuleType:
         return _ctypes
     if name == "c":
         try:
-            from psycancel_c import _pq  # type: ignore[attr-defined,unused-ignore]
+            from psycancel_c import _pq
         except ImportError as ex:
             raise ImportError(
                 "the compiled twin psycancel_c._pq is not available "

@@ -3,10 +3,27 @@
 Common rules for every object below:
 
 * After ``finish()`` (``free()`` for :class:`PGcancel`), every method and
-  property except ``finish()``/``free()`` and ``closed`` raises
-  :class:`~psycancel.errors.InterfaceError`; ``finish()`` itself is
-  idempotent and also runs when the object is garbage collected.
-* A libpq call that fails reports libpq's own error text in the exception.
+  property raises :class:`~psycancel.errors.InterfaceError`, except
+  ``finish()``/``free()`` themselves, ``closed``, and two plain attributes
+  of a :class:`PGconn` that do not touch libpq: ``libpq`` and ``borrowed``
+  (they keep working). ``finish()`` is idempotent and also runs when the
+  object is garbage collected.
+* The classes cannot be instantiated directly (``TypeError``): objects come
+  from ``Libpq.load``, ``PGconn.connect``/``connect_start``/``from_ptr``,
+  ``PGconn.cancel_conn`` and ``PGconn.get_cancel``.
+* Thread safety: every object can be used from several threads; each call
+  is serialised with the object's other libpq calls by a lock, which is
+  only held for libpq calls that do not wait for the server (except in
+  :meth:`PGcancelConn.blocking` and :meth:`PGcancel.cancel`). A thread
+  waiting in :meth:`PGconn.get_result` does not hold it: another thread can
+  cancel that query through the same object, or finish it.
+* fork(): objects belong to the process that made them. In a forked child,
+  ``finish()``/``free()`` (and garbage collection) only forget the parent's
+  pointer, never closing or freeing anything the parent still uses, and
+  every other use raises :class:`~psycancel.errors.InterfaceError` ("...
+  belongs to the parent process ..."). Make new objects in the child.
+* A libpq call that fails reports libpq's own error text in the exception
+  (error messages lose their trailing newline; query values never do).
 * Objects are never handed to a libpq other than the one that created them.
 """
 
@@ -29,7 +46,7 @@ class QueryResult(NamedTuple):
     message: str
     """``PQresultErrorMessage`` (empty when the query succeeded)."""
     rows: tuple[tuple[str | None, ...], ...]
-    """The rows as text (``None`` for SQL NULL)."""
+    """The rows as text (``None`` for SQL NULL), exactly as the server sent them."""
 
 
 class Libpq(Protocol):
@@ -141,7 +158,7 @@ class PGconn(Protocol):
 
     @property
     def libpq(self) -> Libpq:
-        """The libpq this connection belongs to."""
+        """The libpq this connection belongs to (also after :meth:`finish`)."""
         ...
 
     @property
@@ -151,7 +168,10 @@ class PGconn(Protocol):
 
     @property
     def borrowed(self) -> bool:
-        """True when psycancel does not own (and never finishes) the pointer."""
+        """True when psycancel does not own (and never finishes) the pointer.
+
+        Also readable after :meth:`finish`.
+        """
         ...
 
     @property
@@ -201,7 +221,15 @@ class PGconn(Protocol):
         ...
 
     def get_result(self) -> QueryResult | None:
-        """The next result (blocks while busy); None when there are no more."""
+        """The next result (waits while busy); None when there are no more.
+
+        Waits for the server with the GIL *and* the object's lock released:
+        meanwhile other threads may use this object, e.g. cancel the query
+        (:meth:`cancel_conn`, :meth:`get_cancel`). If another thread
+        finishes it, this raises :class:`~psycancel.errors.InterfaceError`.
+        A signal handler that raises (``KeyboardInterrupt``) interrupts the
+        wait; the query then still runs.
+        """
         ...
 
     def cancel_conn(self) -> PGcancelConn:
@@ -219,6 +247,8 @@ class PGconn(Protocol):
     def finish(self) -> None:
         """Close an owned connection (``PQfinish``); idempotent.
 
-        On a borrowed connection this only forgets the pointer.
+        On a borrowed connection this only forgets the pointer. Threads
+        waiting in :meth:`get_result` raise
+        :class:`~psycancel.errors.InterfaceError`.
         """
         ...
