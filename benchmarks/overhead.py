@@ -30,8 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psycancel  # noqa: E402
-from psycancel.pq import import_twin  # noqa: E402
+import psycancel
+from psycancel.pq import import_twin
 
 TWINS = ("c", "python")
 

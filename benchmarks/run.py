@@ -117,11 +117,11 @@ def bench_latency(env: Env, samples: int, repeat: int) -> dict[str, dict[str, fl
             contenders["psycopg cancel_safe"] = pg3.cancel_safe
             contenders["psycopg async cancel_safe"] = timed_async(apg3.cancel_safe)
             contenders["psycopg2 cancel (clear text)"] = pg2.cancel
-            contenders["raw floor"] = lambda: raw_cancel(
-                env.server.host, env.server.port, pid, sslmode != "disable"
+            contenders["raw floor"] = lambda pid=pid, tls=sslmode != "disable": raw_cancel(
+                env.server.host, env.server.port, pid, tls
             )
             times: dict[str, list[float]] = {name: [] for name in contenders}
-            for name, fn in contenders.items():
+            for fn in contenders.values():
                 fn()  # warm up
             for _ in range(repeat):
                 for name, fn in contenders.items():
@@ -172,7 +172,9 @@ def bench_stall(env: Env, sizes: list[int], repeat: int) -> dict[str, dict[int, 
         def theirs(n: int) -> Callable[[], list[Awaitable[None]]]:
             return lambda: [pg3[i % pool].cancel_safe() for i in range(n)]
 
-        names = [f"psycancel-{t}{' offload' if off else ''}" for t in TWINS for off in (False, True)]
+        names = [
+            f"psycancel-{t}{' offload' if off else ''}" for t in TWINS for off in (False, True)
+        ]
         names.append("psycopg cancel_safe")
         raw: dict[str, dict[int, dict[str, list[float]]]] = {
             name: {n: {"stall": [], "total": []} for n in sizes} for name in names
@@ -331,23 +333,22 @@ def report(results: dict[str, Any]) -> str:
             ]
         )
     parts.append("### 1. Single-cancel latency (ms, median)\n")
-    parts.append(
-        _table(["contender", "plain", "vs floor", "TLS", "vs floor"], rows)
-    )
+    parts.append(_table(["contender", "plain", "vs floor", "TLS", "vs floor"], rows))
     stall = results["stall"]
     sizes = sorted({int(n) for per in stall.values() for n in per})
     rows = []
     for name, per in stall.items():
-        rows.append(
-            [name]
-            + [f"{per[n]['stall']:.1f} / {per[n]['total']:.0f}" for n in sizes]
-        )
+        rows.append([name] + [f"{per[n]['stall']:.1f} / {per[n]['total']:.0f}" for n in sizes])
     parts.append("\n### 2. Loop stall / total time (ms) with N concurrent TLS cancels\n")
     parts.append(_table(["contender"] + [f"N={n}" for n in sizes], rows))
     parts.append("\n### 3. Legacy path: loop stall (ms), 10 cancels, 10 ms each way\n")
-    parts.append(_table(["contender", "stall"], [[k, f"{v:.1f}"] for k, v in results["legacy"].items()]))
+    parts.append(
+        _table(["contender", "stall"], [[k, f"{v:.1f}"] for k, v in results["legacy"].items()])
+    )
     parts.append("\n### 4. GIL: main-thread progress during a blocking cancel (200 ms each way)\n")
-    parts.append(_table(["contender", "progress"], [[k, f"{v:.0f}%"] for k, v in results["gil"].items()]))
+    parts.append(
+        _table(["contender", "progress"], [[k, f"{v:.0f}%"] for k, v in results["gil"].items()])
+    )
     cpu = results["cpu"]
     parts.append("\n### 5. Client CPU per cancel (us)\n")
     parts.append(
@@ -372,7 +373,11 @@ def targets(results: dict[str, Any]) -> list[str]:
     n = max(int(k) for k in stall["psycopg cancel_safe"])
     default = "psycancel-c offload" if results.get("default_offload_tls", True) else "psycancel-c"
     ours, theirs = stall[default][n], stall["psycopg cancel_safe"][n]
-    ok = ours["stall"] <= 3 and ours["stall"] <= 0.2 * theirs["stall"] and ours["total"] <= theirs["total"]
+    ok = (
+        ours["stall"] <= 3
+        and ours["stall"] <= 0.2 * theirs["stall"]
+        and ours["total"] <= theirs["total"]
+    )
     out.append(
         f"loop stall, {n} TLS cancels ({default}): {ours['stall']:.1f} ms vs psycopg "
         f"{theirs['stall']:.1f} ms ({ours['stall'] / theirs['stall']:.2f}x), total "

@@ -21,13 +21,17 @@ def _info() -> int:
         except ImportError as ex:
             state = f"unavailable: {ex}"
         print(f"  twin {name}: {state}")
+    from .pq._libfind import ENV_LIBPQ, default_libpq_origin
+
     try:
+        origin, _ = default_libpq_origin()
         lib = Libpq.load()
     except OSError as ex:
         print(f"libpq: not found ({ex})")
         return 1
+    where = {"env": f"from ${ENV_LIBPQ}", "bundled": "bundled", "system": "system"}[origin]
     major, minor = divmod(lib.version, 10000)
-    print(f"libpq: {lib.path}")
+    print(f"libpq: {lib.path} ({where})")
     print(f"libpq version: {major}.{minor} ({lib.version})")
     print(f"PQcancelConn API (encrypted, non-blocking cancel): {lib.has_cancel_conn}")
     print(f"TLS support: {lib.ssl_library or 'none'}")

@@ -178,7 +178,15 @@ def proxy(pg_server: ServerLike) -> Iterator[Callable[[], TcpProxy]]:
 SYSTEM_LIBPQ_ENV = "PSYCANCEL_TEST_LEGACY_LIBPQ"
 
 
+TEST_LIBPQ_ENV = "PSYCANCEL_TEST_LIBPQ"
+"""``default``: the new-API libpq under test is ``Libpq.load()``'s (a wheel's bundled copy)."""
+
+
 def _new_libpq_path() -> str | None:
+    if os.environ.get(TEST_LIBPQ_ENV, "").strip().lower() == "default":
+        from psycancel.pq._libfind import default_libpq_path
+
+        return default_libpq_path()
     env = os.environ.get("PSYCANCEL_LIBPQ")
     if env:
         return env
@@ -186,7 +194,9 @@ def _new_libpq_path() -> str | None:
     return str(libpq_file(prefix)) if prefix else None
 
 
-def _legacy_libpq_path() -> str:
+def _legacy_libpq_path() -> str | None:
+    if os.environ.get(SYSTEM_LIBPQ_ENV, "").strip().lower() == "none":
+        return None
     from psycancel.pq._libfind import _system_libpq
 
     path = os.environ.get(SYSTEM_LIBPQ_ENV) or _system_libpq()
@@ -206,7 +216,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines.append(f"psycancel twin: {pq.__impl__} ({pq.PGconn.__module__})")
     new = _new_libpq_path()
     lines.append(f"new-API libpq: {_describe(Libpq.load(new)) if new else 'not built yet'}")
-    lines.append(f"legacy libpq: {_describe(Libpq.load(_legacy_libpq_path()))}")
+    legacy = _legacy_libpq_path()
+    shown = _describe(Libpq.load(legacy)) if legacy else f"none (${SYSTEM_LIBPQ_ENV})"
+    lines.append(f"legacy libpq: {shown}")
     return lines
 
 
@@ -223,7 +235,10 @@ def libpq(pg_server: ServerLike) -> Libpq:
 @pytest.fixture(scope="session")
 def legacy_libpq() -> Libpq:
     """The system libpq (< 17, legacy PQcancel only), loaded with the active twin."""
-    lib = Libpq.load(_legacy_libpq_path())
+    path = _legacy_libpq_path()
+    if path is None:
+        pytest.skip(f"{ALLOWED_SKIP} no legacy libpq here (${SYSTEM_LIBPQ_ENV}=none)")
+    lib = Libpq.load(path)
     assert not lib.has_cancel_conn, f"{lib.path} is not a legacy libpq"
     return lib
 

@@ -218,6 +218,12 @@ def test_owner_follows_the_dynamic_linker(dsn_plain: str, libpq: Libpq) -> None:
     assert alone["borrowed"] and alone["ptr_matches"]
 
     after = run_legacy("owner", {"dsn": dsn_plain, "load_first": libpq.path})
+    if not os.path.basename(libpq.path).startswith("libpq.so"):
+        # A wheel's bundled copy is renamed, soname included (libpq-<hash>.so.5.18):
+        # nothing that asks for libpq.so.5 binds to it, and the owner says so.
+        assert after["owner_version"] == after["driver_libpq_version"] < 170000
+        assert after["owner_path"] == alone["owner_path"]
+        return
     assert after["owner_version"] == after["driver_libpq_version"] == libpq.version
     assert after["owner_path"] == libpq.path
 

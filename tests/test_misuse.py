@@ -744,7 +744,9 @@ def test_objects_cannot_be_copied_or_pickled(twin: ModuleType, conn: Any) -> Non
 # =====================================================================================
 
 
-@pytest.mark.skipif(bool(os.environ.get(ENV_CHILD)), reason="[not a missing dependency] already the -X dev child")
+@pytest.mark.skipif(
+    bool(os.environ.get(ENV_CHILD)), reason="[not a missing dependency] already the -X dev child"
+)
 def test_this_file_passes_under_dev_mode(pg_server: Any) -> None:
     # MALLOC_PERTURB_: glibc fills freed memory, so that a read of a freed
     # libpq object returns garbage (and likely crashes) instead of stale data.

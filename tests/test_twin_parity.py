@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import psycancel_c
 from psycancel.pq import _ctypes
 from psycancel.pq import abc as pq_abc
 from psycancel.pq.abc import QueryResult
@@ -36,7 +37,7 @@ except ImportError:  # not built: its tests are skipped (fail with PSYCANCEL_REQ
 NEW_LIBPQ = os.environ.get("PSYCANCEL_LIBPQ") or "/var/cache/psycancel/postgresql-18/lib/libpq.so.5"
 OLD_LIBPQ = "/usr/lib/x86_64-linux-gnu/libpq.so.5"
 CLASSES = ["Libpq", "PGconn", "PGcancelConn", "PGcancel"]
-STUB = Path(__file__).resolve().parents[1] / "psycancel_c" / "_pq.pyi"
+STUB = Path(psycancel_c.__file__).resolve().parent / "_pq.pyi"
 
 # Public attributes that only one twin has on its *instances*, on purpose.
 INSTANCE_EXTRAS = {
