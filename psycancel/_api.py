@@ -97,7 +97,7 @@ async def cancel_async(
     ``True`` in psycancel's background thread (the TLS handshake's CPU work
     then never runs in the loop thread), ``False`` in the loop thread through
     ``add_reader``/``add_writer``; ``None`` (default) offloads exactly the
-    cancels of TLS connections (see ``docs/performance.md`` for the
+    cancels of TLS connections (see ``benchmarks/README.md`` for the
     measurements behind this rule). Timeouts, errors and cleanup are the same
     in every mode.
     """

@@ -14,7 +14,7 @@
 # installs those). Idempotent: the source build is redone only when missing or
 # not linked with a libpq < 17.
 set -euo pipefail
-venv="${1:?usage: $0 VENV}"
+venv="$(cd "${1:?usage: $0 VENV}" && pwd)"  # absolute: checked against module paths
 py="$venv/bin/python"
 log() { printf 'install_test_drivers: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
