@@ -45,7 +45,7 @@ echo "valgrind ($mode): logs in $logdir" >&2
 set +e
 PSYCANCEL_IMPL=c PYTHONMALLOC=malloc PYTHONDONTWRITEBYTECODE=1 \
 PSYCANCEL_TEST_MISUSE_CHILD=1 \
-valgrind --tool=memcheck \
+valgrind --tool=memcheck --fair-sched=yes \
     --num-callers=40 \
     --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
     --child-silent-after-fork=yes \
