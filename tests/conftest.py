@@ -7,6 +7,8 @@ import re
 import subprocess
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from psycancel._server import (
 )
 from psycancel.pq import Libpq
 from tests.proxy import ServerLike, TcpProxy
+from tests.twins import NEW_LIBPQ, OLD_LIBPQ, _ctypes, compiled_twin
 
 # =====================================================================================
 # The server and the proxy
@@ -287,3 +290,36 @@ def pytest_make_collect_report(
         report.outcome = "failed"
         report.longrepr = f"module skipped in CI (CI=true): {report.longrepr}"
     return report
+
+
+# =====================================================================================
+# Both twins side by side (for the twin-level tests: parity, misuse, GIL, threads, fork)
+# =====================================================================================
+
+
+@pytest.fixture(params=["python", "c"])
+def twin(request: pytest.FixtureRequest) -> ModuleType:
+    """Each twin module in turn."""
+    return _ctypes if request.param == "python" else compiled_twin()
+
+
+@pytest.fixture
+def new_libpq(twin: ModuleType) -> Any:
+    """libpq >= 17 (with the PQcancelConn API), loaded by ``twin``."""
+    if not os.path.exists(NEW_LIBPQ):
+        pytest.skip(f"no libpq >= 17 at {NEW_LIBPQ}")
+    lib = twin.Libpq.load(NEW_LIBPQ)
+    if not lib.has_cancel_conn:
+        pytest.skip(f"{NEW_LIBPQ} has no PQcancelConn API")
+    return lib
+
+
+@pytest.fixture
+def old_libpq(twin: ModuleType) -> Any:
+    """The system's libpq < 17 (legacy PQcancel only), loaded by ``twin``."""
+    if not os.path.exists(OLD_LIBPQ):
+        pytest.skip(f"no legacy libpq at {OLD_LIBPQ}")
+    lib = twin.Libpq.load(OLD_LIBPQ)
+    if lib.has_cancel_conn:
+        pytest.skip(f"{OLD_LIBPQ} is not a legacy libpq")
+    return lib

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import importlib
 import os
 import threading
 import time
@@ -26,46 +25,13 @@ from typing import Any
 import pytest
 
 from psycancel.errors import CancelError, InterfaceError
-from psycancel.pq import _ctypes
 from psycancel.pq.enums import ConnStatus, ExecStatus
 
 from .helpers import QUERY_CANCELED, drain, run, wait_until_active
 
-_compiled: ModuleType | None
-try:
-    _compiled = importlib.import_module("psycancel_c._pq")
-except ImportError:  # not built: its tests are skipped (fail with PSYCANCEL_REQUIRE_EXT=1)
-    _compiled = None
-
-NEW_LIBPQ = os.environ.get("PSYCANCEL_LIBPQ") or "/var/cache/psycancel/postgresql-18/lib/libpq.so.5"
 CHILD_TIMEOUT = 20.0
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork() here")
-
-
-def compiled_twin() -> ModuleType:
-    if _compiled is None:
-        if os.environ.get("PSYCANCEL_REQUIRE_EXT", "").lower() in ("1", "true", "yes", "on"):
-            pytest.fail("the compiled twin psycancel_c._pq is not built")
-        pytest.skip("the compiled twin psycancel_c._pq is not built")
-    return _compiled
-
-
-@pytest.fixture(params=["python", "c"])
-def twin(request: pytest.FixtureRequest) -> ModuleType:
-    """Each twin module in turn."""
-    return _ctypes if request.param == "python" else compiled_twin()
-
-
-@pytest.fixture
-def new_libpq(twin: ModuleType) -> Any:
-    """libpq >= 17 (with the PQcancelConn API), loaded by ``twin``."""
-    if not os.path.exists(NEW_LIBPQ):
-        pytest.skip(f"no libpq >= 17 at {NEW_LIBPQ}")
-    lib = twin.Libpq.load(NEW_LIBPQ)
-    if not lib.has_cancel_conn:
-        pytest.skip(f"{NEW_LIBPQ} has no PQcancelConn API")
-    return lib
 
 
 def in_child(body: Callable[[], list[str]]) -> list[str]:

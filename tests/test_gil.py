@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,17 +21,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-
-from psycancel.pq import _ctypes
-
-_compiled: ModuleType | None
-try:
-    _compiled = importlib.import_module("psycancel_c._pq")
-except ImportError:  # not built: its tests are skipped (fail with PSYCANCEL_REQUIRE_EXT=1)
-    _compiled = None
-
-NEW_LIBPQ = os.environ.get("PSYCANCEL_LIBPQ") or "/var/cache/psycancel/postgresql-18/lib/libpq.so.5"
-OLD_LIBPQ = "/usr/lib/x86_64-linux-gnu/libpq.so.5"
 
 DELAY = 0.3
 """Seconds the proxy adds to every chunk, in each direction (>= 0.2)."""
@@ -43,40 +30,6 @@ MIN_RATIO = 0.8
 TRIALS = 3
 """Measurements allowed per test (the first that reaches MIN_RATIO passes)."""
 QUERY_CANCELED = "57014"
-
-
-def compiled_twin() -> ModuleType:
-    if _compiled is None:
-        if os.environ.get("PSYCANCEL_REQUIRE_EXT", "").lower() in ("1", "true", "yes", "on"):
-            pytest.fail("the compiled twin psycancel_c._pq is not built")
-        pytest.skip("the compiled twin psycancel_c._pq is not built")
-    return _compiled
-
-
-@pytest.fixture(params=["python", "c"])
-def twin(request: pytest.FixtureRequest) -> ModuleType:
-    """Each twin module in turn."""
-    return _ctypes if request.param == "python" else compiled_twin()
-
-
-@pytest.fixture
-def new_libpq(twin: ModuleType) -> Any:
-    if not os.path.exists(NEW_LIBPQ):
-        pytest.skip(f"no libpq >= 17 at {NEW_LIBPQ}")
-    lib = twin.Libpq.load(NEW_LIBPQ)
-    if not lib.has_cancel_conn:
-        pytest.skip(f"{NEW_LIBPQ} has no PQcancelConn API")
-    return lib
-
-
-@pytest.fixture
-def old_libpq(twin: ModuleType) -> Any:
-    if not os.path.exists(OLD_LIBPQ):
-        pytest.skip(f"no legacy libpq at {OLD_LIBPQ}")
-    lib = twin.Libpq.load(OLD_LIBPQ)
-    if lib.has_cancel_conn:
-        pytest.skip(f"{OLD_LIBPQ} is not a legacy libpq")
-    return lib
 
 
 def count_for(seconds: float) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import ctypes.util
 import gc
-import importlib
 import os
 import pickle
 import random
@@ -37,14 +36,8 @@ from psycancel.errors import CancelError, InterfaceError, OperationalError
 from psycancel.pq import _ctypes
 from psycancel.pq.enums import ConnStatus, PollingStatus
 
-_compiled: ModuleType | None
-try:
-    _compiled = importlib.import_module("psycancel_c._pq")
-except ImportError:  # not built: its tests are skipped (fail with PSYCANCEL_REQUIRE_EXT=1)
-    _compiled = None
+from .twins import NEW_LIBPQ, compiled_twin
 
-NEW_LIBPQ = os.environ.get("PSYCANCEL_LIBPQ") or "/var/cache/psycancel/postgresql-18/lib/libpq.so.5"
-OLD_LIBPQ = "/usr/lib/x86_64-linux-gnu/libpq.so.5"
 ENV_CHILD = "PSYCANCEL_TEST_MISUSE_CHILD"
 """Set in the ``python -X dev`` child run, which must not start another child."""
 
@@ -53,46 +46,10 @@ ENV_CHILD = "PSYCANCEL_TEST_MISUSE_CHILD"
 # =====================================================================================
 
 
-def compiled_twin() -> ModuleType:
-    if _compiled is None:
-        if os.environ.get("PSYCANCEL_REQUIRE_EXT", "").lower() in ("1", "true", "yes", "on"):
-            pytest.fail("the compiled twin psycancel_c._pq is not built")
-        pytest.skip("the compiled twin psycancel_c._pq is not built")
-    return _compiled
-
-
-@pytest.fixture(params=["python", "c"])
-def twin(request: pytest.FixtureRequest) -> ModuleType:
-    """Each twin module in turn."""
-    return _ctypes if request.param == "python" else compiled_twin()
-
-
 @pytest.fixture
 def other_twin(twin: ModuleType) -> ModuleType:
     """The twin that is not ``twin``."""
     return compiled_twin() if twin is _ctypes else _ctypes
-
-
-@pytest.fixture
-def new_libpq(twin: ModuleType) -> Any:
-    """libpq >= 17 (with the PQcancelConn API), loaded by ``twin``."""
-    if not os.path.exists(NEW_LIBPQ):
-        pytest.skip(f"no libpq >= 17 at {NEW_LIBPQ}")
-    lib = twin.Libpq.load(NEW_LIBPQ)
-    if not lib.has_cancel_conn:
-        pytest.skip(f"{NEW_LIBPQ} has no PQcancelConn API")
-    return lib
-
-
-@pytest.fixture
-def old_libpq(twin: ModuleType) -> Any:
-    """The system's libpq < 17 (legacy PQcancel only), loaded by ``twin``."""
-    if not os.path.exists(OLD_LIBPQ):
-        pytest.skip(f"no legacy libpq at {OLD_LIBPQ}")
-    lib = twin.Libpq.load(OLD_LIBPQ)
-    if lib.has_cancel_conn:
-        pytest.skip(f"{OLD_LIBPQ} is not a legacy libpq")
-    return lib
 
 
 @pytest.fixture

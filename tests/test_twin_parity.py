@@ -11,7 +11,6 @@ is a ``ConnStatus``, ``socket`` an ``int``, ...) and the same values.
 from __future__ import annotations
 
 import ast
-import importlib
 import inspect
 import os
 import select
@@ -28,14 +27,8 @@ from psycancel.pq import abc as pq_abc
 from psycancel.pq.abc import QueryResult
 from psycancel.pq.enums import ConnStatus, ExecStatus, PollingStatus
 
-_compiled: ModuleType | None
-try:
-    _compiled = importlib.import_module("psycancel_c._pq")
-except ImportError:  # not built: its tests are skipped (fail with PSYCANCEL_REQUIRE_EXT=1)
-    _compiled = None
+from .twins import NEW_LIBPQ, OLD_LIBPQ, compiled_twin
 
-NEW_LIBPQ = os.environ.get("PSYCANCEL_LIBPQ") or "/var/cache/psycancel/postgresql-18/lib/libpq.so.5"
-OLD_LIBPQ = "/usr/lib/x86_64-linux-gnu/libpq.so.5"
 CLASSES = ["Libpq", "PGconn", "PGcancelConn", "PGcancel"]
 STUB = Path(psycancel_c.__file__).resolve().parent / "_pq.pyi"
 
@@ -45,32 +38,6 @@ INSTANCE_EXTRAS = {
     # (used by nothing outside _ctypes.py); the compiled one keeps it in C.
     ("python", "Libpq"): {"f"},
 }
-
-
-def compiled_twin() -> ModuleType:
-    """``psycancel_c._pq``; a skip (a failure with PSYCANCEL_REQUIRE_EXT=1) if absent."""
-    if _compiled is None:
-        if os.environ.get("PSYCANCEL_REQUIRE_EXT", "").lower() in ("1", "true", "yes", "on"):
-            pytest.fail("the compiled twin psycancel_c._pq is not built")
-        pytest.skip("the compiled twin psycancel_c._pq is not built")
-    return _compiled
-
-
-@pytest.fixture(params=["python", "c"])
-def twin(request: pytest.FixtureRequest) -> ModuleType:
-    """Each twin module in turn."""
-    return _ctypes if request.param == "python" else compiled_twin()
-
-
-@pytest.fixture
-def new_libpq(twin: ModuleType) -> Any:
-    """The libpq >= 17 (PQcancelConn API) of ``twin``."""
-    if not os.path.exists(NEW_LIBPQ):
-        pytest.skip(f"no libpq >= 17 at {NEW_LIBPQ}")
-    lib = twin.Libpq.load(NEW_LIBPQ)
-    if not lib.has_cancel_conn:
-        pytest.skip(f"{NEW_LIBPQ} has no PQcancelConn API")
-    return lib
 
 
 def public_names(obj: object) -> set[str]:

@@ -19,8 +19,6 @@ Before B acts, the test checks (in ``/proc``) that A really is blocked in a
 
 from __future__ import annotations
 
-import importlib
-import os
 import platform
 import signal
 import threading
@@ -32,18 +30,10 @@ from typing import Any
 import pytest
 
 from psycancel.errors import InterfaceError
-from psycancel.pq import _ctypes
 from psycancel.pq.enums import ConnStatus
 
 from .helpers import QUERY_CANCELED, drain, run, sockets_to, wait_until_active
 
-_compiled: ModuleType | None
-try:
-    _compiled = importlib.import_module("psycancel_c._pq")
-except ImportError:  # not built: its tests are skipped (fail with PSYCANCEL_REQUIRE_EXT=1)
-    _compiled = None
-
-NEW_LIBPQ = os.environ.get("PSYCANCEL_LIBPQ") or "/var/cache/psycancel/postgresql-18/lib/libpq.so.5"
 SLEEP = "select pg_sleep(30)"
 PROMPT = 5.0
 """Seconds within which a cancel (or finish) must end A's wait (the query lasts 30)."""
@@ -53,31 +43,6 @@ _WAIT_SYSCALLS = {
     "x86_64": {7, 23, 232, 270, 271, 281, 441},  # poll select epoll_wait pselect6 ppoll ...
     "aarch64": {22, 72, 73, 441},  # epoll_pwait pselect6 ppoll epoll_pwait2
 }.get(platform.machine())
-
-
-def compiled_twin() -> ModuleType:
-    if _compiled is None:
-        if os.environ.get("PSYCANCEL_REQUIRE_EXT", "").lower() in ("1", "true", "yes", "on"):
-            pytest.fail("the compiled twin psycancel_c._pq is not built")
-        pytest.skip("the compiled twin psycancel_c._pq is not built")
-    return _compiled
-
-
-@pytest.fixture(params=["python", "c"])
-def twin(request: pytest.FixtureRequest) -> ModuleType:
-    """Each twin module in turn."""
-    return _ctypes if request.param == "python" else compiled_twin()
-
-
-@pytest.fixture
-def new_libpq(twin: ModuleType) -> Any:
-    """libpq >= 17 (with the PQcancelConn API), loaded by ``twin``."""
-    if not os.path.exists(NEW_LIBPQ):
-        pytest.skip(f"no libpq >= 17 at {NEW_LIBPQ}")
-    lib = twin.Libpq.load(NEW_LIBPQ)
-    if not lib.has_cancel_conn:
-        pytest.skip(f"{NEW_LIBPQ} has no PQcancelConn API")
-    return lib
 
 
 @pytest.fixture
