@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,33 @@ class Env:
     server: ThrowawayServer
     libpq_path: str
     legacy_libpq_path: str
+
+
+def openssl_of(libpq_path: str) -> str:
+    """The OpenSSL version a libpq file is linked with (from ``ldd``), or "?"."""
+    import ctypes
+
+    try:
+        out = subprocess.run(["ldd", libpq_path], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0].startswith("libcrypto") and "=>" in parts:
+            lib = ctypes.CDLL(parts[parts.index("=>") + 1])
+            lib.OpenSSL_version.restype = ctypes.c_char_p
+            return str(lib.OpenSSL_version(0).decode())
+    return "?"
+
+
+def peer_libpq_path(dsn: str) -> str:
+    """The libpq that psycopg (binary) uses: the same libpq and OpenSSL for both."""
+    import psycopg
+
+    from psycancel._resolve import as_pgconn
+
+    with psycopg.connect(dsn) as conn:
+        return as_pgconn(conn).libpq.path
 
 
 @contextlib.contextmanager
@@ -67,6 +94,106 @@ def proxy_process(env: Env, delay: float) -> Iterator[int]:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(10)
+
+
+_OTHER_PROCESS_CANCELS = """
+import asyncio, sys
+import psycopg
+
+async def main() -> None:
+    dsn, pool = sys.argv[1], int(sys.argv[2])
+    conns = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(pool)]
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        await asyncio.gather(*(conns[i % pool].cancel_safe() for i in range(n)))
+        print("done", flush=True)
+
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def other_process_cancels(
+    dsn: str, pool: int
+) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+    """``run(n)``: n concurrent TLS cancels (psycopg) in a child process.
+
+    The loop that awaits ``run(n)`` only waits on a pipe: the stall it sees
+    is what the machine imposes (CPU taken by the cancels and the server),
+    the floor for any in-process design.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _OTHER_PROCESS_CANCELS,
+        dsn,
+        str(pool),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+    assert (await stdout.readline()).strip() == b"ready"
+
+    async def run(n: int) -> None:
+        stdin.write(f"{n}\n".encode())
+        await stdin.drain()
+        assert (await stdout.readline()).strip() == b"done"
+
+    try:
+        yield run
+    finally:
+        stdin.close()
+        await proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        out.append(int(child))
+        out.extend(_descendants(int(child)))
+    return out
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """All threads of process ``pid`` (gone processes are ignored)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(tid), cpus)
+
+
+@contextlib.contextmanager
+def pinned(env: Env, enabled: bool = True) -> Iterator[None]:
+    """The calling (loop) thread alone on one CPU; everything else on the others.
+
+    "Everything else": the server's processes (and the backends it forks
+    meanwhile, which inherit the postmaster's affinity), every other thread
+    of this process (offload threads, executors) and this process's
+    children. So the loop thread is never preempted by the work it waits
+    for, as on a machine with a spare core and a remote server.
+    """
+    if not enabled:
+        yield
+        return
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        raise RuntimeError("pinning needs at least 2 CPUs")
+    loop_cpu = min(cpus)
+    rest = cpus - {loop_cpu}
+    postmaster = int((env.server.data_dir / "postmaster.pid").read_text().split()[0])
+    others = [postmaster, *_descendants(postmaster), *_descendants(os.getpid())]
+    me = threading.get_native_id()
+    try:
+        for pid in others:
+            _set_affinity(pid, rest)
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(tid), {loop_cpu} if int(tid) == me else rest)
+        yield
+    finally:
+        for pid in [postmaster, *_descendants(postmaster), os.getpid(), *_descendants(os.getpid())]:
+            _set_affinity(pid, cpus)
 
 
 def median(values: list[float]) -> float:

@@ -117,7 +117,7 @@ async def cancel_async(
         cc = _new_cancel_conn(pgconn)
         if offload:
             # The reactor finishes ``cc`` on every outcome.
-            await run_offloaded(cancel_steps(cc), cc, deadline, timeout)
+            await run_offloaded(cc, deadline, timeout)
             return
         try:
             await wait_asyncio(cancel_steps(cc), deadline, timeout)

@@ -1,11 +1,18 @@
-"""The offload waiter: cancel machines driven by one background thread.
+"""The offload waiter: cancels driven by a background thread, off the loop.
 
 A TLS cancel spends most of its client CPU inside ``PQcancelPoll`` (the TLS
 handshake). Driven from the event loop, that work runs in the loop thread and
-many cancels that become ready together stall the loop. Here one daemon
-thread (the *reactor*) multiplexes every offloaded cancel with a selector;
-libpq's calls release the GIL (both twins), so the handshakes run beside the
-loop, and the loop only waits for a future.
+many cancels that become ready together stall the loop. Here the cancel is
+handed to a background *reactor* that multiplexes every offloaded cancel of
+the process, and the loop only waits for a future:
+
+* a cancel of the **compiled twin** goes to its ``OffloadEngine``: a thread
+  that runs the whole cancel (start, ``poll(2)``, ``PQcancelPoll``, finish)
+  in C without ever taking the GIL, plus a thread that settles the futures
+  when cancels end (it takes the GIL once per batch of outcomes);
+* a cancel of the **ctypes twin** goes to a Python reactor thread running the
+  shared machine (``psycancel._machine``) with a selector; libpq's calls
+  release the GIL there, the Python between them does not.
 
 Guarantees are the same as the inline waiters: the deadline is enforced by
 the reactor (``CancellationTimeout``), the cancel connection is finished by
@@ -19,21 +26,28 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from ._machine import READ, CancelSteps
-from .errors import CancellationTimeout
+from ._machine import READ, CancelSteps, cancel_steps
+from .errors import CancelError, CancellationTimeout
 from .pq.abc import PGcancelConn
 
-__all__ = ["reactor_fds", "run_offloaded"]
+__all__ = ["aborts_requested", "compiled_engine", "reactor_fds", "run_offloaded"]
 
 _Done = Callable[[BaseException | None], None]
+
+
+def _expired(timeout: float) -> CancellationTimeout:
+    return CancellationTimeout(f"the cancel request did not complete within {timeout:g} s")
 
 
 @dataclass(eq=False)
@@ -59,6 +73,7 @@ class _Reactor:
     """
 
     def __init__(self) -> None:
+        self.aborts = 0
         self._lock = threading.Lock()
         self._incoming: list[_Job] = []
         self._aborts: list[_Job] = []
@@ -80,7 +95,9 @@ class _Reactor:
 
     # -- called from any thread
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, cc: PGcancelConn, deadline: float, timeout: float, done: _Done) -> object:
+        """Drive ``cc`` until ``deadline``; ``done(outcome)`` is called once, from here."""
+        job = _Job(steps=cancel_steps(cc), cc=cc, deadline=deadline, timeout=timeout, done=done)
         with self._lock:
             self._incoming.append(job)
             if self._thread is None:
@@ -89,10 +106,14 @@ class _Reactor:
                 )
                 self._thread.start()
         self._wake()
+        return job
 
-    def abort(self, job: _Job) -> None:
+    def abort(self, handle: object) -> None:
+        """Stop the job ``submit`` returned ``handle`` for (its ``done`` still runs)."""
+        assert isinstance(handle, _Job)
         with self._lock:
-            self._aborts.append(job)
+            self.aborts += 1
+            self._aborts.append(handle)
         self._wake()
 
     def _wake(self) -> None:
@@ -133,9 +154,7 @@ class _Reactor:
                     self._finish(
                         sel,
                         job,
-                        CancellationTimeout(
-                            f"the cancel request did not complete within {job.timeout:g} s"
-                        ),
+                        _expired(job.timeout),
                     )
 
     def _drain_wake(self) -> None:
@@ -180,30 +199,130 @@ class _Reactor:
             job.done(outcome)
 
 
-_reactor: _Reactor | None = None
+class _EngineLike(Protocol):
+    """The compiled twin's ``OffloadEngine`` (see ``psycancel_c/_engine.pxi``)."""
+
+    def fds(self) -> set[int]: ...
+    def submit(self, cc: Any, deadline: float, job_id: int) -> None: ...
+    def abort(self, job_id: int) -> None: ...
+    def run(self) -> None: ...
+    def take_done(self) -> list[tuple[int, int, str]]: ...
+
+
+class _CompiledReactor:
+    """The compiled twin's engine, its thread, and the thread that reports outcomes.
+
+    The engine thread never holds the GIL. The reporter thread waits for
+    outcomes without it, then (with it) calls each job's ``done``; outcomes
+    that end together are reported in one go.
+    """
+
+    def __init__(self, module: Any) -> None:
+        self.aborts = 0
+        self._module = module
+        self._engine: _EngineLike = module.OffloadEngine()
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[_Done, float]] = {}
+        self._ids = itertools.count(1)
+        self._started = False
+        self._pid = os.getpid()
+
+    def fds(self) -> set[int]:
+        """The file descriptors the engine keeps open."""
+        return set(self._engine.fds())
+
+    def submit(self, cc: PGcancelConn, deadline: float, timeout: float, done: _Done) -> object:
+        """Hand ``cc`` to the engine; ``done(outcome)`` is called once, from the reporter."""
+        with self._lock:
+            job_id = next(self._ids)
+            self._pending[job_id] = (done, timeout)
+            if not self._started:
+                for target, name in (
+                    (self._engine.run, "psycancel-offload-engine"),
+                    (self._report, "psycancel-offload-reporter"),
+                ):
+                    threading.Thread(target=target, name=name, daemon=True).start()
+                self._started = True
+        try:
+            self._engine.submit(cc, deadline, job_id)
+        except BaseException:
+            with self._lock:
+                del self._pending[job_id]
+            raise
+        return job_id
+
+    def abort(self, handle: object) -> None:
+        """Stop the job ``handle`` (its ``done`` still runs)."""
+        assert isinstance(handle, int)
+        self._engine.abort(handle)
+        with self._lock:
+            self.aborts += 1
+
+    def _outcome(self, code: int, message: str, timeout: float) -> BaseException | None:
+        module = self._module
+        if code == module.OUTCOME_OK:
+            return None
+        if code == module.OUTCOME_TIMEOUT:
+            return _expired(timeout)
+        if code == module.OUTCOME_ABORTED:
+            return asyncio.CancelledError()
+        return CancelError(message or "the cancel request failed")
+
+    def _report(self) -> None:
+        while batch := self._engine.take_done():
+            for job_id, code, message in batch:
+                with self._lock:
+                    done, timeout = self._pending.pop(job_id)
+                try:
+                    done(self._outcome(code, message, timeout))
+                except Exception:  # never let one job stop the reporting of others
+                    logging.getLogger("psycancel").exception("reporting an offloaded cancel")
+
+
+_AnyReactor = _Reactor | _CompiledReactor
+_reactors: dict[str, _AnyReactor] = {}
 _reactor_lock = threading.Lock()
 
 
+def _alive(reactor: _AnyReactor) -> bool:
+    return reactor._pid == os.getpid()
+
+
 def reactor_fds() -> set[int]:
-    """The fds held by this process's offload reactor (empty before first use)."""
-    reactor = _reactor
-    if reactor is None or reactor._pid != os.getpid():
-        return set()
-    return reactor.fds()
+    """The fds held by this process's offload reactors (empty before first use)."""
+    fds: set[int] = set()
+    for reactor in list(_reactors.values()):
+        if _alive(reactor):
+            fds |= reactor.fds()
+    return fds
 
 
-def _get_reactor() -> _Reactor:
-    global _reactor
+def aborts_requested() -> int:
+    """How many offloaded jobs were asked to stop so far (for tests)."""
+    return sum(r.aborts for r in list(_reactors.values()) if _alive(r))
+
+
+def _reactor_of(module: Any) -> _AnyReactor:
+    """The reactor for the objects of twin ``module``: its engine if compiled."""
+    kind = "engine" if hasattr(module, "OffloadEngine") else "python"
     with _reactor_lock:
-        if _reactor is None or _reactor._pid != os.getpid():
-            _reactor = _Reactor()  # new process after fork: never reuse the parent's
-        return _reactor
+        reactor = _reactors.get(kind)
+        if reactor is None or not _alive(reactor):
+            # (A new process after fork never reuses the parent's.)
+            reactor = _CompiledReactor(module) if kind == "engine" else _Reactor()
+            _reactors[kind] = reactor
+        return reactor
 
 
-async def run_offloaded(
-    steps: CancelSteps, cc: PGcancelConn, deadline: float, timeout: float
-) -> None:
-    """Drive ``steps`` in the reactor thread; the reactor finishes ``cc``."""
+def compiled_engine(module: Any) -> Any:
+    """Tests: the ``OffloadEngine`` of compiled twin ``module`` in this process."""
+    reactor = _reactor_of(module)
+    assert isinstance(reactor, _CompiledReactor)
+    return reactor._engine
+
+
+async def run_offloaded(cc: PGcancelConn, deadline: float, timeout: float) -> None:
+    """Start ``cc`` and drive it in a reactor thread; the reactor finishes ``cc``."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
 
@@ -220,14 +339,17 @@ async def run_offloaded(
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(settle, outcome)
 
-    job = _Job(steps=steps, cc=cc, deadline=deadline, timeout=timeout, done=done)
-    reactor = _get_reactor()
-    reactor.submit(job)
+    reactor = _reactor_of(sys.modules.get(type(cc).__module__))
+    try:
+        handle = reactor.submit(cc, deadline, timeout, done)
+    except BaseException:
+        cc.finish()  # not taken over (a no-op if it was)
+        raise
     try:
         await asyncio.shield(fut)
     except asyncio.CancelledError:
         if not fut.done():
-            reactor.abort(job)
+            reactor.abort(handle)
             # Wait until the reactor has closed the cancel connection.
             with contextlib.suppress(BaseException):
                 await fut

@@ -2,10 +2,13 @@
 
 The same interface as the ctypes twin ``psycancel.pq._ctypes`` (which the
 parity tests check), so that ``mypy --strict`` can check code importing
-either one. The classes cannot be instantiated directly.
+either one; the twin classes cannot be instantiated directly. Plus the
+compiled-only ``OffloadEngine`` (used by ``psycancel._offload``).
 """
 
 import os
+from collections.abc import Callable
+from typing import final
 
 from psycancel.pq.abc import QueryResult
 from psycancel.pq.enums import ConnStatus, PollingStatus
@@ -90,3 +93,22 @@ class PGcancel:
     def closed(self) -> bool: ...
     def cancel(self) -> None: ...
     def free(self) -> None: ...
+
+# The offload engine (compiled twin only; see psycancel_c/_engine.pxi).
+
+OUTCOME_OK: int
+OUTCOME_FAILED: int
+OUTCOME_TIMEOUT: int
+OUTCOME_ABORTED: int
+
+@final
+class OffloadEngine:
+    """Drives detached cancel connections of this twin in a thread without the GIL."""
+
+    def fds(self) -> set[int]: ...
+    def set_stage_hook(self, hook: Callable[[int, int, int], object] | None) -> None: ...
+    def submit(self, cc: PGcancelConn, deadline: float, job_id: int) -> None: ...
+    def abort(self, job_id: int) -> None: ...
+    def close(self) -> None: ...
+    def take_done(self) -> list[tuple[int, int, str]]: ...
+    def run(self) -> None: ...

@@ -1230,3 +1230,10 @@ cdef class PGcancel:
         if self._generation != _fork_generation:
             return "<PGcancel of the parent process (c)>"
         return f"<PGcancel {'freed' if self._ptr == NULL else 'ready'} (c)>"
+
+
+# =====================================================================================
+# The offload engine (compiled twin only; used by psycancel._offload)
+# =====================================================================================
+
+include "_engine.pxi"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import ssl
 import struct
@@ -31,7 +32,7 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _api, _machine
+from psycancel import _api, _machine, _offload
 from psycancel.pq.abc import PGcancelConn
 from psycancel.pq.enums import ConnStatus
 
@@ -186,9 +187,58 @@ class StageSpy:
                 steps.close()
 
         monkeypatch.setattr(_api, "cancel_steps", spy)
+        monkeypatch.setattr(_offload, "cancel_steps", spy)
         if _waiting_anyio is not None:
             monkeypatch.setattr(_waiting_anyio, "cancel_steps", spy)
+        self._install_engine_hook(monkeypatch)
         return self
+
+    def _install_engine_hook(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The same observation in the compiled twin's offload engine (C, no machine).
+
+        Remove it with :func:`remove_engine_stage_hook` (the ``stage_spy``
+        fixture does), so that later tests run the engine without it.
+        """
+        engine = _compiled_engine()
+        if engine is None:
+            return
+        ssl_waits: dict[int, int] = {}
+
+        def hook(job_id: int, status: int, events: int) -> None:
+            conn_status = ConnStatus(status)
+            event = _machine.READ if events == select.POLLIN else _machine.WRITE
+            stage = stage_of(event, conn_status, ssl_waits.get(job_id, 0))
+            if conn_status == ConnStatus.SSL_STARTUP:
+                ssl_waits[job_id] = ssl_waits.get(job_id, 0) + 1
+            self.stages.append(stage)
+            action = self._actions.pop(stage, None)
+            if action is not None:
+                action()
+
+        engine.set_stage_hook(hook)
+
+
+def _compiled_engine() -> Any:
+    """The compiled twin's offload engine, or None without the compiled twin."""
+    try:
+        from psycancel_c import _pq as compiled
+    except ImportError:
+        return None
+    return _offload.compiled_engine(compiled)
+
+
+def remove_engine_stage_hook() -> None:
+    """Undo :meth:`StageSpy.install`'s hook in the offload engine."""
+    engine = _compiled_engine()
+    if engine is not None:
+        engine.set_stage_hook(None)
+
+
+@pytest.fixture
+def stage_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], StageSpy]]:
+    """Make :class:`StageSpy` objects (installed); every hook is removed afterwards."""
+    yield lambda: StageSpy().install(monkeypatch)
+    remove_engine_stage_hook()
 
 
 # =====================================================================================

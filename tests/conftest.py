@@ -24,6 +24,7 @@ from psycancel._server import (
     postgres_version,
 )
 from psycancel.pq import Libpq
+from tests._reliability import stage_spy  # noqa: F401 (a fixture, shared)
 from tests.proxy import ServerLike, TcpProxy
 from tests.twins import NEW_LIBPQ, OLD_LIBPQ, _ctypes, compiled_twin
 

@@ -265,11 +265,10 @@ async def cancel_asyncio_task_at(
         # The machine runs in the offload reactor's thread: cancel the task in
         # the loop's thread, and hold the reactor until the task has asked it
         # to abort, so that it stops exactly at this stage.
+        aborts = _offload.aborts_requested()
         loop.call_soon_threadsafe(task.cancel)
-        reactor = _offload._reactor
-        assert reactor is not None
         deadline = time.monotonic() + 10
-        while not reactor._aborts and time.monotonic() < deadline:
+        while _offload.aborts_requested() == aborts and time.monotonic() < deadline:
             time.sleep(0.001)
 
     spy.at(stage, cancel_task)
@@ -302,9 +301,9 @@ def test_task_cancelled_at_stage(
     proxy: MakeProxy,
     libpq: Libpq,
     created: list[Any],
-    monkeypatch: pytest.MonkeyPatch,
+    stage_spy: Callable[[], StageSpy],
 ) -> None:
-    spy = StageSpy().install(monkeypatch)
+    spy = stage_spy()
     px = proxy()
     conn = PGconn.connect(variant_dsn(px, pg_server, variant), libpq=libpq)
     try:
@@ -355,7 +354,7 @@ def test_task_cancelled_at_timed_points_on_a_slow_link(
     proxy: MakeProxy,
     libpq: Libpq,
     created: list[Any],
-    monkeypatch: pytest.MonkeyPatch,
+    stage_spy: Callable[[], StageSpy],
 ) -> None:
     """200 ms each way: the TLS cancel waits for ``S`` during [0, 0.4) s, in the
     handshake during [0.4, 0.8) s and for EOF during [0.8, 1.2) s; cancel the
@@ -367,7 +366,7 @@ def test_task_cancelled_at_timed_points_on_a_slow_link(
         px.forward(delay=0.2)
         before = sockets_to(px.port)
         for seconds in (0.2, 0.6, 1.0):
-            spy = StageSpy().install(monkeypatch)
+            spy = stage_spy()
             if mode == "asyncio":
                 asyncio.run(_asyncio_cancel_after(conn, seconds))
             else:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Memory-check the compiled twin (psycancel_c._pq) under valgrind memcheck.
 #
-#   bash tools/valgrind.sh           # full: tests/test_misuse.py + tests/test_cancel.py
-#   bash tools/valgrind.sh --short   # CI form: the compiled-twin misuse cases + sync cancels
+#   bash tools/valgrind.sh           # full: test_misuse, test_cancel, test_offload_engine
+#   bash tools/valgrind.sh --short   # CI form: compiled-twin misuse, sync cancels, the engine
 #   bash tools/valgrind.sh -- PYTEST_ARGS...   # any selection
 #
 # Runs pytest under `valgrind --tool=memcheck` with PSYCANCEL_IMPL=c and
@@ -32,9 +32,9 @@ python="$("$python" -c 'import sys; print(sys.executable)')"
 PSYCANCEL_IMPL=c "$python" -c 'import psycancel_c._pq' || { echo "psycancel_c is not built" >&2; exit 2; }
 
 case "$mode" in
-    full) args=(tests/test_misuse.py tests/test_cancel.py) ;;
+    full) args=(tests/test_misuse.py tests/test_cancel.py tests/test_offload_engine.py) ;;
     # The compiled twin's misuse cases, and the sync API tests.
-    short) args=(tests/test_misuse.py tests/test_cancel.py -k "not python and not async") ;;
+    short) args=(tests/test_misuse.py tests/test_cancel.py tests/test_offload_engine.py -k "not python and not async") ;;
     custom) args=("$@") ;;
 esac
 
