@@ -96,7 +96,9 @@ def proxy_process(env: Env, delay: float) -> Iterator[int]:
         proc.wait(10)
 
 
-_OTHER_PROCESS_CANCELS = """
+_OTHER_PROCESS_CANCELS = {
+    # n concurrent new-API cancels (TLS if the dsn says so), psycopg in asyncio.
+    "psycopg": """
 import asyncio, sys
 import psycopg
 
@@ -110,14 +112,30 @@ async def main() -> None:
         print("done", flush=True)
 
 asyncio.run(main())
-"""
+""",
+    # n concurrent legacy cancels, psycopg2 in threads.
+    "psycopg2": """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import psycopg2
+
+dsn, pool = sys.argv[1], int(sys.argv[2])
+conns = [psycopg2.connect(dsn) for _ in range(pool)]
+with ThreadPoolExecutor(pool) as ex:
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        list(ex.map(lambda i: conns[i % pool].cancel(), range(n)))
+        print("done", flush=True)
+""",
+}
 
 
 @contextlib.asynccontextmanager
 async def other_process_cancels(
-    dsn: str, pool: int
+    dsn: str, pool: int, driver: str = "psycopg"
 ) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
-    """``run(n)``: n concurrent TLS cancels (psycopg) in a child process.
+    """``run(n)``: n concurrent cancels in a child process (``driver``: see above).
 
     The loop that awaits ``run(n)`` only waits on a pipe: the stall it sees
     is what the machine imposes (CPU taken by the cancels and the server),
@@ -126,7 +144,7 @@ async def other_process_cancels(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        _OTHER_PROCESS_CANCELS,
+        _OTHER_PROCESS_CANCELS[driver],
         dsn,
         str(pool),
         stdin=asyncio.subprocess.PIPE,

@@ -36,13 +36,11 @@ import asyncio
 import math
 import threading
 import time
-from concurrent.futures import Future
 from types import TracebackType
 
 from ._api import DEFAULT_TIMEOUT, _check_args, _new_cancel_conn
 from ._api import _expired as _legacy_expired
-from ._legacy import _run as _run_legacy
-from ._legacy import check_policy
+from ._legacy import check_policy, run_legacy_cancel
 from ._machine import cancel_steps
 from ._resolve import as_pgconn
 from ._sniff import running_asyncio
@@ -319,18 +317,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 return
             legacy, self._legacy = self._legacy, None
             if legacy is not None:
-                done: Future[None] = Future()
-                done.set_running_or_notify_cancel()
-                try:
-                    threading.Thread(
-                        target=_run_legacy,
-                        args=(legacy, done),
-                        name="psycancel-legacy-cancel",
-                        daemon=True,
-                    ).start()
-                except BaseException:
-                    legacy.free()
-                    raise
+                done = run_legacy_cancel(legacy)
                 try:
                     await asyncio.wait_for(asyncio.wrap_future(done), self._timeout)
                 except asyncio.TimeoutError:

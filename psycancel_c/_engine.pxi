@@ -20,6 +20,7 @@ Outcomes go to a *done* list; a Python thread blocks (without the GIL) in
 """
 
 from libc.stdlib cimport calloc, realloc
+from libc.string cimport strerror
 
 import sys
 
@@ -143,6 +144,7 @@ cdef class OffloadEngine:
     cdef bint _closing
     cdef bint _stopped
     cdef bint _running
+    cdef bint _backlog        # jobs left queued by _take_incoming (engine thread)
     # The engine thread's own:
     cdef Job** _active
     cdef Py_ssize_t _n_active
@@ -231,7 +233,7 @@ cdef class OffloadEngine:
         cdef Job* job
         cdef PGcancelConn_t* ptr
         cdef int rc = R_OK
-        cdef bint closing
+        cdef bint closing, first
         self._check_process()
         cc._check_process()
         job = <Job*>calloc(1, sizeof(Job))
@@ -263,6 +265,9 @@ cdef class OffloadEngine:
         with nogil:
             pthread_mutex_lock(&self._mutex)
             closing = self._closing
+            # Queued jobs mean a wake-up is on its way already (the submit that
+            # found the queue empty writes one after unlocking): one per burst.
+            first = self._incoming == NULL
             if not closing:
                 if self._incoming_tail == NULL:
                     self._incoming = job
@@ -272,7 +277,7 @@ cdef class OffloadEngine:
             pthread_mutex_unlock(&self._mutex)
             if closing:
                 _free_job(job)
-            else:
+            elif first:
                 self._wake()
         if closing:
             raise InterfaceError("the offload engine is closed")
@@ -463,6 +468,7 @@ cdef class OffloadEngine:
                 if self._active[j].id == self._aborts[i]:
                     self._active[j].abort = True
         self._n_aborts = 0
+        self._backlog = self._incoming != NULL  # (out of memory: retry soon)
         pthread_mutex_unlock(&self._mutex)
         return not closing
 
@@ -476,7 +482,7 @@ cdef class OffloadEngine:
         cdef Job* job
         cdef Job* nxt
         cdef double now, nearest, wait_ms
-        cdef int timeout_ms, rc
+        cdef int timeout_ms, rc, failure
         cdef pollfd* grown
         while self._take_incoming():
             for i in range(self._n_active):
@@ -520,7 +526,17 @@ cdef class OffloadEngine:
                 # Round up: a wait never ends just before a deadline.
                 wait_ms = ceil((nearest - now) * 1000.0)
                 timeout_ms = <int>(wait_ms if wait_ms < _MAX_POLL_MS else _MAX_POLL_MS)
+            if self._backlog and (timeout_ms < 0 or timeout_ms > 10):
+                timeout_ms = 10  # queued jobs no wake-up will announce
             rc = poll(self._pfds, <nfds_t>n, timeout_ms)
+            failure = errno if rc < 0 else 0
+            if failure != 0 and failure != EINTR:
+                # (EINVAL: more sockets than RLIMIT_NOFILE; ENOMEM.) Fail, never spin.
+                for i in range(self._n_active):
+                    self._active[i].message = strdup(strerror(failure))
+                    self._report(self._active[i], J_FAILED)
+                self._collect()
+                continue
             if rc <= 0:
                 continue  # a deadline (or EINTR): the next round sees it
             if self._pfds[0].revents:
