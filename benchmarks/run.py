@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import ssl
 import struct
@@ -142,13 +143,16 @@ def bench_latency(env: Env, samples: int, repeat: int) -> dict[str, dict[str, fl
             for fn in contenders.values():
                 fn()  # warm up
             order = list(contenders.items())
-            for rep in range(repeat):
-                # Round-robin, one cancel each per round, in a rotating order:
-                # a noisy stretch hits every contender alike.
+            shuffle = random.Random(f"latency-{label}").shuffle
+            for _ in range(repeat):
+                # Rounds of one cancel per contender, each round in a new random
+                # order: a noisy stretch hits every contender alike, and no
+                # contender always follows the same one (a cancel leaves the
+                # server busy for a moment: a fixed order would bias the next).
                 one: dict[str, list[float]] = {name: [] for name in contenders}
-                for k in range(samples):
-                    shift = (rep * samples + k) % len(order)
-                    for name, fn in order[shift:] + order[:shift]:
+                for _ in range(samples):
+                    shuffle(order)
+                    for name, fn in order:
                         t0 = time.perf_counter()
                         fn()
                         one[name].append(time.perf_counter() - t0)
@@ -337,13 +341,20 @@ def bench_cpu(env: Env, cancels: int, repeat: int) -> dict[str, dict[str, float]
         }
         contenders["psycopg cancel_safe"] = pg3.cancel_safe
         results: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(repeat):
-            for name, fn in contenders.items():
-                fn()
+        for fn in contenders.values():
+            fn()  # warm up
+        # Batches of a tenth of the cancels, contenders in a new random order
+        # each round (as for latency); the median over all batches.
+        order = list(contenders.items())
+        shuffle = random.Random(f"cpu-{label}").shuffle
+        batch = max(1, cancels // 10)
+        for _ in range(repeat * 10):
+            shuffle(order)
+            for name, fn in order:
                 c0 = time.process_time()
-                for _ in range(cancels):
+                for _ in range(batch):
                     fn()
-                results[name].append((time.process_time() - c0) / cancels * 1e6)
+                results[name].append((time.process_time() - c0) / batch * 1e6)
         out[label] = {name: median(v) for name, v in results.items()}
         for c in conns.values():
             c.finish()

@@ -15,7 +15,7 @@ from ._sniff import running_asyncio
 from .errors import CancelError, CancellationTimeout
 from .pq.abc import PGcancelConn, PGconn
 from .pq.enums import ConnStatus
-from .waiting import wait_asyncio, wait_blocking
+from .waiting import drive_blocking, wait_asyncio
 
 __all__ = ["DEFAULT_TIMEOUT", "cancel", "cancel_async"]
 
@@ -67,7 +67,7 @@ def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = Fal
     if pgconn.libpq.has_cancel_conn:
         cc = _new_cancel_conn(pgconn)
         try:
-            wait_blocking(cancel_steps(cc), deadline, timeout)
+            drive_blocking(cc, deadline, timeout)
         finally:
             cc.finish()
         return

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._machine import READ, CancelSteps, cancel_steps
-from .errors import CancelError, CancellationTimeout
+from .errors import CancellationTimeout
 from .pq.abc import PGcancelConn
+from .waiting import compiled_outcome
 
 __all__ = ["aborts_requested", "compiled_engine", "reactor_fds", "run_offloaded"]
 
@@ -258,23 +259,13 @@ class _CompiledReactor:
         with self._lock:
             self.aborts += 1
 
-    def _outcome(self, code: int, message: str, timeout: float) -> BaseException | None:
-        module = self._module
-        if code == module.OUTCOME_OK:
-            return None
-        if code == module.OUTCOME_TIMEOUT:
-            return _expired(timeout)
-        if code == module.OUTCOME_ABORTED:
-            return asyncio.CancelledError()
-        return CancelError(message or "the cancel request failed")
-
     def _report(self) -> None:
         while batch := self._engine.take_done():
             for job_id, code, message in batch:
                 with self._lock:
                     done, timeout = self._pending.pop(job_id)
                 try:
-                    done(self._outcome(code, message, timeout))
+                    done(compiled_outcome(self._module, code, message, timeout))
                 except Exception:  # never let one job stop the reporting of others
                     logging.getLogger("psycancel").exception("reporting an offloaded cancel")
 

@@ -46,7 +46,7 @@ from ._resolve import as_pgconn
 from ._sniff import running_asyncio
 from .errors import CancelError, QueryTimeout
 from .pq.abc import PGcancel, PGcancelConn
-from .waiting import wait_asyncio, wait_blocking
+from .waiting import drive_blocking, wait_asyncio
 
 __all__ = ["QUERY_CANCELED", "cancel_after"]
 
@@ -247,7 +247,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         cc, self._cc = self._cc, None
         if cc is not None:
             try:
-                wait_blocking(cancel_steps(cc), time.monotonic() + self._timeout, self._timeout)
+                drive_blocking(cc, time.monotonic() + self._timeout, self._timeout)
             finally:
                 cc.finish()
             return

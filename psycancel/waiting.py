@@ -5,6 +5,11 @@ socket it named (which can change between steps), bounds every wait by the
 time left, and raises :class:`CancellationTimeout` when the deadline passes.
 The machine is closed on every exit; finishing the cancel connection is the
 caller's job (see ``psycancel._api``).
+
+:func:`drive_blocking` is what blocking callers use: for the compiled twin
+it runs the same steps in C with the GIL released from start to finish
+(``run_blocking`` in ``psycancel_c/_engine.pxi``, see ``docs/offload.md``),
+otherwise :func:`wait_blocking` over the machine.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import math
 import select
+import sys
 import time
+from typing import Any
 
-from ._machine import READ, CancelSteps
-from .errors import CancellationTimeout
+from ._machine import READ, CancelSteps, cancel_steps
+from .errors import CancelError, CancellationTimeout
+from .pq.abc import PGcancelConn
 
-__all__ = ["wait_asyncio", "wait_blocking"]
+__all__ = ["compiled_outcome", "drive_blocking", "wait_asyncio", "wait_blocking"]
 
 
 def _expired(timeout: float) -> CancellationTimeout:
@@ -45,6 +53,35 @@ def wait_blocking(steps: CancelSteps, deadline: float, timeout: float) -> None:
                 raise _expired(timeout)
     finally:
         steps.close()
+
+
+def compiled_outcome(
+    module: Any, code: int, message: str, timeout: float
+) -> BaseException | None:
+    """The exception for an outcome code of the compiled twin's C driver (None: OK)."""
+    if code == module.OUTCOME_OK:
+        return None
+    if code == module.OUTCOME_TIMEOUT:
+        return _expired(timeout)
+    if code == module.OUTCOME_ABORTED:
+        return asyncio.CancelledError()
+    return CancelError(message or "the cancel request failed")
+
+
+def drive_blocking(cc: PGcancelConn, deadline: float, timeout: float) -> None:
+    """Run the new, not started ``cc`` in this thread until done or ``deadline``.
+
+    The caller still finishes ``cc`` (a no-op when the C driver did).
+    """
+    module = sys.modules.get(type(cc).__module__)
+    run_blocking = getattr(module, "run_blocking", None)
+    if run_blocking is None:
+        wait_blocking(cancel_steps(cc), deadline, timeout)
+        return
+    code, message = run_blocking(cc, deadline)
+    error = compiled_outcome(module, code, message, timeout)
+    if error is not None:
+        raise error
 
 
 def _wake(fut: asyncio.Future[bool], ready: bool) -> None:

@@ -68,6 +68,7 @@ cdef enum:
     J_TIMEOUT = 2
     J_ABORTED = 3
     J_RUNNING = -1
+    J_INTERRUPTED = -2
 
 # PostgresPollingStatusType (libpq's ABI).
 cdef enum:
@@ -116,6 +117,133 @@ cdef void _free_job(Job* job) noexcept nogil:
         job.ptr = NULL
     free(job.message)
     free(job)
+
+
+# The steps of psycancel._machine.cancel_steps, on a Job (no GIL, no engine state).
+# Each returns J_RUNNING (then job.fd/job.events say what to wait for), J_OK or
+# J_FAILED.
+
+cdef int _job_wait(Job* job, short events) noexcept nogil:
+    """Wait next for ``events`` on the socket libpq names now."""
+    job.fd = job.f.PQcancelSocket(job.ptr)
+    job.events = events
+    return J_RUNNING if job.fd >= 0 else J_FAILED
+
+
+cdef int _job_start(Job* job) noexcept nogil:
+    job.started = True
+    if not job.f.PQcancelStart(job.ptr):
+        return J_FAILED
+    # Before the first poll, libpq expects write-readiness (connect done).
+    return _job_wait(job, POLLOUT)
+
+
+cdef int _job_step(Job* job) noexcept nogil:
+    """``PQcancelPoll`` once the socket was ready (or in error)."""
+    cdef int status = job.f.PQcancelPoll(job.ptr)
+    if status == PG_POLLING_OK:
+        return J_OK
+    if status == PG_POLLING_READING:
+        return _job_wait(job, POLLIN)
+    if status == PG_POLLING_WRITING:
+        return _job_wait(job, POLLOUT)
+    return J_FAILED
+
+
+cdef int _wait_ms(double deadline, double now) noexcept nogil:
+    """poll(2)'s timeout until ``deadline``, rounded up (never ends just before it)."""
+    cdef double ms = ceil((deadline - now) * 1000.0)
+    return <int>(ms if ms < _MAX_POLL_MS else _MAX_POLL_MS)
+
+
+cdef PGcancelConn_t* _take_cancel_conn(PGcancelConn cc) except NULL:
+    """Take a new (not started) ``cc``'s pointer: ``cc`` then reads as finished."""
+    cdef PGcancelConn_t* ptr
+    cdef int rc = R_OK
+    cc._check_process()
+    _count_in(&cc._inflight)
+    with nogil:
+        with cc._lock:
+            ptr = cc._ptr
+            if ptr == NULL:
+                rc = R_CLOSED
+            elif cc._started or cc._f.PQcancelStatus(ptr) != _CONNECTION_ALLOCATED:
+                rc = R_NOT_ALLOCATED
+            else:
+                cc._ptr = NULL
+                cc._started = True
+    _count_out(&cc._inflight)
+    if rc == R_CLOSED:
+        raise InterfaceError(_CANCEL_CONN_FINISHED)
+    if rc != R_OK:
+        raise InterfaceError("the offload engine needs a new cancel connection (not started)")
+    return ptr
+
+
+cdef int _run_until(Job* job, int* failure) noexcept nogil:
+    """Drive ``job`` in this thread until it ends, its deadline, or a signal.
+
+    Returns J_OK, J_FAILED (``failure``: an errno, or 0 for libpq's text),
+    J_TIMEOUT, or J_INTERRUPTED (EINTR: run the signal handlers, then call
+    again).
+    """
+    cdef pollfd pfd
+    cdef double now
+    cdef int rc
+    cdef int result = J_RUNNING if job.started else _job_start(job)
+    while result == J_RUNNING:
+        now = _monotonic()
+        if now >= job.deadline:
+            return J_TIMEOUT
+        pfd.fd = job.fd
+        pfd.events = job.events
+        pfd.revents = 0
+        rc = poll(&pfd, 1, _wait_ms(job.deadline, now))
+        if rc < 0:
+            if errno == EINTR:
+                return J_INTERRUPTED
+            failure[0] = errno
+            return J_FAILED
+        if rc > 0:
+            result = _job_step(job)
+    return result
+
+
+def run_blocking(PGcancelConn cc not None, double deadline):
+    """Drive ``cc`` (new, not started) in this thread, GIL released, until ``deadline``.
+
+    The whole cancel (start, ``poll(2)``, ``PQcancelPoll``, finish) runs in C;
+    the GIL is taken back only at the end, or to run signal handlers (an
+    exception they raise, e.g. ``KeyboardInterrupt``, propagates once the
+    cancel connection is finished). ``cc`` reads as finished afterwards.
+    Returns ``(outcome, message)``: ``OUTCOME_OK``, ``OUTCOME_FAILED`` (with
+    libpq's text) or ``OUTCOME_TIMEOUT``.
+    """
+    cdef Job job
+    cdef int result
+    cdef int failure = 0
+    cdef char* message = NULL
+    job.ptr = _take_cancel_conn(cc)
+    job.f = cc._f
+    job.deadline = deadline
+    job.started = False
+    job.fd = -1
+    try:
+        while True:
+            with nogil:
+                result = _run_until(&job, &failure)
+            if result != J_INTERRUPTED:
+                break
+            PyErr_CheckSignals()  # may raise: the finally clause cleans up
+        if result == J_FAILED:
+            if failure != 0:
+                message = strdup(strerror(failure))
+            else:
+                message = _dup(job.f.PQcancelErrorMessage(job.ptr))
+    finally:
+        with nogil:
+            job.f.PQcancelFinish(job.ptr)
+    return result, _take(message)
 
 
 @cython.final
@@ -231,33 +359,17 @@ cdef class OffloadEngine:
         or after :meth:`close`.
         """
         cdef Job* job
-        cdef PGcancelConn_t* ptr
-        cdef int rc = R_OK
         cdef bint closing, first
         self._check_process()
-        cc._check_process()
         job = <Job*>calloc(1, sizeof(Job))
         if job == NULL:
             raise MemoryError()
-        _count_in(&cc._inflight)
-        with nogil:
-            with cc._lock:
-                ptr = cc._ptr
-                if ptr == NULL:
-                    rc = R_CLOSED
-                elif cc._started or cc._f.PQcancelStatus(ptr) != _CONNECTION_ALLOCATED:
-                    rc = R_NOT_ALLOCATED
-                else:
-                    cc._ptr = NULL
-                    cc._started = True
-        _count_out(&cc._inflight)
-        if rc != R_OK:
+        try:
+            job.ptr = _take_cancel_conn(cc)
+        except BaseException:
             free(job)
-            if rc == R_CLOSED:
-                raise InterfaceError(_CANCEL_CONN_FINISHED)
-            raise InterfaceError("submit() needs a new cancel connection (not started)")
+            raise
         job.id = job_id
-        job.ptr = ptr
         job.f = cc._f
         job.deadline = deadline
         job.fd = -1
@@ -401,16 +513,12 @@ cdef class OffloadEngine:
         self._finished = NULL
         self._finished_tail = NULL
 
-    cdef bint _wait_on_socket(self, Job* job, short events) noexcept nogil:
-        """Wait next for ``events`` on libpq's current socket; False: it failed."""
-        job.fd = job.f.PQcancelSocket(job.ptr)
-        job.events = events
-        if job.fd < 0:
-            self._report(job, J_FAILED)
-            return False
-        if self._has_stage_hook:
+    cdef void _advance(self, Job* job, int result) noexcept nogil:
+        """After a step: report the job if it ended, else (tests) call the hook."""
+        if result != J_RUNNING:
+            self._report(job, result)
+        elif self._has_stage_hook:
             self._call_stage_hook(job)
-        return True
 
     cdef void _call_stage_hook(self, Job* job) noexcept nogil:
         cdef int status = job.f.PQcancelStatus(job.ptr)
@@ -421,23 +529,10 @@ cdef class OffloadEngine:
                 sys.unraisablehook(_Unraisable(ex, self._stage_hook))
 
     cdef void _start(self, Job* job) noexcept nogil:
-        job.started = True
-        if not job.f.PQcancelStart(job.ptr):
-            self._report(job, J_FAILED)
-            return
-        # Before the first poll, libpq expects write-readiness (connect done).
-        self._wait_on_socket(job, POLLOUT)
+        self._advance(job, _job_start(job))
 
     cdef void _step(self, Job* job) noexcept nogil:
-        cdef int status = job.f.PQcancelPoll(job.ptr)
-        if status == PG_POLLING_OK:
-            self._report(job, J_OK)
-        elif status == PG_POLLING_READING:
-            self._wait_on_socket(job, POLLIN)
-        elif status == PG_POLLING_WRITING:
-            self._wait_on_socket(job, POLLOUT)
-        else:
-            self._report(job, J_FAILED)
+        self._advance(job, _job_step(job))
 
     cdef bint _take_incoming(self) noexcept nogil:
         """Move new jobs to the active set and apply aborts; False once closing."""
@@ -481,7 +576,7 @@ cdef class OffloadEngine:
         cdef Py_ssize_t i, n
         cdef Job* job
         cdef Job* nxt
-        cdef double now, nearest, wait_ms
+        cdef double now, nearest
         cdef int timeout_ms, rc, failure
         cdef pollfd* grown
         while self._take_incoming():
@@ -523,9 +618,7 @@ cdef class OffloadEngine:
             if nearest < 0:
                 timeout_ms = -1
             else:
-                # Round up: a wait never ends just before a deadline.
-                wait_ms = ceil((nearest - now) * 1000.0)
-                timeout_ms = <int>(wait_ms if wait_ms < _MAX_POLL_MS else _MAX_POLL_MS)
+                timeout_ms = _wait_ms(nearest, now)
             if self._backlog and (timeout_ms < 0 or timeout_ms > 10):
                 timeout_ms = 10  # queued jobs no wake-up will announce
             rc = poll(self._pfds, <nfds_t>n, timeout_ms)

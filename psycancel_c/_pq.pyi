@@ -101,6 +101,9 @@ OUTCOME_FAILED: int
 OUTCOME_TIMEOUT: int
 OUTCOME_ABORTED: int
 
+def run_blocking(cc: PGcancelConn, deadline: float) -> tuple[int, str]:
+    """Drive a new ``cc`` in this thread (GIL released) until ``deadline``."""
+
 @final
 class OffloadEngine:
     """Drives detached cancel connections of this twin in a thread without the GIL."""

@@ -83,6 +83,10 @@ reference): same classes, methods, properties, return types and exceptions.
   ``IntEnum`` construction per call), outcomes of the locked sections are
   plain C ints turned into exceptions only on failure, and error text is
   copied only when a call failed.
+* **The C driver** (``_engine.pxi``, included at the end; not part of the twin
+  interface): ``run_blocking`` and ``OffloadEngine`` take a new
+  ``PGcancelConn`` and run the whole cancel without the GIL, in the calling
+  thread or in the engine's thread (``docs/offload.md``).
 """
 
 cimport cython

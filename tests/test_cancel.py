@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import signal
 import time
 from typing import Any
 
@@ -247,3 +248,34 @@ def test_errors_hierarchy() -> None:
     for name in ("CancelError", "CancellationTimeout", "InterfaceError", "InsecureCancelError"):
         assert issubclass(getattr(psycancel, name), psycancel.Error)
     assert issubclass(psycancel.InsecureCancelWarning, UserWarning)
+
+
+def test_signal_handler_exception_interrupts_a_blocking_cancel(
+    pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]
+) -> None:
+    """An exception raised by a signal handler (e.g. KeyboardInterrupt) ends a
+    blocking cancel at once, and the cancel connection is finished."""
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    px = proxy()
+    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        px.blackhole()
+        before = sockets_to(px.port)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        t0 = time.monotonic()
+        with pytest.raises(Interrupted):
+            psycancel.cancel(conn, timeout=30)
+        assert time.monotonic() - t0 < 10
+        assert sockets_to(px.port) == before
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        conn.finish()
+    assert len(created) == 1 and created[0].closed

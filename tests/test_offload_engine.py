@@ -273,3 +273,42 @@ def test_public_api_race_stress(
         held.finish()
         for conn in conns:
             conn.finish()
+
+
+def test_run_blocking_outcomes(
+    c: ModuleType, c_libpq: Any, pg_server: Any, proxy: MakeProxy
+) -> None:
+    """The blocking C driver: OK, TIMEOUT (black hole), FAILED (reset), misuse."""
+    plain = c.PGconn.connect(pg_server.dsn("disable"), libpq=c_libpq)
+    px_hole, px_reset = proxy(), proxy()
+    held = c.PGconn.connect(px_hole.dsn(pg_server, sslmode="require"), libpq=c_libpq)
+    reset = c.PGconn.connect(px_reset.dsn(pg_server, sslmode="disable"), libpq=c_libpq)
+    px_hole.blackhole()
+    px_reset.reset()
+    try:
+        ports = (pg_server.port, px_hole.port, px_reset.port)
+        before = {fd for port in ports for fd in sockets_to(port)}
+        for conn, deadline, expected in (
+            (plain, 20.0, c.OUTCOME_OK),
+            (held, 0.3, c.OUTCOME_TIMEOUT),
+            (reset, 20.0, c.OUTCOME_FAILED),
+        ):
+            cc = conn.cancel_conn()
+            t0 = time.monotonic()
+            code, message = c.run_blocking(cc, t0 + deadline)
+            assert cc.closed
+            assert code == expected, (code, message)
+            assert bool(message) == (expected == c.OUTCOME_FAILED)
+            if expected == c.OUTCOME_TIMEOUT:
+                assert 0.3 <= time.monotonic() - t0 < 2
+        assert {fd for port in ports for fd in sockets_to(port)} == before
+        started = plain.cancel_conn()
+        started.start()
+        with pytest.raises(InterfaceError, match="new cancel connection"):
+            c.run_blocking(started, time.monotonic() + 5)
+        started.finish()
+        with pytest.raises(InterfaceError, match="finished"):
+            c.run_blocking(started, time.monotonic() + 5)
+    finally:
+        for conn in (plain, held, reset):
+            conn.finish()
