@@ -18,7 +18,6 @@ from psycancel._server import (
     ThrowawayServer,
     cached_postgres_prefix,
     find_postgres_prefix,
-    libpq_file,
     make_conninfo,
     parse_conninfo,
     postgres_version,
@@ -26,7 +25,15 @@ from psycancel._server import (
 from psycancel.pq import Libpq
 from tests._reliability import stage_spy  # noqa: F401 (a fixture, shared)
 from tests.proxy import ServerLike, TcpProxy
-from tests.twins import NEW_LIBPQ, OLD_LIBPQ, _ctypes, compiled_twin
+from tests.twins import (
+    SYSTEM_LIBPQ_ENV,
+    _ctypes,
+    _legacy_libpq_path,
+    _new_libpq_path,
+    compiled_twin,
+    new_libpq_path,
+    old_libpq_path,
+)
 
 # =====================================================================================
 # The server and the proxy
@@ -179,36 +186,6 @@ def proxy(pg_server: ServerLike) -> Iterator[Callable[[], TcpProxy]]:
 # fallback path. Both are loaded with the active twin (``PSYCANCEL_IMPL``).
 # =====================================================================================
 
-SYSTEM_LIBPQ_ENV = "PSYCANCEL_TEST_LEGACY_LIBPQ"
-
-
-TEST_LIBPQ_ENV = "PSYCANCEL_TEST_LIBPQ"
-"""``default``: the new-API libpq under test is ``Libpq.load()``'s (a wheel's bundled copy)."""
-
-
-def _new_libpq_path() -> str | None:
-    if os.environ.get(TEST_LIBPQ_ENV, "").strip().lower() == "default":
-        from psycancel.pq._libfind import default_libpq_path
-
-        return default_libpq_path()
-    env = os.environ.get("PSYCANCEL_LIBPQ")
-    if env:
-        return env
-    prefix = cached_postgres_prefix()
-    return str(libpq_file(prefix)) if prefix else None
-
-
-def _legacy_libpq_path() -> str | None:
-    if os.environ.get(SYSTEM_LIBPQ_ENV, "").strip().lower() == "none":
-        return None
-    from psycancel.pq._libfind import _system_libpq
-
-    path = os.environ.get(SYSTEM_LIBPQ_ENV) or _system_libpq()
-    if not path:
-        raise RuntimeError(f"no system libpq found; set ${SYSTEM_LIBPQ_ENV}")
-    return path
-
-
 def _describe(lib: Libpq) -> str:
     major, minor = divmod(lib.version, 10000)
     return f"libpq {major}.{minor} at {lib.path} (PQcancelConn: {lib.has_cancel_conn})"
@@ -307,20 +284,22 @@ def twin(request: pytest.FixtureRequest) -> ModuleType:
 @pytest.fixture
 def new_libpq(twin: ModuleType) -> Any:
     """libpq >= 17 (with the PQcancelConn API), loaded by ``twin``."""
-    if not os.path.exists(NEW_LIBPQ):
-        pytest.skip(f"no libpq >= 17 at {NEW_LIBPQ}")
-    lib = twin.Libpq.load(NEW_LIBPQ)
+    path = new_libpq_path()
+    if not os.path.exists(path):
+        pytest.skip(f"no libpq >= 17 at {path!r}")
+    lib = twin.Libpq.load(path)
     if not lib.has_cancel_conn:
-        pytest.skip(f"{NEW_LIBPQ} has no PQcancelConn API")
+        pytest.skip(f"{path} has no PQcancelConn API")
     return lib
 
 
 @pytest.fixture
 def old_libpq(twin: ModuleType) -> Any:
     """The system's libpq < 17 (legacy PQcancel only), loaded by ``twin``."""
-    if not os.path.exists(OLD_LIBPQ):
-        pytest.skip(f"no legacy libpq at {OLD_LIBPQ}")
-    lib = twin.Libpq.load(OLD_LIBPQ)
+    path = old_libpq_path()
+    if not os.path.exists(path):
+        pytest.skip(f"no legacy libpq at {path!r}")
+    lib = twin.Libpq.load(path)
     if lib.has_cancel_conn:
-        pytest.skip(f"{OLD_LIBPQ} is not a legacy libpq")
+        pytest.skip(f"{path} is not a legacy libpq")
     return lib

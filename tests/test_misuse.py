@@ -36,7 +36,7 @@ from psycancel.errors import CancelError, InterfaceError, OperationalError
 from psycancel.pq import _ctypes
 from psycancel.pq.enums import ConnStatus, PollingStatus
 
-from .twins import NEW_LIBPQ, compiled_twin
+from .twins import compiled_twin, new_libpq_path
 
 ENV_CHILD = "PSYCANCEL_TEST_MISUSE_CHILD"
 """Set in the ``python -X dev`` child run, which must not start another child."""
@@ -350,9 +350,9 @@ def test_wrong_libpq_type(
     twin: ModuleType, other_twin: ModuleType, conn: Any, dsn_plain: str, bad: str
 ) -> None:
     lib: object = {
-        "other-twin": other_twin.Libpq.load(NEW_LIBPQ),
+        "other-twin": other_twin.Libpq.load(new_libpq_path()),
         None: None,
-        "path": NEW_LIBPQ,
+        "path": new_libpq_path(),
         42: 42,
         "module": twin,
     }[bad]
@@ -408,11 +408,11 @@ def test_load_errors(twin: ModuleType, tmp_path: Path) -> None:
 
 
 def test_load_caches_one_instance_per_file(twin: ModuleType, new_libpq: Any) -> None:
-    real = os.path.realpath(NEW_LIBPQ)
+    real = os.path.realpath(new_libpq_path())
     assert new_libpq.path == real
     assert twin.Libpq.load(real) is new_libpq
-    assert twin.Libpq.load(Path(NEW_LIBPQ)) is new_libpq
-    assert twin.Libpq.load(NEW_LIBPQ) is new_libpq
+    assert twin.Libpq.load(Path(new_libpq_path())) is new_libpq
+    assert twin.Libpq.load(new_libpq_path()) is new_libpq
 
 
 def test_connect_failure(twin: ModuleType, new_libpq: Any) -> None:
@@ -668,7 +668,7 @@ def test_classes_cannot_be_instantiated_directly(twin: ModuleType, new_libpq: An
     with pytest.raises(TypeError):
         twin.Libpq()
     with pytest.raises(TypeError):
-        twin.Libpq(ctypes.CDLL(None), NEW_LIBPQ)
+        twin.Libpq(ctypes.CDLL(None), new_libpq_path())
     with pytest.raises(TypeError):
         twin.PGconn(0xDEAD, lib, borrowed=False).finish()
     with pytest.raises(TypeError):

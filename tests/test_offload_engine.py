@@ -29,7 +29,7 @@ from psycancel.errors import CancellationTimeout, InterfaceError
 
 from .helpers import loop_fds, open_fds, sockets_to
 from .proxy import TcpProxy
-from .twins import NEW_LIBPQ, compiled_twin
+from .twins import compiled_twin, new_libpq_path
 
 MakeProxy = Callable[[], TcpProxy]
 
@@ -43,7 +43,7 @@ def c() -> ModuleType:
 @pytest.fixture
 def c_libpq(c: ModuleType, pg_server: Any) -> Any:
     """libpq >= 17 loaded by the compiled twin."""
-    return c.Libpq.load(NEW_LIBPQ)
+    return c.Libpq.load(new_libpq_path())
 
 
 class Driven:
@@ -152,7 +152,7 @@ def test_taken_objects_and_misuse(c: ModuleType, c_libpq: Any, dsn_plain: str) -
             engine.submit(started, time.monotonic() + 5, 2)
         from psycancel.pq import _ctypes
 
-        other = _ctypes.PGconn.connect(dsn_plain, libpq=_ctypes.Libpq.load(NEW_LIBPQ))
+        other = _ctypes.PGconn.connect(dsn_plain, libpq=_ctypes.Libpq.load(new_libpq_path()))
         try:
             with pytest.raises(TypeError):
                 engine.submit(other.cancel_conn(), time.monotonic() + 5, 3)

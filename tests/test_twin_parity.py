@@ -27,7 +27,7 @@ from psycancel.pq import abc as pq_abc
 from psycancel.pq.abc import QueryResult
 from psycancel.pq.enums import ConnStatus, ExecStatus, PollingStatus
 
-from .twins import NEW_LIBPQ, OLD_LIBPQ, compiled_twin
+from .twins import compiled_twin, new_libpq_path, old_libpq_path
 
 CLASSES = ["Libpq", "PGconn", "PGcancelConn", "PGcancel"]
 STUB = Path(psycancel_c.__file__).resolve().parent / "_pq.pyi"
@@ -280,15 +280,15 @@ def test_libpq_value_types(twin: ModuleType, new_libpq: Any) -> None:
     assert lib.has_cancel_conn is True
     assert lib.ssl_library is None or type(lib.ssl_library) is str
     assert instance_public_names(twin, "Libpq", lib) == public_names(twin.Libpq)
-    if os.path.exists(OLD_LIBPQ):
-        old = twin.Libpq.load(OLD_LIBPQ)
+    if os.path.exists(old_libpq_path()):
+        old = twin.Libpq.load(old_libpq_path())
         assert old.has_cancel_conn is False
         assert type(old.version) is int and old.version < 170000
 
 
 def test_libpq_same_values_in_both_twins(new_libpq: Any) -> None:
     c = compiled_twin()
-    py_lib, c_lib = _ctypes.Libpq.load(NEW_LIBPQ), c.Libpq.load(NEW_LIBPQ)
+    py_lib, c_lib = _ctypes.Libpq.load(new_libpq_path()), c.Libpq.load(new_libpq_path())
     for name in ("path", "version", "has_cancel_conn", "ssl_library"):
         assert getattr(c_lib, name) == getattr(py_lib, name), name
 
@@ -398,7 +398,9 @@ def test_cancel_handle_value_types(twin: ModuleType, conn: Any) -> None:
 
 def test_both_twins_see_the_same_values(new_libpq: Any, dsn: str) -> None:
     c = compiled_twin()
-    conns = [mod.PGconn.connect(dsn, libpq=mod.Libpq.load(NEW_LIBPQ)) for mod in (_ctypes, c)]
+    conns = [
+        mod.PGconn.connect(dsn, libpq=mod.Libpq.load(new_libpq_path())) for mod in (_ctypes, c)
+    ]
     try:
         py_conn, c_conn = conns
         for name in ("status", "error_message", "ssl_in_use", "borrowed", "closed"):

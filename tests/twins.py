@@ -1,7 +1,8 @@
 """Both twin modules side by side, for tests that compare or parametrize them.
 
 The fixtures built on this (``twin``, ``new_libpq``, ``old_libpq``) live in
-``conftest.py``; test modules import the constants and ``compiled_twin``.
+``conftest.py``; test modules import ``compiled_twin`` and the libpq paths (resolved
+as the ``libpq`` and ``legacy_libpq`` fixtures resolve them, never hard-coded).
 """
 
 from __future__ import annotations
@@ -12,9 +13,18 @@ from types import ModuleType
 
 import pytest
 
+from psycancel._server import cached_postgres_prefix, libpq_file
 from psycancel.pq import _ctypes
 
-__all__ = ["NEW_LIBPQ", "OLD_LIBPQ", "_compiled", "_ctypes", "compiled_twin"]
+__all__ = [
+    "SYSTEM_LIBPQ_ENV",
+    "TEST_LIBPQ_ENV",
+    "_compiled",
+    "_ctypes",
+    "compiled_twin",
+    "new_libpq_path",
+    "old_libpq_path",
+]
 
 _compiled: ModuleType | None
 try:
@@ -22,8 +32,46 @@ try:
 except ImportError:  # not built: its tests are skipped (fail with PSYCANCEL_REQUIRE_EXT=1)
     _compiled = None
 
-NEW_LIBPQ = os.environ.get("PSYCANCEL_LIBPQ") or "/var/cache/psycancel/postgresql-18/lib/libpq.so.5"
-OLD_LIBPQ = "/usr/lib/x86_64-linux-gnu/libpq.so.5"
+SYSTEM_LIBPQ_ENV = "PSYCANCEL_TEST_LEGACY_LIBPQ"
+"""The legacy (< 17) libpq for the fallback tests; ``none``: there is none."""
+
+TEST_LIBPQ_ENV = "PSYCANCEL_TEST_LIBPQ"
+"""``default``: the new-API libpq under test is ``Libpq.load()``'s (a wheel's bundled copy)."""
+
+
+def _new_libpq_path() -> str | None:
+    """The libpq >= 17 under test: $PSYCANCEL_LIBPQ, else the server build's."""
+    if os.environ.get(TEST_LIBPQ_ENV, "").strip().lower() == "default":
+        from psycancel.pq._libfind import default_libpq_path
+
+        return default_libpq_path()
+    env = os.environ.get("PSYCANCEL_LIBPQ")
+    if env:
+        return env
+    prefix = cached_postgres_prefix()
+    return str(libpq_file(prefix)) if prefix else None
+
+
+def _legacy_libpq_path() -> str | None:
+    """The system's libpq < 17 ($PSYCANCEL_TEST_LEGACY_LIBPQ, else the linker's)."""
+    if os.environ.get(SYSTEM_LIBPQ_ENV, "").strip().lower() == "none":
+        return None
+    from psycancel.pq._libfind import _system_libpq
+
+    path = os.environ.get(SYSTEM_LIBPQ_ENV) or _system_libpq()
+    if not path:
+        raise RuntimeError(f"no system libpq found; set ${SYSTEM_LIBPQ_ENV}")
+    return path
+
+
+def new_libpq_path() -> str:
+    """The new-API libpq file for tests that load it by hand ("" if not built yet)."""
+    return _new_libpq_path() or ""
+
+
+def old_libpq_path() -> str:
+    """The legacy libpq file for tests that load it by hand ("" if there is none)."""
+    return _legacy_libpq_path() or ""
 
 
 def compiled_twin() -> ModuleType:
