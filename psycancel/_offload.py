@@ -38,17 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._machine import READ, CancelSteps, cancel_steps
-from .errors import CancellationTimeout
 from .pq.abc import PGcancelConn
-from .waiting import compiled_outcome
+from .waiting import _expired, compiled_outcome
 
 __all__ = ["aborts_requested", "compiled_engine", "reactor_fds", "run_offloaded"]
 
 _Done = Callable[[BaseException | None], None]
-
-
-def _expired(timeout: float) -> CancellationTimeout:
-    return CancellationTimeout(f"the cancel request did not complete within {timeout:g} s")
 
 
 @dataclass(eq=False)
