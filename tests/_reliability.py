@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _api, _machine, _offload
+from psycancel import _api, _machine, _offload, _timeout
 from psycancel.pq.abc import PGcancelConn
 from psycancel.pq.enums import ConnStatus
 
@@ -111,7 +111,8 @@ def describe_bytes(data: bytes, limit: int = 48) -> str:
 
 
 def spy_cancel_conns(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
-    """Record every PGcancelConn the public API creates (asyncio, sync and AnyIO paths).
+    """Record every PGcancelConn the public API creates (sync, asyncio, AnyIO and
+    ``cancel_after`` paths).
 
     The objects are kept alive by the list, so only the API can finish them.
     """
@@ -124,8 +125,9 @@ def spy_cancel_conns(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
         return cc
 
     monkeypatch.setattr(_api, "_new_cancel_conn", spy)
+    # These modules imported the function by name: patch their references too.
+    monkeypatch.setattr(_timeout, "_new_cancel_conn", spy)
     if _waiting_anyio is not None:
-        # _waiting_anyio imported the function by name: patch its reference too.
         monkeypatch.setattr(_waiting_anyio, "_new_cancel_conn", spy)
     return made
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _api
 from psycancel.pq import ExecStatus, Libpq, PGconn
 from psycancel.pq.abc import PGcancelConn
 
+from ._reliability import spy_cancel_conns
 from .helpers import QUERY_CANCELED, drain, loop_fds, open_fds, run, sleeping, sockets_to
 
 MODES = ["sync", "async", "async-inline", "async-offload"]
@@ -38,16 +38,7 @@ def do_cancel(mode: str, conn: Any, **kwargs: Any) -> None:
 @pytest.fixture
 def created(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
     """Every PGcancelConn the API creates (kept alive, so GC cannot finish them)."""
-    made: list[PGcancelConn] = []
-    original = _api._new_cancel_conn
-
-    def spy(pgconn: Any) -> PGcancelConn:
-        cc = original(pgconn)
-        made.append(cc)
-        return cc
-
-    monkeypatch.setattr(_api, "_new_cancel_conn", spy)
-    return made
+    return spy_cancel_conns(monkeypatch)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _api, _timeout
 from psycancel.pq import Libpq, PGconn
 from psycancel.pq.abc import PGcancelConn
 
+from ._reliability import spy_cancel_conns
 from .drivers_helpers import QUERY_CANCELED, SLEEP, Background, pgcode, run_legacy
 from .drivers_helpers import need as _need
 from .helpers import loop_fds, run, wait_until_active
@@ -112,16 +112,7 @@ def async_driver(request: pytest.FixtureRequest) -> Async:
 @pytest.fixture
 def cancels(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
     """Every PGcancelConn that cancel_after prepares."""
-    made: list[PGcancelConn] = []
-    original = _api._new_cancel_conn
-
-    def spy(pgconn: Any) -> PGcancelConn:
-        cc = original(pgconn)
-        made.append(cc)
-        return cc
-
-    monkeypatch.setattr(_timeout, "_new_cancel_conn", spy)
-    return made
+    return spy_cancel_conns(monkeypatch)
 
 
 def timer_threads() -> list[threading.Thread]:

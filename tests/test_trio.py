@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _api, _timeout, _waiting_anyio
+from psycancel import _waiting_anyio
 from psycancel.pq import Libpq, PGconn, QueryResult
 from psycancel.pq.abc import PGcancelConn
 
+from ._reliability import spy_cancel_conns
 from .drivers_helpers import QUERY_CANCELED, SLEEP, pgcode
 from .drivers_helpers import need as _need
 from .helpers import drain, run, sleeping, sockets_to, wait_until_active
@@ -50,17 +51,7 @@ async def waiting_tasks() -> int:
 @pytest.fixture
 def created(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
     """Every PGcancelConn made by cancel_async (through the AnyIO waiter) or cancel_after."""
-    made: list[PGcancelConn] = []
-    original = _api._new_cancel_conn
-
-    def spy(pgconn: Any) -> PGcancelConn:
-        cc = original(pgconn)
-        made.append(cc)
-        return cc
-
-    monkeypatch.setattr(_waiting_anyio, "_new_cancel_conn", spy)
-    monkeypatch.setattr(_timeout, "_new_cancel_conn", spy)
-    return made
+    return spy_cancel_conns(monkeypatch)
 
 
 async def trio_result(conn: PGconn) -> QueryResult:
