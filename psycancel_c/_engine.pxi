@@ -1,22 +1,25 @@
 # Included by _pq.pyx (it needs PGcancelConn's C fields and the libpq table).
-"""The compiled offload engine: many cancels driven in one thread, no GIL.
+"""The compiled twin's C driver: whole cancels run without the GIL.
 
-``psycancel._offload`` hands a fresh ``PGcancelConn`` of this twin to an
-:class:`OffloadEngine`, which takes its pointer (the Python object then
-reads as finished) and drives it to the end in the engine thread:
-``PQcancelStart``, then ``poll(2)`` on every cancel socket plus a wake-up
-pipe, ``PQcancelPoll`` on each socket that became ready, and
-``PQcancelFinish`` on every outcome. That thread never takes the GIL (its
-body is one ``nogil`` loop), so the TLS handshakes run beside an event loop
-that keeps the GIL, and cancels never wait for the GIL between steps.
+* :func:`run_blocking` drives one new ``PGcancelConn`` in the calling thread
+  (``cancel()`` and ``cancel_after``'s timer thread use it).
+* :class:`OffloadEngine` drives many in a thread of its own
+  (``psycancel._offload`` hands them over for ``cancel_async``): ``poll(2)``
+  on every cancel socket plus a wake-up pipe, ``PQcancelPoll`` on each socket
+  that became ready. That thread never takes the GIL (its body is one
+  ``nogil`` loop), so the TLS handshakes run beside an event loop that keeps
+  the GIL, and cancels never wait for the GIL between steps. Outcomes go to
+  a *done* list; a Python thread blocks (without the GIL) in
+  :meth:`OffloadEngine.take_done` and settles the waiting futures.
 
-The steps are those of ``psycancel._machine.cancel_steps`` (start, wait for
-write-readiness, poll, wait for what the poll asked for, on the socket
-libpq names now, until OK or FAILED). The differential tests run the same
-scenarios through both and compare the outcomes.
-
-Outcomes go to a *done* list; a Python thread blocks (without the GIL) in
-:meth:`OffloadEngine.take_done` and settles the waiting futures.
+Both take the object's pointer (the Python object then reads as finished)
+and call ``PQcancelFinish`` on every outcome. Their steps, ``_job_start``,
+``_job_step`` and ``_job_wait``, are those of
+``psycancel._machine.cancel_steps`` (start, wait for write-readiness, poll,
+wait for what the poll asked for, on the socket libpq names now, until OK or
+FAILED; the deadline checked before every wait). Every API test runs once
+per twin, so each scenario goes through these steps and through the Python
+machine (``docs/offload.md``).
 """
 
 from libc.stdlib cimport calloc, realloc
@@ -56,12 +59,6 @@ cdef extern from "<math.h>" nogil:
     double ceil(double x)
 
 
-# Outcomes of an offloaded cancel (OffloadEngine.take_done reports them).
-OUTCOME_OK = 0
-OUTCOME_FAILED = 1
-OUTCOME_TIMEOUT = 2
-OUTCOME_ABORTED = 3
-
 cdef enum:
     J_OK = 0
     J_FAILED = 1
@@ -69,6 +66,12 @@ cdef enum:
     J_ABORTED = 3
     J_RUNNING = -1
     J_INTERRUPTED = -2
+
+# Outcomes of a cancel (run_blocking returns them, OffloadEngine.take_done reports them).
+OUTCOME_OK = J_OK
+OUTCOME_FAILED = J_FAILED
+OUTCOME_TIMEOUT = J_TIMEOUT
+OUTCOME_ABORTED = J_ABORTED
 
 # PostgresPollingStatusType (libpq's ABI).
 cdef enum:
@@ -176,7 +179,7 @@ cdef PGcancelConn_t* _take_cancel_conn(PGcancelConn cc) except NULL:
     if rc == R_CLOSED:
         raise InterfaceError(_CANCEL_CONN_FINISHED)
     if rc != R_OK:
-        raise InterfaceError("the offload engine needs a new cancel connection (not started)")
+        raise InterfaceError("the C driver needs a new cancel connection (not started)")
     return ptr
 
 
