@@ -65,6 +65,8 @@ class ProxyConnection:
         self._closed = False
         self.finished = threading.Event()
         """Set when every socket of this connection is closed."""
+        self.forwarding = threading.Event()
+        """Set once both directions are being forwarded (forward mode)."""
 
     # -- recording
 
@@ -195,6 +197,7 @@ class ProxyConnection:
             self._server = server
         self._pipe(self._client, server, self._client_chunks, "up")
         self._pipe(server, self._client, self._server_chunks, "down")
+        self.forwarding.set()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, chunks: list[bytes], name: str) -> None:
         """Forward src -> dst: a reader thread and a writer thread with a queue."""
