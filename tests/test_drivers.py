@@ -366,20 +366,39 @@ def test_psycopg_async_connection(
     assert [Path(lib.path) for lib, _ in used_libpqs] == [bundled_libpq("psycopg-binary")]
 
 
+@pytest.mark.parametrize("sslmode", ["disable", "require", "verify-full"])
 @pytest.mark.parametrize("via", ["connection", "raw"])
 def test_aiopg_cancel_from_another_task_without_blocking(
-    via: str, dsn: str, monitor: PGconn, used_libpqs: list[tuple[Libpq, PGcancelConn]]
+    via: str,
+    sslmode: str,
+    pg_server: Any,
+    proxy: Callable[[], Any],
+    monitor: PGconn,
+    used_libpqs: list[tuple[Libpq, PGcancelConn]],
 ) -> None:
+    """The loop keeps ticking while the cancel of an aiopg query waits.
+
+    The connection goes through a loopback proxy that, once the session is
+    up, adds ``delay`` to every chunk each way: the cancel request then takes
+    at least ``2 * delay`` (and a TLS one several round trips), which a
+    blocking cancel would spend inside the loop.
+    """
+    delay = 0.1
+    px = proxy()
+
     async def main() -> Ticker:
-        conn = await aiopg.connect(dsn)
+        conn = await aiopg.connect(px.dsn(pg_server, sslmode))
         try:
             cur = await conn.cursor()
             query = asyncio.create_task(cur.execute(SLEEP))
             await wait_active_async(monitor, conn.raw.info.backend_pid)
+            px.delay = delay
             ticker = Ticker()
             ticker.start()
             await asyncio.sleep(0.02)
+            t0 = time.perf_counter()
             await psycancel.cancel_async(conn if via == "connection" else conn.raw, timeout=10)
+            assert time.perf_counter() - t0 >= 2 * delay
             await asyncio.sleep(0.02)
             await ticker.stop()
             # aiopg reports a server-side cancel as CancelledError, raised
@@ -395,8 +414,7 @@ def test_aiopg_cancel_from_another_task_without_blocking(
 
     ticker = asyncio.run(main())
     assert ticker.ticks > 10
-    # A blocking cancel would freeze the loop for the whole request (several
-    # ms on loopback, TLS included); generous bound for a slow machine.
+    # A cancel that blocked the loop would show one gap of >= 2 * delay.
     assert ticker.gap < 0.15, f"largest loop gap {ticker.gap * 1000:.1f} ms"
     assert [Path(lib.path) for lib, _ in used_libpqs] == [bundled_libpq("psycopg2-binary")]
 
