@@ -85,7 +85,7 @@ def backend_key(server_bytes: bytes, pid: int) -> bytes:
 
 def plaintext_cancels(data: bytes) -> list[tuple[int, int, bytes]]:
     """Every plaintext CancelRequest header found in ``data``: (length, pid, key)."""
-    found = []
+    found: list[tuple[int, int, bytes]] = []
     start = 0
     while True:
         i = data.find(CANCEL_CODE, start)
