@@ -132,6 +132,12 @@ def spy_cancel_conns(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
     return made
 
 
+@pytest.fixture
+def created(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
+    """Every PGcancelConn the API creates (see :func:`spy_cancel_conns`)."""
+    return spy_cancel_conns(monkeypatch)
+
+
 def stage_of(event: int, status: ConnStatus, ssl_waits_before: int) -> str:
     """Name the stage of the cancel handshake a wait belongs to.
 

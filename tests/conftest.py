@@ -23,7 +23,7 @@ from psycancel._server import (
     postgres_version,
 )
 from psycancel.pq import Libpq
-from tests._reliability import stage_spy  # noqa: F401 (a fixture, shared)
+from tests._reliability import created, stage_spy  # noqa: F401 (fixtures, shared)
 from tests.proxy import ServerLike, TcpProxy
 from tests.twins import (
     SYSTEM_LIBPQ_ENV,

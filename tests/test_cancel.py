@@ -15,7 +15,6 @@ import psycancel
 from psycancel.pq import ExecStatus, Libpq, PGconn
 from psycancel.pq.abc import PGcancelConn
 
-from ._reliability import spy_cancel_conns
 from .helpers import QUERY_CANCELED, drain, loop_fds, open_fds, run, sleeping, sockets_to
 
 MODES = ["sync", "async", "async-inline", "async-offload"]
@@ -33,12 +32,6 @@ def do_cancel(mode: str, conn: Any, **kwargs: Any) -> None:
         psycancel.cancel(conn, **kwargs)
     else:
         asyncio.run(psycancel.cancel_async(conn, **kwargs, **async_kwargs(mode)))
-
-
-@pytest.fixture
-def created(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
-    """Every PGcancelConn the API creates (kept alive, so GC cannot finish them)."""
-    return spy_cancel_conns(monkeypatch)
 
 
 @pytest.mark.parametrize("mode", MODES)

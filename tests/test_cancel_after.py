@@ -21,7 +21,6 @@ import psycancel
 from psycancel.pq import Libpq, PGconn
 from psycancel.pq.abc import PGcancelConn
 
-from ._reliability import spy_cancel_conns
 from .drivers_helpers import QUERY_CANCELED, SLEEP, Background, pgcode, run_legacy
 from .drivers_helpers import need as _need
 from .helpers import loop_fds, run, wait_until_active
@@ -109,12 +108,6 @@ def async_driver(request: pytest.FixtureRequest) -> Async:
     return Async(request.param)
 
 
-@pytest.fixture
-def cancels(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
-    """Every PGcancelConn that cancel_after prepares."""
-    return spy_cancel_conns(monkeypatch)
-
-
 def timer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "psycancel-cancel-after"]
 
@@ -137,7 +130,7 @@ def arun(func: Callable[[], Awaitable[Any]]) -> Any:
 # =====================================================================================
 
 
-def test_fires_sync(sync_driver: Sync, dsn: str, cancels: list[PGcancelConn]) -> None:
+def test_fires_sync(sync_driver: Sync, dsn: str, created: list[PGcancelConn]) -> None:
     conn = sync_driver.connect(dsn)
     try:
         timer = psycancel.cancel_after(conn, 0.2)
@@ -152,11 +145,11 @@ def test_fires_sync(sync_driver: Sync, dsn: str, cancels: list[PGcancelConn]) ->
         assert sync_driver.execute(conn, "select 1") == [(1,)]
     finally:
         conn.close()
-    assert len(cancels) == 1 and cancels[0].closed
+    assert len(created) == 1 and created[0].closed
     assert no_timer_threads_soon()
 
 
-def test_fires_async(async_driver: Async, dsn: str, cancels: list[PGcancelConn]) -> None:
+def test_fires_async(async_driver: Async, dsn: str, created: list[PGcancelConn]) -> None:
     async def main() -> None:
         conn = await async_driver.connect(dsn)
         loop = asyncio.get_running_loop()
@@ -180,7 +173,7 @@ def test_fires_async(async_driver: Async, dsn: str, cancels: list[PGcancelConn])
             await async_driver.close(conn)
 
     arun(main)
-    assert len(cancels) == 1 and cancels[0].closed
+    assert len(created) == 1 and created[0].closed
     assert timer_threads() == []  # asyncio uses a loop timer, not a thread
 
 
@@ -330,7 +323,7 @@ def test_next_query_never_cancelled_async(
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_block_waits_for_an_in_flight_cancel(
-    mode: str, pg_server: Any, proxy: Any, cancels: list[PGcancelConn]
+    mode: str, pg_server: Any, proxy: Any, created: list[PGcancelConn]
 ) -> None:
     """The timer fires, the query ends before the (slow) cancel arrives: the
     block returns normally, but only once the cancel has completed."""
@@ -373,12 +366,12 @@ def test_block_waits_for_an_in_flight_cancel(
     assert timer.fired
     # Cancel request and EOF each crossed the proxy's delay before the block left.
     assert elapsed >= 0.05 + 2 * delay, elapsed
-    assert len(cancels) == 1 and cancels[0].closed
+    assert len(created) == 1 and created[0].closed
     assert px.accepted == 2  # the session, and one cancel connection
 
 
 def test_task_cancelled_while_leaving_still_waits(
-    pg_server: Any, proxy: Any, cancels: list[PGcancelConn]
+    pg_server: Any, proxy: Any, created: list[PGcancelConn]
 ) -> None:
     """Cancelling the task while the block waits for its in-flight cancel: the
     wait goes on (the guarantee first), then CancelledError propagates."""
@@ -402,7 +395,7 @@ def test_task_cancelled_while_leaving_still_waits(
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            closed_when_cancelled = cancels[0].closed
+            closed_when_cancelled = created[0].closed
             assert await driver.execute(conn, "select 2") == [(2,)]
             return time.monotonic() - t0, closed_when_cancelled
         finally:
@@ -415,7 +408,7 @@ def test_task_cancelled_while_leaving_still_waits(
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_cancel_that_cannot_complete_is_reported(
-    mode: str, pg_server: Any, proxy: Any, cancels: list[PGcancelConn]
+    mode: str, pg_server: Any, proxy: Any, created: list[PGcancelConn]
 ) -> None:
     """The cancel connection is black-holed: the query runs to its end; the
     block then raises CancellationTimeout (no guarantee can be given)."""
@@ -455,7 +448,7 @@ def test_cancel_that_cannot_complete_is_reported(
 
         elapsed = arun(main)
     assert 1.2 <= elapsed < 5
-    assert len(cancels) == 1 and cancels[0].closed
+    assert len(created) == 1 and created[0].closed
 
 
 def test_block_error_keeps_priority_over_a_failed_cancel(pg_server: Any, proxy: Any) -> None:

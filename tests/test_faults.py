@@ -35,7 +35,6 @@ from ._reliability import (
     describe_bytes,
     fault_proxy,
     plaintext_cancels,
-    spy_cancel_conns,
     trio_fds,
 )
 from .helpers import QUERY_CANCELED, drain, loop_fds, run, sleeping, sockets_to, wait_until_active
@@ -43,11 +42,6 @@ from .proxy import TcpProxy
 
 MakeProxy = Callable[[], TcpProxy]
 SSLMODES = ["disable", "require"]
-
-
-@pytest.fixture
-def created(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    return spy_cancel_conns(monkeypatch)
 
 
 def assert_all_finished(created: list[Any], expected: int = 1) -> None:

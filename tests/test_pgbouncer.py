@@ -45,7 +45,6 @@ from ._reliability import (
     call_cancel,
     describe_bytes,
     plaintext_cancels,
-    spy_cancel_conns,
 )
 from .helpers import QUERY_CANCELED, drain, run
 from .proxy import TcpProxy
@@ -188,11 +187,6 @@ def transaction_bouncer(pg_server: Any) -> Iterator[PgBouncer]:
         yield bouncer.start()
     finally:
         bouncer.stop()
-
-
-@pytest.fixture
-def created(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    return spy_cancel_conns(monkeypatch)
 
 
 def wait_query_active(monitor: PGconn, tag: str, timeout: float = 15) -> None:

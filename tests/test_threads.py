@@ -27,15 +27,10 @@ from psycancel.pq import ExecStatus, Libpq, PGconn
 from psycancel.pq.enums import PollingStatus
 from psycancel.waiting import wait_blocking
 
-from ._reliability import MODES, call_cancel, spy_cancel_conns
+from ._reliability import MODES, call_cancel
 from .helpers import QUERY_CANCELED, drain, run, sleeping, sockets_to, wait_until_active
 
 N_THREADS = 8
-
-
-@pytest.fixture
-def created(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    return spy_cancel_conns(monkeypatch)
 
 
 def start_sleeping(dsn: str, libpq: Libpq, monitor: PGconn, n: int) -> list[PGconn]:
@@ -87,7 +82,6 @@ def test_eight_threads_cancel_eight_queries(
 
 
 BLOCKED_SLEEP = 4  # seconds: how long a blocked query lasts if the cancel cannot get through
-
 
 
 def cancel_target(conn: PGconn, libpq: Libpq, via: str) -> PGconn:

@@ -22,7 +22,6 @@ from psycancel import _waiting_anyio
 from psycancel.pq import Libpq, PGconn, QueryResult
 from psycancel.pq.abc import PGcancelConn
 
-from ._reliability import spy_cancel_conns
 from .drivers_helpers import QUERY_CANCELED, SLEEP, pgcode
 from .drivers_helpers import need as _need
 from .helpers import drain, run, sleeping, sockets_to, wait_until_active
@@ -46,12 +45,6 @@ async def waiting_tasks() -> int:
     await trio.sleep(0.001)
     stats = trio.lowlevel.current_statistics().io_statistics
     return int(stats.tasks_waiting_read + stats.tasks_waiting_write)
-
-
-@pytest.fixture
-def created(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
-    """Every PGcancelConn made by cancel_async (through the AnyIO waiter) or cancel_after."""
-    return spy_cancel_conns(monkeypatch)
 
 
 async def trio_result(conn: PGconn) -> QueryResult:

@@ -39,7 +39,6 @@ from ._reliability import (
     cancel_request,
     describe_bytes,
     plaintext_cancels,
-    spy_cancel_conns,
 )
 from .helpers import QUERY_CANCELED, drain, sleeping
 from .proxy import TcpProxy
@@ -58,11 +57,6 @@ TLS_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
         {"sslnegotiation": "direct", "max_protocol_version": "3.2"},
     ),
 }
-
-
-@pytest.fixture
-def created(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    return spy_cancel_conns(monkeypatch)
 
 
 def cancel_connections(px: TcpProxy) -> list[Any]:
