@@ -401,6 +401,7 @@ cdef class OffloadEngine:
         """Stop the job ``job_id`` (reported as aborted unless it ended already)."""
         cdef long long* grown
         cdef Py_ssize_t cap
+        cdef bint queued
         self._check_process()
         with nogil:
             pthread_mutex_lock(&self._mutex)
@@ -410,15 +411,13 @@ cdef class OffloadEngine:
                 if grown != NULL:
                     self._aborts = grown
                     self._cap_aborts = cap
-            if self._n_aborts < self._cap_aborts:
+            queued = self._n_aborts < self._cap_aborts
+            if queued:
                 self._aborts[self._n_aborts] = job_id
                 self._n_aborts += 1
-                grown = self._aborts
-            else:
-                grown = NULL
             pthread_mutex_unlock(&self._mutex)
             self._wake()
-        if grown == NULL:
+        if not queued:
             raise MemoryError()
 
     def close(self):
@@ -531,6 +530,14 @@ cdef class OffloadEngine:
             except BaseException as ex:
                 sys.unraisablehook(_Unraisable(ex, self._stage_hook))
 
+    cdef void _fail_all(self, const char* text) noexcept nogil:
+        """Report every active job as failed with ``text``, then publish them."""
+        cdef Py_ssize_t i
+        for i in range(self._n_active):
+            self._active[i].message = strdup(text)
+            self._report(self._active[i], J_FAILED)
+        self._collect()
+
     cdef void _start(self, Job* job) noexcept nogil:
         self._advance(job, _job_start(job))
 
@@ -604,10 +611,7 @@ cdef class OffloadEngine:
             if n > self._cap_pfds:
                 grown = <pollfd*>realloc(self._pfds, n * sizeof(pollfd))
                 if grown == NULL:
-                    for i in range(self._n_active):
-                        self._active[i].message = strdup("out of memory in the offload engine")
-                        self._report(self._active[i], J_FAILED)
-                    self._collect()
+                    self._fail_all("out of memory in the offload engine")
                     continue
                 self._pfds = grown
                 self._cap_pfds = n
@@ -628,10 +632,7 @@ cdef class OffloadEngine:
             failure = errno if rc < 0 else 0
             if failure != 0 and failure != EINTR:
                 # (EINVAL: more sockets than RLIMIT_NOFILE; ENOMEM.) Fail, never spin.
-                for i in range(self._n_active):
-                    self._active[i].message = strdup(strerror(failure))
-                    self._report(self._active[i], J_FAILED)
-                self._collect()
+                self._fail_all(strerror(failure))
                 continue
             if rc <= 0:
                 continue  # a deadline (or EINTR): the next round sees it

@@ -12,9 +12,11 @@ public API.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import random
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -139,6 +141,43 @@ def test_every_job_reported_once_with_its_outcome(
             conn.finish()
 
 
+def test_a_failing_poll_fails_every_job_and_the_engine_goes_on(
+    c: ModuleType, c_libpq: Any, pg_server: Any, proxy: MakeProxy, driven: Driven
+) -> None:
+    """``poll(2)`` refused (EINVAL: more fds than RLIMIT_NOFILE): every active
+    job is reported once as failed with the system's text and its socket is
+    closed; the engine never spins and takes new work afterwards."""
+    n_jobs = 10
+    px = proxy()
+    held = c.PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=c_libpq)
+    px.blackhole()
+    plain = c.PGconn.connect(pg_server.dsn("disable"), libpq=c_libpq)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        before = sockets_to(px.port)
+        ids = set(range(1, n_jobs + 1))
+        for job_id in ids:
+            driven.engine.submit(held.cancel_conn(), time.monotonic() + 60, job_id)
+        # Every cancel connected (and sent its request into the black hole).
+        assert px.wait_accepted(1 + n_jobs)
+        # The engine's next poll() gets n_jobs + 1 fds: over the limit.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n_jobs // 2, hard))
+        try:
+            driven.engine.abort(999_999)  # (unknown id) wakes the engine
+            driven.wait_for(ids)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for job_id in ids:
+            assert driven.outcomes[job_id] == [(c.OUTCOME_FAILED, os.strerror(errno.EINVAL))]
+        assert sockets_to(px.port) == before
+        driven.engine.submit(plain.cancel_conn(), time.monotonic() + 20, 100)
+        driven.wait_for({100})
+        assert driven.outcomes[100] == [(c.OUTCOME_OK, "")]
+    finally:
+        held.finish()
+        plain.finish()
+
+
 def test_taken_objects_and_misuse(c: ModuleType, c_libpq: Any, dsn_plain: str) -> None:
     engine = c.OffloadEngine()  # not running: submitted jobs just queue
     conn = c.PGconn.connect(dsn_plain, libpq=c_libpq)
@@ -202,12 +241,13 @@ def test_forked_child_cannot_use_the_parents_engine(
         pid = os.fork()
         if pid == 0:  # the child: every use refuses, nothing crashes
             code = 0
-            for call in (
+            calls: tuple[Callable[[], object], ...] = (
                 lambda: driven.engine.submit(spare, 0.0, 1),
                 lambda: driven.engine.abort(1),
                 lambda: driven.engine.take_done(),
                 lambda: driven.engine.close(),
-            ):
+            )
+            for call in calls:
                 try:
                     call()
                     code |= 1
@@ -268,7 +308,7 @@ def test_public_api_race_stress(
         assert kinds.get("ok", 0) >= 100 and kinds.get(CancellationTimeout.__name__, 0) >= 30
         assert sockets_to(pg_server.port) | sockets_to(px.port) == before
         reactor = _offload._reactors.get("engine")
-        assert reactor is not None and not reactor._pending
+        assert isinstance(reactor, _offload._CompiledReactor) and not reactor._pending
     finally:
         held.finish()
         for conn in conns:

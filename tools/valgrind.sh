@@ -31,10 +31,14 @@ python="${PYTHON:-python3}"
 python="$("$python" -c 'import sys; print(sys.executable)')"
 PSYCANCEL_IMPL=c "$python" -c 'import psycancel_c._pq' || { echo "psycancel_c is not built" >&2; exit 2; }
 
+# valgrind emulates RLIMIT_NOFILE (the kernel never sees a lowered limit), so
+# the engine's poll(2) cannot be made to fail there: that test runs in the
+# normal suite only.
+no_rlimit="not failing_poll"
 case "$mode" in
-    full) args=(tests/test_misuse.py tests/test_cancel.py tests/test_offload_engine.py) ;;
+    full) args=(tests/test_misuse.py tests/test_cancel.py tests/test_offload_engine.py -k "$no_rlimit") ;;
     # The compiled twin's misuse cases, and the sync API tests.
-    short) args=(tests/test_misuse.py tests/test_cancel.py tests/test_offload_engine.py -k "not python and not async") ;;
+    short) args=(tests/test_misuse.py tests/test_cancel.py tests/test_offload_engine.py -k "not python and not async and $no_rlimit") ;;
     custom) args=("$@") ;;
 esac
 
