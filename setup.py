@@ -14,7 +14,7 @@ Binary wheels (``docs/wheels.md``):
   ``<prefix>/lib``'s libpq (no header, no symbol is used: the link only
   records the dependency), so that the wheel repair tool (auditwheel,
   delocate, delvewheel) copies libpq and its TLS libraries into the wheel.
-  At run time ``psycancel.pq._libfind`` finds that copy through the
+  At run time ``psycancel.pq.libfind`` finds that copy through the
   extension and ``Libpq.load()`` uses it by default. Implies
   ``PSYCANCEL_REQUIRE_EXT`` and a forced rebuild of the extension.
 * ``PSYCANCEL_LIMITED_API=1``: build against CPython's Limited API

@@ -60,9 +60,9 @@ def peer_libpq_path(dsn: str) -> str:
 @contextlib.contextmanager
 def environment() -> Iterator[Env]:
     """A throwaway TLS server, its libpq 18 and the system's legacy libpq."""
-    from psycancel.pq._libfind import _system_libpq
+    from psycancel.pq.libfind import system_libpq_path
 
-    legacy = os.environ.get("PSYCANCEL_TEST_LEGACY_LIBPQ") or _system_libpq() or ""
+    legacy = os.environ.get("PSYCANCEL_TEST_LEGACY_LIBPQ") or system_libpq_path() or ""
     with ThrowawayServer(find_postgres_prefix()) as server:
         yield Env(server, str(server.libpq_path), legacy)
 

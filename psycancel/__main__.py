@@ -21,7 +21,7 @@ def _info() -> int:
         except ImportError as ex:
             state = f"unavailable: {ex}"
         print(f"  twin {name}: {state}")
-    from .pq._libfind import ENV_LIBPQ, default_libpq_origin
+    from .pq.libfind import ENV_LIBPQ, default_libpq_origin
 
     try:
         origin, _ = default_libpq_origin()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from . import cancel_async
 from .pq import Libpq, PGconn, QueryResult
-from .pq._libfind import ENV_LIBPQ
+from .pq.libfind import ENV_LIBPQ
 
 __all__ = ["read_result_async", "run_demo", "wait_until_active"]
 

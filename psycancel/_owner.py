@@ -30,7 +30,7 @@ from types import ModuleType
 
 from .errors import InterfaceError
 from .pq import Libpq
-from .pq._libfind import library_file_of
+from .pq.libfind import library_file_of
 
 __all__ = ["libpq_of_cdll", "libpq_of_extension", "libpq_of_file"]
 

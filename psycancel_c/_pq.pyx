@@ -102,7 +102,7 @@ import os
 import threading
 
 from psycancel.errors import CancelError, InterfaceError, OperationalError
-from psycancel.pq._libfind import default_libpq_path, library_file_of
+from psycancel.pq.libfind import default_libpq_path, library_file_of
 from psycancel.pq.abc import QueryResult
 from psycancel.pq.enums import ConnStatus, ExecStatus, PollingStatus
 

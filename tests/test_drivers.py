@@ -25,7 +25,7 @@ import psycancel
 from psycancel import _api, _owner
 from psycancel._resolve import as_pgconn
 from psycancel.pq import Libpq, PGconn
-from psycancel.pq._libfind import library_file_of
+from psycancel.pq.libfind import library_file_of
 from psycancel.pq.abc import PGcancelConn
 
 from .drivers_helpers import (
@@ -229,9 +229,9 @@ def test_owner_follows_the_dynamic_linker(dsn_plain: str, libpq: Libpq) -> None:
 
 
 def _legacy_system_libpq() -> str:
-    from psycancel.pq._libfind import _system_libpq
+    from psycancel.pq.libfind import system_libpq_path
 
-    path = _system_libpq()
+    path = system_libpq_path()
     assert path
     return path
 

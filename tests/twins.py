@@ -42,7 +42,7 @@ TEST_LIBPQ_ENV = "PSYCANCEL_TEST_LIBPQ"
 def _new_libpq_path() -> str | None:
     """The libpq >= 17 under test: $PSYCANCEL_LIBPQ, else the server build's."""
     if os.environ.get(TEST_LIBPQ_ENV, "").strip().lower() == "default":
-        from psycancel.pq._libfind import default_libpq_path
+        from psycancel.pq.libfind import default_libpq_path
 
         return default_libpq_path()
     env = os.environ.get("PSYCANCEL_LIBPQ")
@@ -56,9 +56,9 @@ def _legacy_libpq_path() -> str | None:
     """The system's libpq < 17 ($PSYCANCEL_TEST_LEGACY_LIBPQ, else the linker's)."""
     if os.environ.get(SYSTEM_LIBPQ_ENV, "").strip().lower() == "none":
         return None
-    from psycancel.pq._libfind import _system_libpq
+    from psycancel.pq.libfind import system_libpq_path
 
-    path = os.environ.get(SYSTEM_LIBPQ_ENV) or _system_libpq()
+    path = os.environ.get(SYSTEM_LIBPQ_ENV) or system_libpq_path()
     if not path:
         raise RuntimeError(f"no system libpq found; set ${SYSTEM_LIBPQ_ENV}")
     return path

@@ -117,7 +117,7 @@ in_venv "$venv/bin/python" - "$venv" <<'PY'
 import os, sys
 venv = os.path.realpath(sys.argv[1])
 import psycancel, psycancel.pq as pq
-from psycancel.pq import Libpq, _libfind
+from psycancel.pq import Libpq, libfind
 
 def inside(path):
     return os.path.realpath(path).startswith(venv + os.sep)
@@ -126,7 +126,7 @@ assert inside(psycancel.__file__), psycancel.__file__
 assert pq.__impl__ == "c", pq.__impl__
 import psycancel_c._pq as ext
 assert inside(ext.__file__), ext.__file__
-origin, path = _libfind.default_libpq_origin()
+origin, path = libfind.default_libpq_origin()
 lib = Libpq.load()
 print(f"__impl__ = {pq.__impl__!r} ({ext.__file__})")
 print(f"default libpq: {origin} {lib.path}")

@@ -28,13 +28,13 @@ log "installed wheel checks"
 "$python" - "$windows" <<'PY'
 import os, sys
 import psycancel, psycancel.pq as pq
-from psycancel.pq import Libpq, _libfind
+from psycancel.pq import Libpq, libfind
 
 site = os.path.dirname(os.path.dirname(os.path.realpath(psycancel.__file__)))
 assert not os.path.exists(os.path.join(site, "setup.py")), f"{site} is a source tree"
 if sys.argv[1] == "0":
     assert pq.__impl__ == "c", pq.__impl__
-origin, path = _libfind.default_libpq_origin()
+origin, path = libfind.default_libpq_origin()
 lib = Libpq.load()
 print(f"__impl__ = {pq.__impl__!r}; default libpq: {origin} {lib.path}")
 print(f"version {lib.version}, has_cancel_conn {lib.has_cancel_conn}, TLS {lib.ssl_library}")

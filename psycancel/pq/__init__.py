@@ -1,8 +1,16 @@
-"""The libpq layer: loads one of the two twins of the same interface.
+"""The libpq layer: loads one of the two twins of one interface.
 
-``PSYCANCEL_IMPL=c`` forces the compiled twin (``psycancel_c._pq``),
-``PSYCANCEL_IMPL=python`` the ctypes twin; unset (or ``auto``) tries the
-compiled twin first. ``__impl__`` names the active one.
+The interface is ``abc`` (Protocols and the contract every object keeps);
+``enums``, ``messages`` (the error texts) and ``libfind`` (where a libpq
+comes from) are shared by both twins. The twins are ``_ctypes`` (pure
+Python) and the compiled ``psycancel_c._pq``; they import nothing else of
+psycancel but ``psycancel.errors``. Nothing in this layer imports the layers
+above it (the cancel engine, the drivers, the public API).
+
+``PSYCANCEL_IMPL=c`` forces the compiled twin, ``PSYCANCEL_IMPL=python`` the
+ctypes twin; unset (or ``auto``) tries the compiled twin first. ``__impl__``
+names the active one; ``Libpq``, ``PGconn``, ``PGcancelConn`` and ``PGcancel``
+are its classes (typed as the interface).
 """
 
 from __future__ import annotations
@@ -64,8 +72,8 @@ def _select() -> tuple[str, ModuleType]:
 __impl__, _twin = _select()
 
 if TYPE_CHECKING:
-    # Both twins have this interface (a parity test checks it).
-    from ._ctypes import Libpq, PGcancel, PGcancelConn, PGconn
+    # Both twins implement this interface (the parity tests check it).
+    from .abc import Libpq, PGcancel, PGcancelConn, PGconn
 else:
     Libpq = _twin.Libpq
     PGconn = _twin.PGconn

@@ -1,39 +1,75 @@
-"""The interface that both libpq twins implement (ctypes and compiled).
+"""The interface of the libpq layer: what both twins implement, told once.
 
-Common rules for every object below:
+``psycancel.pq`` loads one of two twins of this interface: the ctypes twin
+(``psycancel.pq._ctypes``) or the compiled twin (``psycancel_c._pq``). Code
+above this layer is typed against these Protocols only. The twins themselves
+import nothing of psycancel but this module, ``enums``, ``messages`` (their
+shared error texts), ``libfind`` (where a libpq comes from) and
+``psycancel.errors``.
 
-* After ``finish()`` (``free()`` for :class:`PGcancel`), every method and
+The contract of every object below (both twins; the parity tests and the
+misuse tests check it):
+
+* **After** ``finish()`` (``free()`` for :class:`PGcancel`), every method and
   property raises :class:`~psycancel.errors.InterfaceError`, except
   ``finish()``/``free()`` themselves, ``closed``, and two plain attributes
   of a :class:`PGconn` that do not touch libpq: ``libpq`` and ``borrowed``
   (they keep working). ``finish()`` is idempotent and also runs when the
   object is garbage collected.
-* The classes cannot be instantiated directly (``TypeError``): objects come
-  from ``Libpq.load``, ``PGconn.connect``/``connect_start``/``from_ptr``,
-  ``PGconn.cancel_conn`` and ``PGconn.get_cancel``.
-* Thread safety: every object can be used from several threads; each call
-  is serialised with the object's other libpq calls by a lock, which is
-  only held for libpq calls that do not wait for the server (except in
-  :meth:`PGcancelConn.blocking` and :meth:`PGcancel.cancel`). A thread
-  waiting in :meth:`PGconn.get_result` does not hold it: another thread can
-  cancel that query through the same object, or finish it.
-* fork(): objects belong to the process that made them. In a forked child,
-  ``finish()``/``free()`` (and garbage collection) only forget the parent's
-  pointer, never closing or freeing anything the parent still uses, and
-  every other use raises :class:`~psycancel.errors.InterfaceError` ("...
-  belongs to the parent process ..."). Make new objects in the child.
-* A libpq call that fails reports libpq's own error text in the exception
-  (error messages lose their trailing newline; query values never do).
-* Objects are never handed to a libpq other than the one that created them.
+* **No direct construction**: calling a class raises ``TypeError``; objects
+  come from ``Libpq.load``, ``PGconn.connect``/``connect_start``/``from_ptr``,
+  ``PGconn.cancel_conn`` and ``PGconn.get_cancel``, so no arbitrary pointer
+  reaches libpq without ``from_ptr``'s checks. Objects refuse to be pickled
+  or copied (two wrappers would finish one pointer twice).
+* **Locking**: every object can be used from several threads; each libpq
+  call is serialised with the object's other libpq calls by a per-object
+  lock, so that ``finish()`` in another thread never frees the object under
+  a call. The lock is held only for libpq calls that do not wait for the
+  server, except in :meth:`PGcancelConn.blocking`, :meth:`PGcancel.cancel`
+  (nothing else can usefully happen to those objects meanwhile; ``finish()``
+  waits for them) and :meth:`PGconn.send_query` while a query too large for
+  the socket's buffer is being sent. A thread waiting in
+  :meth:`PGconn.get_result` does not hold it: it waits for the socket in
+  slices, so another thread can cancel that query through the same object,
+  read its getters, or finish it (the waiter then raises ``InterfaceError``).
+* **fork()**: objects belong to the process that made them. In a forked
+  child, ``finish()``/``free()`` (and garbage collection) only forget the
+  parent's pointer, never closing or freeing anything the parent still uses
+  (``PQfinish`` would send Terminate on the parent's socket), and every
+  other use raises :class:`~psycancel.errors.InterfaceError`
+  (:func:`psycancel.pq.messages.forked`). The check comes before the lock,
+  which a thread of the parent may have held at the fork.
+* **Errors**: a libpq call that fails reports libpq's own error text
+  (messages lose their trailing newline; query values never do); the texts
+  of psycancel's own checks are in :mod:`psycancel.pq.messages`.
+* **Ownership**: objects are never handed to a libpq other than the one that
+  created them (a ``Libpq`` of the other twin is refused too).
+* **The GIL** is released around every libpq call that can block or do TLS
+  work (ctypes does so for every foreign call; the compiled twin says
+  ``nogil`` explicitly).
+
+A twin may also bring a :class:`NativeDriver`: C code that runs a whole
+cancel without the GIL (the compiled twin does; the ctypes twin's cancels are
+driven by the engine's Python waiters). ``Libpq.native_driver`` declares it.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from .enums import ConnStatus, ExecStatus, PollingStatus
 
-__all__ = ["Libpq", "PGcancel", "PGcancelConn", "PGconn", "QueryResult"]
+__all__ = [
+    "Libpq",
+    "NativeDriver",
+    "OffloadEngine",
+    "PGcancel",
+    "PGcancelConn",
+    "PGconn",
+    "QueryResult",
+]
 
 
 class QueryResult(NamedTuple):
@@ -51,6 +87,16 @@ class QueryResult(NamedTuple):
 
 class Libpq(Protocol):
     """A loaded libpq shared library and what it can do."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> Libpq:
+        """Load libpq from ``path``, else the default one (``psycancel.pq.libfind``).
+
+        One object per library file (cached). Raises ``OSError`` if the file
+        cannot be loaded and :class:`~psycancel.errors.InterfaceError` if it
+        is not a usable libpq.
+        """
+        ...
 
     @property
     def path(self) -> str:
@@ -70,6 +116,11 @@ class Libpq(Protocol):
     @property
     def ssl_library(self) -> str | None:
         """The TLS library libpq was built with (``"OpenSSL"``), or None."""
+        ...
+
+    @property
+    def native_driver(self) -> NativeDriver | None:
+        """The twin's C driver for whole cancels, or None (see :class:`NativeDriver`)."""
         ...
 
 
@@ -155,6 +206,29 @@ class PGconn(Protocol):
 
     A borrowed connection (:meth:`from_ptr`) is never finished by psycancel.
     """
+
+    @classmethod
+    def connect(cls, conninfo: str, *, libpq: Libpq | None = None) -> PGconn:
+        """Connect and wait (``PQconnectdb``), with ``libpq`` or the default one.
+
+        :class:`~psycancel.errors.OperationalError` with libpq's text on failure.
+        """
+        ...
+
+    @classmethod
+    def connect_start(cls, conninfo: str, *, libpq: Libpq | None = None) -> PGconn:
+        """Begin a non-blocking connection (``PQconnectStart``); see :meth:`connect_poll`."""
+        ...
+
+    @classmethod
+    def from_ptr(cls, ptr: int, libpq: Libpq) -> PGconn:
+        """Wrap a ``PGconn*`` that ``libpq`` made elsewhere (borrowed, never finished).
+
+        ``libpq`` must be the library that created the pointer and of this
+        twin; a NULL, non-int or out-of-range pointer raises
+        :class:`~psycancel.errors.InterfaceError`.
+        """
+        ...
 
     @property
     def libpq(self) -> Libpq:
@@ -251,4 +325,83 @@ class PGconn(Protocol):
         waiting in :meth:`get_result` raise
         :class:`~psycancel.errors.InterfaceError`.
         """
+        ...
+
+
+class OffloadEngine(Protocol):
+    """A thread's worth of C that drives many detached cancels without the GIL.
+
+    One thread runs :meth:`run`, one loops on :meth:`take_done`; any thread
+    may :meth:`submit` and :meth:`abort`. Every submitted cancel connection is
+    finished exactly once, by the engine, and reported exactly once.
+    """
+
+    def fds(self) -> set[int]:
+        """The engine's own file descriptors (its wake-up pipe)."""
+        ...
+
+    def submit(self, cc: PGcancelConn, deadline: float, job_id: int) -> None:
+        """Take the new ``cc`` (it then reads as finished) and drive it until ``deadline``."""
+        ...
+
+    def abort(self, job_id: int) -> None:
+        """Stop job ``job_id`` (reported as aborted unless it ended already)."""
+        ...
+
+    def close(self) -> None:
+        """Abort every job; :meth:`run` and :meth:`take_done` then return."""
+        ...
+
+    def run(self) -> None:
+        """The engine thread's body (GIL released); returns after :meth:`close`."""
+        ...
+
+    def take_done(self) -> list[tuple[int, int, str]]:
+        """Wait for ended jobs: ``(job_id, outcome, message)``; ``[]`` once stopped."""
+        ...
+
+    def set_stage_hook(self, hook: Callable[[int, int, int], object] | None) -> None:
+        """Tests: ``hook(job_id, status, events)`` before each wait, with the GIL."""
+        ...
+
+
+class NativeDriver(Protocol):
+    """A twin's C code that runs a whole cancel (start, waits, polls, finish) without the GIL.
+
+    The outcome codes are those of :meth:`run_blocking` and of
+    :meth:`OffloadEngine.take_done`. Both take a new (not started)
+    ``PGcancelConn`` of the same twin, which then reads as finished: the
+    driver finishes the libpq object on every outcome.
+    """
+
+    @property
+    def OUTCOME_OK(self) -> int:
+        """The request was sent and the server closed the cancel connection."""
+        ...
+
+    @property
+    def OUTCOME_FAILED(self) -> int:
+        """libpq reported a failure (its text comes with the code)."""
+        ...
+
+    @property
+    def OUTCOME_TIMEOUT(self) -> int:
+        """The deadline passed first."""
+        ...
+
+    @property
+    def OUTCOME_ABORTED(self) -> int:
+        """The job was aborted (offload engine only)."""
+        ...
+
+    def run_blocking(self, cc: PGcancelConn, deadline: float) -> tuple[int, str]:
+        """Drive ``cc`` in this thread, GIL released, until done or ``deadline``.
+
+        Signal handlers run on ``EINTR``; an exception they raise propagates
+        once the cancel connection is finished.
+        """
+        ...
+
+    def new_engine(self) -> OffloadEngine:
+        """A new, not yet running :class:`OffloadEngine` of this twin."""
         ...

@@ -66,7 +66,7 @@ def default_libpq_origin() -> tuple[str, str]:
     bundled = bundled_libpq_path()
     if bundled is not None:
         return "bundled", bundled
-    path = _system_libpq()
+    path = system_libpq_path()
     if path is None:
         raise OSError(
             "no libpq found: install the system libpq (e.g. libpq5) or set "
@@ -137,7 +137,7 @@ def _in_libs_dirs() -> str | None:
     return None
 
 
-def _system_libpq() -> str | None:
+def system_libpq_path() -> str | None:
     if sys.platform.startswith("linux"):
         found = _ldconfig_lookup("libpq.so.5")
         if found:

@@ -1,0 +1,89 @@
+"""The ctypes twin's declarations: libpq's functions, their C types, their binding.
+
+Only what psycancel calls is declared. The ``PQcancel*`` family is optional
+(libpq >= 17): a library without it binds the rest and reports
+``has_cancel_conn = False``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import POINTER, c_char, c_char_p, c_int, c_void_p
+from typing import Any
+
+from ...errors import InterfaceError
+from .. import messages as M
+
+__all__ = ["CANCEL_CONN", "REQUIRED", "Functions"]
+
+# name: (restype, argtypes); the PQcancel* family is optional (libpq >= 17).
+REQUIRED: dict[str, tuple[Any, list[Any]]] = {
+    "PQlibVersion": (c_int, []),
+    "PQconnectdb": (c_void_p, [c_char_p]),
+    "PQconnectStart": (c_void_p, [c_char_p]),
+    "PQconnectPoll": (c_int, [c_void_p]),
+    "PQstatus": (c_int, [c_void_p]),
+    "PQerrorMessage": (c_char_p, [c_void_p]),
+    "PQsocket": (c_int, [c_void_p]),
+    "PQbackendPID": (c_int, [c_void_p]),
+    "PQsslInUse": (c_int, [c_void_p]),
+    "PQsslAttribute": (c_char_p, [c_void_p, c_char_p]),
+    "PQsendQuery": (c_int, [c_void_p, c_char_p]),
+    "PQflush": (c_int, [c_void_p]),
+    "PQconsumeInput": (c_int, [c_void_p]),
+    "PQisBusy": (c_int, [c_void_p]),
+    "PQgetResult": (c_void_p, [c_void_p]),
+    "PQresultStatus": (c_int, [c_void_p]),
+    "PQresultErrorField": (c_char_p, [c_void_p, c_int]),
+    "PQresultErrorMessage": (c_char_p, [c_void_p]),
+    "PQntuples": (c_int, [c_void_p]),
+    "PQnfields": (c_int, [c_void_p]),
+    "PQgetvalue": (c_char_p, [c_void_p, c_int, c_int]),
+    "PQgetisnull": (c_int, [c_void_p, c_int, c_int]),
+    "PQclear": (None, [c_void_p]),
+    "PQfinish": (None, [c_void_p]),
+    "PQgetCancel": (c_void_p, [c_void_p]),
+    "PQcancel": (c_int, [c_void_p, POINTER(c_char), c_int]),
+    "PQfreeCancel": (None, [c_void_p]),
+}
+CANCEL_CONN: dict[str, tuple[Any, list[Any]]] = {
+    "PQcancelCreate": (c_void_p, [c_void_p]),
+    "PQcancelStart": (c_int, [c_void_p]),
+    "PQcancelBlocking": (c_int, [c_void_p]),
+    "PQcancelPoll": (c_int, [c_void_p]),
+    "PQcancelStatus": (c_int, [c_void_p]),
+    "PQcancelSocket": (c_int, [c_void_p]),
+    "PQcancelErrorMessage": (c_char_p, [c_void_p]),
+    "PQcancelReset": (None, [c_void_p]),
+    "PQcancelFinish": (None, [c_void_p]),
+}
+
+
+
+class Functions:
+    """The typed function pointers of one libpq (attributes named as in C)."""
+
+    has_cancel_conn: bool
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for a name that was not bound: a missing symbol.
+        raise AttributeError(f"libpq function {name} is not available")
+
+    def __init__(self, dll: ctypes.CDLL) -> None:
+        for name, (restype, argtypes) in REQUIRED.items():
+            try:
+                self._bind(dll, name, restype, argtypes)
+            except AttributeError:
+                raise InterfaceError(M.not_usable_libpq(dll._name, name)) from None
+        self.has_cancel_conn = True
+        for name, (restype, argtypes) in CANCEL_CONN.items():
+            try:
+                self._bind(dll, name, restype, argtypes)
+            except AttributeError:
+                self.has_cancel_conn = False
+
+    def _bind(self, dll: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> None:
+        func = getattr(dll, name)
+        func.restype = restype
+        func.argtypes = argtypes
+        setattr(self, name, func)
