@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from psycancel._server import ThrowawayServer, find_postgres_prefix  # noqa: E402
+from testing import ThrowawayServer, find_postgres_prefix  # noqa: E402
 
 
 @dataclass
@@ -51,7 +51,7 @@ def peer_libpq_path(dsn: str) -> str:
     """The libpq that psycopg (binary) uses: the same libpq and OpenSSL for both."""
     import psycopg
 
-    from psycancel._resolve import as_pgconn
+    from psycancel._drivers.resolve import as_pgconn
 
     with psycopg.connect(dsn) as conn:
         return as_pgconn(conn).libpq.path

@@ -42,7 +42,7 @@ def server_dsns(dsn: str | None) -> Iterator[tuple[dict[str, str], str]]:
     if dsn is not None:
         yield {"given": dsn}, os.environ.get("PSYCANCEL_LIBPQ", "")
         return
-    from psycancel._server import ThrowawayServer, find_postgres_prefix
+    from testing import ThrowawayServer, find_postgres_prefix
 
     with ThrowawayServer(find_postgres_prefix()) as server:
         yield (

@@ -6,8 +6,8 @@ threads, bounded by a timeout. See the README for the full story.
 
 from __future__ import annotations
 
+from ._after import cancel_after
 from ._api import DEFAULT_TIMEOUT, cancel, cancel_async
-from ._timeout import cancel_after
 from .errors import (
     CancelError,
     CancellationTimeout,

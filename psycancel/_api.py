@@ -1,54 +1,14 @@
-"""The public cancel functions: pick the API, apply the policy, map errors."""
+"""The public cancel functions: the cancel procedure, then a runner."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import math
-import time
-
-from ._legacy import check_policy, start_legacy_cancel
-from ._machine import cancel_steps
-from ._offload import run_offloaded
-from ._resolve import as_pgconn
-from ._sniff import running_asyncio
-from .errors import CancelError, CancellationTimeout
-from .pq.abc import PGcancelConn, PGconn
-from .pq.enums import ConnStatus
-from .waiting import drive_blocking, wait_asyncio
+from ._engine import blocking
+from ._engine.async_library import running_asyncio
+from ._engine.asyncio_loop import run_asyncio
+from ._engine.plan import DEFAULT_TIMEOUT
+from ._procedure import prepare_cancel
 
 __all__ = ["DEFAULT_TIMEOUT", "cancel", "cancel_async"]
-
-DEFAULT_TIMEOUT = 30.0
-"""Seconds a cancel may take before :class:`CancellationTimeout`."""
-
-
-def _check_args(timeout: float, strict: bool) -> float:
-    """Validate the arguments; return the deadline (``time.monotonic`` based)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
-    return time.monotonic() + timeout
-
-
-def _new_cancel_conn(pgconn: PGconn) -> PGcancelConn:
-    """A cancel connection ready to start; :class:`CancelError` if libpq refuses."""
-    cc = pgconn.cancel_conn()
-    if cc.status == ConnStatus.BAD:
-        message = cc.error_message or "libpq could not prepare the cancel request"
-        cc.finish()
-        raise CancelError(message)
-    return cc
-
-
-def _expired(timeout: float) -> CancellationTimeout:
-    return CancellationTimeout(
-        f"the legacy cancel request did not complete within {timeout:g} s "
-        "(its worker thread gives up when the operating system does)"
-    )
 
 
 def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> None:
@@ -62,21 +22,7 @@ def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = Fal
     ``timeout`` seconds, :class:`CancelError` if the request failed,
     :class:`InterfaceError` for a closed or unsupported connection.
     """
-    deadline = _check_args(timeout, strict)
-    pgconn = as_pgconn(conn)
-    if pgconn.libpq.has_cancel_conn:
-        cc = _new_cancel_conn(pgconn)
-        try:
-            drive_blocking(cc, deadline, timeout)
-        finally:
-            cc.finish()
-        return
-    check_policy(pgconn, strict=strict, stacklevel=2)
-    done = start_legacy_cancel(pgconn)
-    try:
-        done.result(timeout=max(0.0, deadline - time.monotonic()))
-    except concurrent.futures.TimeoutError:
-        raise _expired(timeout) from None
+    blocking.run_blocking(prepare_cancel(conn, timeout=timeout, strict=strict, stacklevel=2))
 
 
 async def cancel_async(
@@ -101,36 +47,16 @@ async def cancel_async(
     measurements behind this rule). Timeouts, errors and cleanup are the same
     in every mode.
     """
-    deadline = _check_args(timeout, strict)
-    if offload is not None and not isinstance(offload, bool):
-        raise TypeError(f"offload must be a bool or None, got {type(offload).__name__}")
-    pgconn = as_pgconn(conn)
-    if not running_asyncio():
-        # Trio (or another AnyIO backend): imports AnyIO, only on this path.
-        from ._waiting_anyio import cancel_anyio
-
-        await cancel_anyio(pgconn, deadline, timeout, strict=strict, stacklevel=2)
+    plan = prepare_cancel(
+        conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2
+    )
+    if running_asyncio():
+        await run_asyncio(plan, offloaded=offload)
         return
-    if pgconn.libpq.has_cancel_conn:
-        if offload is None:
-            offload = pgconn.ssl_in_use
-        cc = _new_cancel_conn(pgconn)
-        if offload:
-            # The reactor finishes ``cc`` on every outcome.
-            await run_offloaded(cc, deadline, timeout)
-            return
-        try:
-            await wait_asyncio(cancel_steps(cc), deadline, timeout)
-        finally:
-            cc.finish()
-        return
-    check_policy(pgconn, strict=strict, stacklevel=2)
-    done = start_legacy_cancel(pgconn)
+    # Trio (or another AnyIO backend): imports AnyIO, only on this path.
     try:
-        await asyncio.wait_for(
-            asyncio.wrap_future(done), max(0.0, deadline - time.monotonic())
-        )
-    except asyncio.TimeoutError:
-        raise _expired(timeout) from None
-
-
+        from ._engine.anyio_loop import run_anyio
+    except BaseException:
+        plan.discard()
+        raise
+    await run_anyio(plan)

@@ -32,17 +32,14 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _api, _machine, _offload, _timeout
+from psycancel._engine import machine as _machine
+from psycancel._engine import offload as _offload
+from psycancel._engine import plan as _plan
 from psycancel.pq.abc import PGcancelConn
 from psycancel.pq.enums import ConnStatus
 
 from .helpers import loop_fds
 from .proxy import _CHUNK, ProxyConnection, TcpProxy
-
-try:  # the AnyIO/Trio waiter (optional dependency)
-    from psycancel import _waiting_anyio
-except ImportError:  # pragma: no cover - anyio not installed
-    _waiting_anyio = None  # type: ignore[assignment]
 
 MODES = ["sync", "asyncio", "trio"]
 """How the public API is called: ``cancel``, ``cancel_async`` under asyncio / trio."""
@@ -117,18 +114,15 @@ def spy_cancel_conns(monkeypatch: pytest.MonkeyPatch) -> list[PGcancelConn]:
     The objects are kept alive by the list, so only the API can finish them.
     """
     made: list[PGcancelConn] = []
-    original = _api._new_cancel_conn
+    original = _plan.new_cancel_conn
 
     def spy(pgconn: Any) -> PGcancelConn:
         cc = original(pgconn)
         made.append(cc)
         return cc
 
-    monkeypatch.setattr(_api, "_new_cancel_conn", spy)
-    # These modules imported the function by name: patch their references too.
-    monkeypatch.setattr(_timeout, "_new_cancel_conn", spy)
-    if _waiting_anyio is not None:
-        monkeypatch.setattr(_waiting_anyio, "_new_cancel_conn", spy)
+    # The one seam: every entry point makes its cancel objects through it.
+    monkeypatch.setattr(_plan, "new_cancel_conn", spy)
     return made
 
 
@@ -194,10 +188,8 @@ class StageSpy:
             finally:
                 steps.close()
 
-        monkeypatch.setattr(_api, "cancel_steps", spy)
-        monkeypatch.setattr(_offload, "cancel_steps", spy)
-        if _waiting_anyio is not None:
-            monkeypatch.setattr(_waiting_anyio, "cancel_steps", spy)
+        # The one seam: every Python runner starts the machine through it.
+        monkeypatch.setattr(_machine, "cancel_steps", spy)
         self._install_engine_hook(monkeypatch)
         return self
 
@@ -232,7 +224,10 @@ def _compiled_engine() -> Any:
         from psycancel_c import _pq as compiled
     except ImportError:
         return None
-    return _offload.compiled_engine(compiled)
+    from .twins import new_libpq_path
+
+    native = compiled.Libpq.load(new_libpq_path()).native_driver
+    return _offload.native_engine(native)
 
 
 def remove_engine_stage_hook() -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from psycancel import pq
-from psycancel._server import (
+from psycancel.pq import Libpq
+from testing import (
     ConninfoValue,
     ThrowawayServer,
     cached_postgres_prefix,
@@ -22,7 +23,6 @@ from psycancel._server import (
     parse_conninfo,
     postgres_version,
 )
-from psycancel.pq import Libpq
 from tests._reliability import created, stage_spy  # noqa: F401 (fixtures, shared)
 from tests.proxy import ServerLike, TcpProxy
 from tests.twins import (

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from psycancel._offload import reactor_fds
+from psycancel._engine.offload import reactor_fds
 from psycancel.pq import Libpq, PGconn, QueryResult
 
 SLEEP = "select pg_sleep(30)"

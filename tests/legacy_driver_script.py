@@ -98,7 +98,7 @@ def call_api(api: str, conn: Any, **kwargs: Any) -> None:
 def owner_info(conn: Any) -> dict[str, Any]:
     import psycopg2.extensions
 
-    from psycancel._resolve import as_pgconn
+    from psycancel._drivers.resolve import as_pgconn
 
     pgconn = as_pgconn(conn)
     return {
@@ -206,7 +206,7 @@ def scenario_psycopg_python() -> None:
     """psycopg 3's python implementation (PSYCOPG_IMPL=python): its ctypes libpq."""
     import psycopg
 
-    from psycancel._resolve import as_pgconn
+    from psycancel._drivers.resolve import as_pgconn
 
     assert psycopg.pq.__impl__ == "python", psycopg.pq.__impl__
     conn = psycopg.connect(ARGS["dsn"], autocommit=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Literal, Protocol
 
-from psycancel._server import ConninfoValue, make_conninfo, parse_conninfo
+from testing import ConninfoValue, make_conninfo, parse_conninfo
 
 __all__ = ["Mode", "ProxyConnection", "ServerLike", "TcpProxy"]
 

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _api, _owner
-from psycancel._resolve import as_pgconn
+from psycancel._drivers import owner as _owner
+from psycancel._drivers.resolve import as_pgconn
+from psycancel._engine import plan as _plan
 from psycancel.pq import Libpq, PGconn
-from psycancel.pq.libfind import library_file_of
 from psycancel.pq.abc import PGcancelConn
+from psycancel.pq.libfind import library_file_of
 
 from .drivers_helpers import (
     LEGACY_PSYCOPG2_DIR,
@@ -80,14 +81,14 @@ def monitor(libpq: Libpq, dsn_plain: str) -> Iterator[PGconn]:
 def used_libpqs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Libpq, PGcancelConn]]:
     """The (libpq, cancel connection) of every cancel the API makes."""
     made: list[tuple[Libpq, PGcancelConn]] = []
-    original = _api._new_cancel_conn
+    original = _plan.new_cancel_conn
 
     def spy(pgconn: Any) -> PGcancelConn:
         cc = original(pgconn)
         made.append((pgconn.libpq, cc))
         return cc
 
-    monkeypatch.setattr(_api, "_new_cancel_conn", spy)
+    monkeypatch.setattr(_plan, "new_cancel_conn", spy)
     return made
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _offload
-from psycancel._server import ThrowawayServer
+from psycancel._engine import offload as _offload
 from psycancel.pq import Libpq, PGconn
+from testing import ThrowawayServer
 
 from ._reliability import (
     MODES,

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from psycancel import _server
-from psycancel._server import (
+from testing import (
     ThrowawayServer,
     cached_postgres_prefix,
     make_ca,
@@ -25,6 +24,7 @@ from psycancel._server import (
     parse_conninfo,
     quote_conninfo_value,
 )
+from testing import server as _server
 from tests.proxy import TcpProxy
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _offload
+from psycancel._engine import offload as _offload
 from psycancel.errors import CancellationTimeout, InterfaceError
 
 from .helpers import loop_fds, open_fds, sockets_to
@@ -307,7 +307,7 @@ def test_public_api_race_stress(
         assert set(kinds) <= {"ok", "CancelledError", CancellationTimeout.__name__}, kinds
         assert kinds.get("ok", 0) >= 100 and kinds.get(CancellationTimeout.__name__, 0) >= 30
         assert sockets_to(pg_server.port) | sockets_to(px.port) == before
-        reactor = _offload._reactors.get("engine")
+        reactor = _offload._reactors.get("native")
         assert isinstance(reactor, _offload._CompiledReactor) and not reactor._pending
     finally:
         held.finish()

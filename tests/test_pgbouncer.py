@@ -35,8 +35,8 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel._server import make_ca, make_conninfo, make_server_cert
 from psycancel.pq import ExecStatus, Libpq, PGconn
+from testing import make_ca, make_conninfo, make_server_cert
 
 from ._reliability import (
     MODES,

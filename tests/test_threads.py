@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from psycancel._machine import cancel_steps
+from psycancel._engine.blocking import wait_blocking
+from psycancel._engine.machine import cancel_steps
+from psycancel._engine.plan import Deadline
 from psycancel.pq import ExecStatus, Libpq, PGconn
 from psycancel.pq.enums import PollingStatus
-from psycancel.waiting import wait_blocking
 
 from ._reliability import MODES, call_cancel
 from .helpers import QUERY_CANCELED, drain, run, sleeping, sockets_to, wait_until_active
@@ -164,7 +165,7 @@ def test_cancel_conn_made_in_one_thread_used_in_another(dsn: str, libpq: Libpq) 
 
         def use() -> None:
             try:
-                wait_blocking(cancel_steps(cc), time.monotonic() + 10, 10)
+                wait_blocking(cancel_steps(cc), Deadline.after(10))
             except BaseException as ex:
                 errors.append(ex)
             finally:
@@ -225,8 +226,8 @@ def test_fork_child_drops_parent_cancel_objects(sslmode: str, pg_server: Any, li
 
         assert in_child(child) == 0
         # The parent's objects still work.
-        wait_blocking(_continue(objs["midway"]), time.monotonic() + 10, 10)
-        wait_blocking(cancel_steps(objs["fresh"]), time.monotonic() + 10, 10)
+        wait_blocking(_continue(objs["midway"]), Deadline.after(10))
+        wait_blocking(cancel_steps(objs["fresh"]), Deadline.after(10))
         for cc in objs.values():
             cc.finish()
         # The session is unharmed, and no stray cancel hits its next query.
@@ -238,7 +239,7 @@ def test_fork_child_drops_parent_cancel_objects(sslmode: str, pg_server: Any, li
 
 def _continue(cc: Any) -> Any:
     """Drive an already started (and polled once) cancel conn to its end."""
-    from psycancel._machine import READ, WRITE
+    from psycancel._engine.machine import READ, WRITE
 
     def steps() -> Any:
         event = WRITE if cc.status.name == "MADE" else READ

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel import _waiting_anyio
+from psycancel._engine import anyio_loop as _waiting_anyio
 from psycancel.pq import Libpq, PGconn, QueryResult
 from psycancel.pq.abc import PGcancelConn
 
@@ -272,7 +272,7 @@ def test_anyio_asyncio_backend_takes_the_asyncio_path(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the AnyIO waiter must not run under asyncio")
 
-    monkeypatch.setattr(_waiting_anyio, "cancel_anyio", refuse)
+    monkeypatch.setattr(_waiting_anyio, "run_anyio", refuse)
     with sleeping(dsn_plain, libpq) as conn:
         anyio.run(functools.partial(psycancel.cancel_async, conn, timeout=10), backend="asyncio")
         assert drain(conn).sqlstate == QUERY_CANCELED

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel._server import make_ca, make_server_cert
 from psycancel.pq import Libpq, PGconn
+from testing import make_ca, make_server_cert
 
 from ._reliability import (
     CANCEL_CODE,

@@ -13,8 +13,8 @@ from types import ModuleType
 
 import pytest
 
-from psycancel._server import cached_postgres_prefix, libpq_file
 from psycancel.pq import _ctypes
+from testing import cached_postgres_prefix, libpq_file
 
 __all__ = [
     "SYSTEM_LIBPQ_ENV",

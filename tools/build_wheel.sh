@@ -60,6 +60,7 @@ rm -rf "$work/dist" "$work/raw" "$work/wheelhouse"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-wheeltest.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 cp -r tests "$tmp/tests"
+cp -r testing "$tmp/testing"  # the throwaway server (development only, not in the wheel)
 mkdir -p "$tmp/tools" && cp tools/soak.py "$tmp/tools/"  # tests/test_soak.py runs it
 cp pyproject.toml "$tmp/"  # pytest's options ([tool.pytest.ini_options]) only
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
@@ -92,6 +93,25 @@ if [ "$limited" = 1 ]; then
     abi3audit --strict --summary "$wheel" >&2
 fi
 ls -l "$wheel" >&2
+log "the wheel holds the library only: no code that builds or starts PostgreSQL"
+"$tools/bin/python" - "$wheel" <<'PY' || die "the wheel contains development-only code"
+import sys, zipfile
+bad = []
+with zipfile.ZipFile(sys.argv[1]) as whl:
+    for name in whl.namelist():
+        top = name.split("/", 1)[0]
+        if not (top in ("psycancel", "psycancel_c", "psycancel.libs") or top.endswith(".dist-info")):
+            bad.append(f"{name}: outside the library's packages")
+        elif name.endswith((".py", ".pyx", ".pxd", ".pxi", ".pyi")):
+            text = whl.read(name).decode("utf-8", "replace")
+            for marker in ("initdb", "pg_ctl", "build_postgres", "ThrowawayServer"):
+                if marker in text:
+                    bad.append(f"{name}: mentions {marker!r}")
+    print(f"{len(whl.namelist())} files checked", file=sys.stderr)
+if bad:
+    print("\n".join(bad), file=sys.stderr)
+    sys.exit(1)
+PY
 "$tools/bin/python" -m zipfile -l "$wheel" | grep -E '\.libs/|_pq' >&2
 if [ "$what" = build ]; then
     echo "$wheel"

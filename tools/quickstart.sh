@@ -48,7 +48,7 @@ PSYCANCEL_REQUIRE_EXT=1 .venv/bin/python -m pip install -q -e '.[test,drivers]'
 
 if [ "$what" = demo ]; then
     log "demo"
-    exec .venv/bin/python -m psycancel demo
+    exec .venv/bin/python -m testing.demo
 fi
 
 log "test dependencies: drivers (psycopg2 also built against the system libpq), services"

@@ -138,7 +138,8 @@ def run_soak(
 ) -> SoakReport:
     """Run the soak against ``server`` (a ThrowawayServer-like object) in this process."""
     import psycancel
-    from psycancel import _api, pq
+    from psycancel import pq
+    from psycancel._engine import plan as _plan
     from psycancel.pq import PGconn
     from tests.helpers import QUERY_CANCELED, drain, loop_fds, sockets_to, wait_until_active
     from tests.proxy import TcpProxy
@@ -152,7 +153,7 @@ def run_soak(
 
     # Spy: the cancel object of the current cycle (only one at a time).
     current: list[Any] = []
-    original_new = _api._new_cancel_conn
+    original_new = _plan.new_cancel_conn
 
     def spy(pgconn: Any) -> Any:
         cc = original_new(pgconn)
@@ -240,7 +241,7 @@ def run_soak(
             with px._lock:
                 px._connections = [c for c in px._connections if c.active]
 
-        _api._new_cancel_conn = spy
+        _plan.new_cancel_conn = spy
         for i in range(warmup):
             one(-1 - i)
         settle()
@@ -270,7 +271,7 @@ def run_soak(
         report.fds_end = fd_count()
         report.kinds = dict(kinds)
     finally:
-        _api._new_cancel_conn = original_new
+        _plan.new_cancel_conn = original_new
         loop.close()
         for conn in sessions:
             conn.finish()
@@ -279,8 +280,8 @@ def run_soak(
 
 
 def _run_one(cycles: int, seed: int, max_growth_mb: float, json_out: str | None) -> int:
-    from psycancel._server import ThrowawayServer, find_postgres_prefix
     from psycancel.pq import Libpq
+    from testing import ThrowawayServer, find_postgres_prefix
 
     with ThrowawayServer(find_postgres_prefix()) as server:
         path = os.environ.get("PSYCANCEL_LIBPQ") or str(server.libpq_path)

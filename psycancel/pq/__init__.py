@@ -16,6 +16,7 @@ are its classes (typed as the interface).
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -79,3 +80,18 @@ else:
     PGconn = _twin.PGconn
     PGcancelConn = _twin.PGcancelConn
     PGcancel = _twin.PGcancel
+
+
+def _pgconn_classes() -> tuple[type, ...]:
+    """The ``PGconn`` classes of both twins, as far as they are loaded in this process.
+
+    For recognising a psycancel ``PGconn`` of either twin. The ctypes twin is
+    always importable; the compiled twin counts once something imported it
+    (this never imports it).
+    """
+    from . import _ctypes
+
+    compiled = sys.modules.get("psycancel_c._pq")
+    if compiled is None:
+        return (_ctypes.PGconn,)
+    return (_ctypes.PGconn, compiled.PGconn)

@@ -79,7 +79,7 @@ class PGcancelConn:
             return int(self._f.PQcancelSocket(self._p()))
 
     @property
-    def errormessage(self) -> str:
+    def error_message(self) -> str:
         """``PQcancelErrorMessage``."""
         self._check_process()
         with self._lock:

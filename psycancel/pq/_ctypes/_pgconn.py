@@ -182,7 +182,7 @@ class PGconn:
         return conn_status(self._int_call(self._f.PQstatus))
 
     @property
-    def errormessage(self) -> str:
+    def error_message(self) -> str:
         """``PQerrorMessage``."""
         self._check_process()
         with self._lock:

@@ -28,9 +28,9 @@ import sys
 import threading
 from types import ModuleType
 
-from .errors import InterfaceError
-from .pq import Libpq
-from .pq.libfind import library_file_of
+from ..errors import InterfaceError
+from ..pq import Libpq
+from ..pq.libfind import library_file_of
 
 __all__ = ["libpq_of_cdll", "libpq_of_extension", "libpq_of_file"]
 

@@ -30,18 +30,17 @@ import logging
 import os
 import selectors
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from ._machine import READ, CancelSteps, cancel_steps
-from .pq.abc import PGcancelConn
-from .waiting import _expired, compiled_outcome
+from ..pq.abc import NativeDriver, OffloadEngine, PGcancelConn
+from . import machine, outcomes
+from .machine import READ, CancelSteps
+from .plan import Deadline
 
-__all__ = ["aborts_requested", "compiled_engine", "reactor_fds", "run_offloaded"]
+__all__ = ["aborts_requested", "native_engine", "reactor_fds", "run_offloaded"]
 
 _Done = Callable[[BaseException | None], None]
 
@@ -52,8 +51,7 @@ class _Job:
 
     steps: CancelSteps
     cc: PGcancelConn
-    deadline: float
-    timeout: float
+    deadline: Deadline
     done: _Done
     fd: int = -1
     event: int = 0
@@ -91,9 +89,9 @@ class _Reactor:
 
     # -- called from any thread
 
-    def submit(self, cc: PGcancelConn, deadline: float, timeout: float, done: _Done) -> object:
+    def submit(self, cc: PGcancelConn, deadline: Deadline, done: _Done) -> object:
         """Drive ``cc`` until ``deadline``; ``done(outcome)`` is called once, from here."""
-        job = _Job(steps=cancel_steps(cc), cc=cc, deadline=deadline, timeout=timeout, done=done)
+        job = _Job(steps=machine.cancel_steps(cc), cc=cc, deadline=deadline, done=done)
         with self._lock:
             self._incoming.append(job)
             if self._thread is None:
@@ -127,7 +125,7 @@ class _Reactor:
             with self._lock:
                 incoming, self._incoming = self._incoming, []
             for job in incoming:
-                heapq.heappush(deadlines, (job.deadline, next(counter), job))
+                heapq.heappush(deadlines, (job.deadline.at, next(counter), job))
                 self._advance(sel, job)
             # Aborts last, just before waiting: none is left pending for a
             # round while the jobs above were advanced.
@@ -147,11 +145,7 @@ class _Reactor:
             while deadlines and (deadlines[0][2].finished or deadlines[0][0] <= now):
                 job = heapq.heappop(deadlines)[2]
                 if not job.finished:
-                    self._finish(
-                        sel,
-                        job,
-                        _expired(job.timeout),
-                    )
+                    self._finish(sel, job, job.deadline.expired())
 
     def _drain_wake(self) -> None:
         try:
@@ -173,7 +167,7 @@ class _Reactor:
         except BaseException as ex:
             self._finish(sel, job, ex)
             return
-        if time.monotonic() >= job.deadline:
+        if time.monotonic() >= job.deadline.at:
             return  # expired while polling: the deadline pass finishes it
         mask = selectors.EVENT_READ if event == READ else selectors.EVENT_WRITE
         sel.register(fd, mask, job)
@@ -195,16 +189,6 @@ class _Reactor:
             job.done(outcome)
 
 
-class _EngineLike(Protocol):
-    """The compiled twin's ``OffloadEngine`` (see ``psycancel_c/_engine.pxi``)."""
-
-    def fds(self) -> set[int]: ...
-    def submit(self, cc: Any, deadline: float, job_id: int) -> None: ...
-    def abort(self, job_id: int) -> None: ...
-    def run(self) -> None: ...
-    def take_done(self) -> list[tuple[int, int, str]]: ...
-
-
 class _CompiledReactor:
     """The compiled twin's engine, its thread, and the thread that reports outcomes.
 
@@ -213,10 +197,10 @@ class _CompiledReactor:
     that end together are reported in one go.
     """
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, native: NativeDriver) -> None:
         self.aborts = 0
-        self._module = module
-        self._engine: _EngineLike = module.OffloadEngine()
+        self._native = native
+        self._engine: OffloadEngine = native.new_engine()
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[_Done, float]] = {}
         self._ids = itertools.count(1)
@@ -227,11 +211,11 @@ class _CompiledReactor:
         """The file descriptors the engine keeps open."""
         return set(self._engine.fds())
 
-    def submit(self, cc: PGcancelConn, deadline: float, timeout: float, done: _Done) -> object:
+    def submit(self, cc: PGcancelConn, deadline: Deadline, done: _Done) -> object:
         """Hand ``cc`` to the engine; ``done(outcome)`` is called once, from the reporter."""
         with self._lock:
             job_id = next(self._ids)
-            self._pending[job_id] = (done, timeout)
+            self._pending[job_id] = (done, deadline.timeout)
             if not self._started:
                 for target, name in (
                     (self._engine.run, "psycancel-offload-engine"),
@@ -240,7 +224,7 @@ class _CompiledReactor:
                     threading.Thread(target=target, name=name, daemon=True).start()
                 self._started = True
         try:
-            self._engine.submit(cc, deadline, job_id)
+            self._engine.submit(cc, deadline.at, job_id)
         except BaseException:
             with self._lock:
                 del self._pending[job_id]
@@ -260,7 +244,7 @@ class _CompiledReactor:
                 with self._lock:
                     done, timeout = self._pending.pop(job_id)
                 try:
-                    done(compiled_outcome(self._module, code, message, timeout))
+                    done(outcomes.from_native(self._native, code, message, timeout))
                 except Exception:  # never let one job stop the reporting of others
                     logging.getLogger("psycancel").exception("reporting an offloaded cancel")
 
@@ -288,27 +272,33 @@ def aborts_requested() -> int:
     return sum(r.aborts for r in list(_reactors.values()) if _alive(r))
 
 
-def _reactor_of(module: Any) -> _AnyReactor:
-    """The reactor for the objects of twin ``module``: its engine if compiled."""
-    kind = "engine" if hasattr(module, "OffloadEngine") else "python"
+def _reactor_for(native: NativeDriver | None) -> _AnyReactor:
+    """The reactor for cancel objects of a twin: its C engine if it has a driver."""
+    kind = "python" if native is None else "native"
     with _reactor_lock:
         reactor = _reactors.get(kind)
         if reactor is None or not _alive(reactor):
             # (A new process after fork never reuses the parent's.)
-            reactor = _CompiledReactor(module) if kind == "engine" else _Reactor()
+            reactor = _Reactor() if native is None else _CompiledReactor(native)
             _reactors[kind] = reactor
         return reactor
 
 
-def compiled_engine(module: Any) -> Any:
-    """Tests: the ``OffloadEngine`` of compiled twin ``module`` in this process."""
-    reactor = _reactor_of(module)
+def native_engine(native: NativeDriver) -> OffloadEngine:
+    """Tests: the ``OffloadEngine`` that drives ``native``'s offloaded cancels here."""
+    reactor = _reactor_for(native)
     assert isinstance(reactor, _CompiledReactor)
     return reactor._engine
 
 
-async def run_offloaded(cc: PGcancelConn, deadline: float, timeout: float) -> None:
-    """Start ``cc`` and drive it in a reactor thread; the reactor finishes ``cc``."""
+async def run_offloaded(
+    cc: PGcancelConn, native: NativeDriver | None, deadline: Deadline
+) -> None:
+    """Start ``cc`` and drive it in a reactor thread; the reactor finishes ``cc``.
+
+    ``native``: the twin's C driver (its engine does the work), or None (the
+    Python reactor does).
+    """
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
 
@@ -325,9 +315,9 @@ async def run_offloaded(cc: PGcancelConn, deadline: float, timeout: float) -> No
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(settle, outcome)
 
-    reactor = _reactor_of(sys.modules.get(type(cc).__module__))
+    reactor = _reactor_for(native)
     try:
-        handle = reactor.submit(cc, deadline, timeout, done)
+        handle = reactor.submit(cc, deadline, done)
     except BaseException:
         cc.finish()  # not taken over (a no-op if it was)
         raise

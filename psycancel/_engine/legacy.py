@@ -18,10 +18,10 @@ import threading
 import warnings
 from concurrent.futures import Future
 
-from .errors import InsecureCancelError, InsecureCancelWarning
-from .pq.abc import PGcancel, PGconn
+from ..errors import InsecureCancelError, InsecureCancelWarning
+from ..pq.abc import PGcancel, PGconn
 
-__all__ = ["check_policy", "run_legacy_cancel", "start_legacy_cancel"]
+__all__ = ["check_policy", "run_legacy_cancel"]
 
 _INSECURE = (
     "libpq {version} at {path} has no PQcancelConn API (needs >= 17): the cancel "
@@ -34,7 +34,7 @@ def check_policy(pgconn: PGconn, *, strict: bool, stacklevel: int) -> None:
     """Apply the security policy before a legacy cancel.
 
     On an encrypted connection: :class:`InsecureCancelError` if ``strict``,
-    else an :class:`InsecureCancelWarning`.
+    else an :class:`InsecureCancelWarning` (``stacklevel`` 1: the caller).
     """
     if not pgconn.ssl_in_use:
         return
@@ -108,12 +108,3 @@ def run_legacy_cancel(handle: PGcancel) -> Future[None]:
         handle.free()
         raise
     return done
-
-
-def start_legacy_cancel(pgconn: PGconn) -> Future[None]:
-    """Send a legacy cancel from a new daemon thread; its outcome as a Future.
-
-    The handle is made here (``PQgetCancel`` reads the connection, so it is
-    done in the caller's thread) and freed by the worker when it is done.
-    """
-    return run_legacy_cancel(pgconn.get_cancel())

@@ -38,15 +38,12 @@ import threading
 import time
 from types import TracebackType
 
-from ._api import DEFAULT_TIMEOUT, _check_args, _new_cancel_conn
-from ._api import _expired as _legacy_expired
-from ._legacy import check_policy, run_legacy_cancel
-from ._machine import cancel_steps
-from ._resolve import as_pgconn
-from ._sniff import running_asyncio
+from ._engine import blocking, outcomes
+from ._engine.async_library import running_asyncio
+from ._engine.asyncio_loop import run_asyncio
+from ._engine.plan import DEFAULT_TIMEOUT, Plan, check_options, rearmed
+from ._procedure import prepare_cancel
 from .errors import CancelError, QueryTimeout
-from .pq.abc import PGcancel, PGcancelConn
-from .waiting import drive_blocking, wait_asyncio
 
 __all__ = ["QUERY_CANCELED", "cancel_after"]
 
@@ -127,17 +124,15 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         strict: bool = False,
     ) -> None:
         self._seconds = _check_seconds(seconds)
-        _check_args(timeout, strict)
+        self._timeout = check_options(timeout, strict)
         self._conn = conn
-        self._timeout = float(timeout)
         self._strict = strict
         self._lock = threading.Lock()
         self._state = _NEW
         self._fired = False
         self._fired_at = 0.0
         self._error: BaseException | None = None
-        self._cc: PGcancelConn | None = None
-        self._legacy: PGcancel | None = None
+        self._plan: Plan | None = None
         # thread timer
         self._disarm = threading.Event()
         self._thread: threading.Thread | None = None
@@ -158,25 +153,24 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
     # -- shared -------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        """Make the cancel object now, in the thread that owns the connection."""
+        """Make the plan now, in the thread that owns the connection."""
         if self._state != _NEW:
             raise RuntimeError("cancel_after() objects are single use: make a new one")
-        pgconn = as_pgconn(self._conn)
-        if pgconn.libpq.has_cancel_conn:
-            self._cc = _new_cancel_conn(pgconn)
-        else:
-            # Frames: check_policy <- _prepare <- __enter__/__aenter__ <- the caller.
-            check_policy(pgconn, strict=self._strict, stacklevel=3)
-            self._legacy = pgconn.get_cancel()
+        # Frames above prepare_cancel: _prepare, __enter__/__aenter__, the caller.
+        self._plan = prepare_cancel(
+            self._conn, timeout=self._timeout, strict=self._strict, stacklevel=3
+        )
+
+    def _take_plan(self) -> Plan | None:
+        """The prepared plan, with its deadline starting now (the timer fired)."""
+        plan, self._plan = self._plan, None
+        return rearmed(plan) if plan is not None else None
 
     def _release(self) -> None:
-        """Free the prepared cancel object (only when the timer never fired)."""
-        cc, self._cc = self._cc, None
-        if cc is not None:
-            cc.finish()
-        legacy, self._legacy = self._legacy, None
-        if legacy is not None:
-            legacy.free()
+        """Free the prepared plan's cancel object (only when the timer never fired)."""
+        plan, self._plan = self._plan, None
+        if plan is not None:
+            plan.discard()
 
     def _fire(self) -> bool:
         """Move ARMED -> FIRING; False if the block was disarmed first."""
@@ -244,19 +238,9 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             self._error = ex
 
     def _send_blocking(self) -> None:
-        cc, self._cc = self._cc, None
-        if cc is not None:
-            try:
-                drive_blocking(cc, time.monotonic() + self._timeout, self._timeout)
-            finally:
-                cc.finish()
-            return
-        legacy, self._legacy = self._legacy, None
-        if legacy is not None:
-            try:
-                legacy.cancel()
-            finally:
-                legacy.free()
+        plan = self._take_plan()
+        if plan is not None:
+            blocking.run_blocking(plan)
 
     def _join_thread(self) -> None:
         """Wait for the fired timer thread's cancel to complete (bounded)."""
@@ -266,7 +250,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         # PQcancel has no timeout, so it is waited for until that deadline only.
         thread.join(max(0.0, self._fired_at + self._timeout - time.monotonic()) + _GRACE)
         if thread.is_alive():
-            self._error = _legacy_expired(self._timeout)
+            self._error = outcomes.timed_out(self._timeout, legacy=True)
 
     def __enter__(self) -> cancel_after:
         self._prepare()
@@ -306,22 +290,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
 
     async def _send_asyncio(self) -> None:
         try:
-            cc, self._cc = self._cc, None
-            if cc is not None:
-                try:
-                    await wait_asyncio(
-                        cancel_steps(cc), time.monotonic() + self._timeout, self._timeout
-                    )
-                finally:
-                    cc.finish()
-                return
-            legacy, self._legacy = self._legacy, None
-            if legacy is not None:
-                done = run_legacy_cancel(legacy)
-                try:
-                    await asyncio.wait_for(asyncio.wrap_future(done), self._timeout)
-                except asyncio.TimeoutError:
-                    raise _legacy_expired(self._timeout) from None
+            plan = self._take_plan()
+            if plan is not None:
+                # In the loop thread, as a cancel of the block's own task would be.
+                await run_asyncio(plan, offloaded=False)
         except Exception as ex:
             self._error = ex
 

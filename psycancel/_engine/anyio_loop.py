@@ -1,11 +1,11 @@
-"""The AnyIO waiter: :func:`psycancel.cancel_async` under Trio (or any AnyIO backend).
+"""The AnyIO runner: a plan run under Trio (or any AnyIO backend but asyncio).
 
 Imported only when the running async library is not asyncio (the asyncio
-path in ``psycancel.waiting`` needs no third-party package). Same guarantees
-as ``wait_asyncio``: it waits for exactly the readiness the machine asked for
-on the socket it named (which may change between steps), bounds every wait by
-the time left (an AnyIO cancel scope, so the deadline holds even if the socket
-never becomes ready), raises :class:`CancellationTimeout` when it passes, and
+runner needs no third-party package). Same guarantees as the asyncio runner:
+it waits for exactly the readiness the machine asked for on the socket it
+named (which may change between steps), bounds every wait by the time left
+(an AnyIO cancel scope, so the deadline holds even if the socket never
+becomes ready), raises :class:`CancellationTimeout` when it passes, and
 leaves nothing registered with the event loop on any exit (the wait is
 unregistered by AnyIO/Trio when its scope is cancelled).
 """
@@ -13,21 +13,17 @@ unregistered by AnyIO/Trio when its scope is cancelled).
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from ._api import _expired as _legacy_expired
-from ._api import _new_cancel_conn
-from ._legacy import check_policy, start_legacy_cancel
-from ._machine import READ, CancelSteps, cancel_steps
-from .pq.abc import PGconn
-from .waiting import _expired
+from . import legacy, machine
+from .machine import READ, CancelSteps
+from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
-__all__ = ["cancel_anyio", "wait_anyio", "wait_future_anyio"]
+__all__ = ["run_anyio", "wait_anyio", "wait_future_anyio"]
 
 
 def _fd_waiters() -> tuple[Callable[[int], Awaitable[Any]], Callable[[int], Awaitable[Any]]]:
@@ -42,21 +38,21 @@ def _fd_waiters() -> tuple[Callable[[int], Awaitable[Any]], Callable[[int], Awai
     return trio.lowlevel.wait_readable, trio.lowlevel.wait_writable
 
 
-async def wait_anyio(steps: CancelSteps, deadline: float, timeout: float) -> None:
-    """Run ``steps`` in the current AnyIO task until done or ``deadline`` (monotonic)."""
+async def wait_anyio(steps: CancelSteps, deadline: Deadline) -> None:
+    """Run ``steps`` in the current AnyIO task until done or ``deadline``."""
     wait_readable, wait_writable = _fd_waiters()
     try:
         for fd, event in steps:
-            remaining = deadline - time.monotonic()
+            remaining = deadline.remaining()
             if remaining <= 0:
-                raise _expired(timeout)
+                raise deadline.expired()
             with anyio.move_on_after(remaining) as scope:
                 if event == READ:
                     await wait_readable(fd)
                 else:
                     await wait_writable(fd)
             if scope.cancelled_caught:
-                raise _expired(timeout)
+                raise deadline.expired()
     finally:
         steps.close()
 
@@ -67,9 +63,7 @@ def _outcome(done: concurrent.futures.Future[None], seconds: float) -> bool:
     return bool(finished)
 
 
-async def wait_future_anyio(
-    done: concurrent.futures.Future[None], deadline: float, timeout: float
-) -> None:
+async def wait_future_anyio(done: concurrent.futures.Future[None], deadline: Deadline) -> None:
     """Wait for a legacy cancel's Future without blocking the event loop.
 
     A worker thread waits on the Future (never longer than the time left); the
@@ -78,23 +72,20 @@ async def wait_future_anyio(
     """
     if not done.done():
         finished = await anyio.to_thread.run_sync(
-            _outcome, done, deadline - time.monotonic(), abandon_on_cancel=True
+            _outcome, done, deadline.remaining(), abandon_on_cancel=True
         )
         if not finished:
-            raise _legacy_expired(timeout)
+            raise deadline.expired(legacy=True)
     done.result()  # re-raise the worker's error, if any
 
 
-async def cancel_anyio(
-    pgconn: PGconn, deadline: float, timeout: float, *, strict: bool, stacklevel: int
-) -> None:
-    """The body of :func:`psycancel.cancel_async` for AnyIO backends other than asyncio."""
-    if pgconn.libpq.has_cancel_conn:
-        cc = _new_cancel_conn(pgconn)
-        try:
-            await wait_anyio(cancel_steps(cc), deadline, timeout)
-        finally:
-            cc.finish()
+async def run_anyio(plan: Plan) -> None:
+    """Run ``plan`` in the current AnyIO task (the body of ``cancel_async`` there)."""
+    if isinstance(plan, LegacyPlan):
+        await wait_future_anyio(legacy.run_legacy_cancel(plan.handle), plan.deadline)
         return
-    check_policy(pgconn, strict=strict, stacklevel=stacklevel + 1)
-    await wait_future_anyio(start_legacy_cancel(pgconn), deadline, timeout)
+    assert isinstance(plan, NewApiPlan)
+    try:
+        await wait_anyio(machine.cancel_steps(plan.cc), plan.deadline)
+    finally:
+        plan.cc.finish()

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TypeAlias
 
-from .errors import CancelError
-from .pq.abc import PGcancelConn
-from .pq.enums import PollingStatus
+from ..errors import CancelError
+from ..pq.abc import PGcancelConn
+from ..pq.enums import PollingStatus
 
 __all__ = ["READ", "WRITE", "CancelSteps", "Wait", "cancel_steps"]
 

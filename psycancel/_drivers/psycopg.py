@@ -1,0 +1,52 @@
+"""psycopg 3 connections (sync or async) and their ``pgconn``, whatever the implementation.
+
+psycopg's ``pq`` layer has three implementations (binary, c, python); each
+defines its own ``PGconn`` and links (or loads) its own libpq.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ..errors import InterfaceError
+from ..pq import PGconn
+from .adapter import Adapter, borrow, closed
+from .owner import libpq_of_cdll, libpq_of_extension
+
+__all__ = ["ADAPTERS"]
+
+_CTYPES_PQ = "psycopg.pq.pq_ctypes"
+"""psycopg's python implementation: its libpq is the ctypes library of ``_pq_ctypes``."""
+
+
+def _pgconn_of_psycopg_pgconn(pgconn: Any, what: str) -> PGconn:
+    module_name = type(pgconn).__module__
+    if module_name == _CTYPES_PQ:
+        lib_module = sys.modules.get("psycopg.pq._pq_ctypes")
+        dll = getattr(lib_module, "pq", None)
+        if dll is None:
+            raise InterfaceError("psycopg's python implementation has no loaded libpq")
+        libpq = libpq_of_cdll(dll, "psycopg's python implementation (psycopg.pq._pq_ctypes)")
+    else:
+        libpq = libpq_of_extension(sys.modules[module_name])
+    return borrow(pgconn.pgconn_ptr, libpq, what)
+
+
+def _connection_pgconn(conn: Any) -> PGconn:
+    what = "psycopg connection"
+    if conn.closed:
+        raise closed(what)
+    return _pgconn_of_psycopg_pgconn(conn.pgconn, what)
+
+
+def _pgconn_pgconn(pgconn: Any) -> PGconn:
+    return _pgconn_of_psycopg_pgconn(pgconn, "psycopg PGconn")
+
+
+ADAPTERS = (
+    Adapter("psycopg", "BaseConnection", _connection_pgconn),
+    Adapter("psycopg_binary.pq", "PGconn", _pgconn_pgconn),
+    Adapter("psycopg_c.pq", "PGconn", _pgconn_pgconn),
+    Adapter(_CTYPES_PQ, "PGconn", _pgconn_pgconn),
+)

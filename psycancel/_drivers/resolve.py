@@ -1,0 +1,44 @@
+"""Turn what the caller passed into an open psycancel ``PGconn`` of some twin.
+
+Accepted, in this order:
+
+1. a psycancel ``PGconn`` (either twin);
+2. any object whose type implements ``__psycancel_pgconn__`` (``protocol``);
+3. an instance of a class in :data:`ADAPTERS`, the table of the families the
+   program has imported (psycopg2, aiopg, psycopg 3): one module per family.
+
+Everything else, and closed connections, raise :class:`InterfaceError`.
+For a driver's connection the result is *borrowed*: it wraps the driver's
+pointer with the libpq that created it and is never finished by psycancel.
+"""
+
+from __future__ import annotations
+
+from ..errors import InterfaceError
+from ..pq import PGconn, _pgconn_classes
+from . import aiopg, psycopg, psycopg2
+from .adapter import Adapter
+from .protocol import PROTOCOL, describe, from_protocol, open_pgconn
+
+__all__ = ["ADAPTERS", "as_pgconn"]
+
+ADAPTERS: tuple[Adapter, ...] = psycopg2.ADAPTERS + aiopg.ADAPTERS + psycopg.ADAPTERS
+"""Every class psycancel recognises, family by family."""
+
+
+def as_pgconn(conn: object) -> PGconn:
+    """The open ``PGconn`` behind ``conn``; :class:`InterfaceError` otherwise."""
+    if conn is None:
+        raise InterfaceError("expected a connection, got None")
+    if isinstance(conn, _pgconn_classes()):
+        return open_pgconn(conn)  # type: ignore[arg-type]
+    hook = getattr(type(conn), PROTOCOL, None)
+    if hook is not None:
+        return from_protocol(conn, hook(conn))
+    for adapter in ADAPTERS:
+        if adapter.matches(conn):
+            return adapter.pgconn(conn)
+    raise InterfaceError(
+        f"cannot cancel a {describe(conn)}: expected a psycancel.pq.PGconn, a psycopg2, "
+        f"aiopg or psycopg connection, or an object implementing {PROTOCOL}()"
+    )

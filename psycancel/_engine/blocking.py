@@ -1,0 +1,80 @@
+"""The blocking runner: a plan run in the calling thread, bounded by its deadline.
+
+* New API, twin with a C driver (the compiled twin): the driver's
+  ``run_blocking`` runs the whole cancel in C with the GIL released from start
+  to finish (``docs/offload.md``).
+* New API, otherwise: :func:`wait_blocking` drives the shared machine, waiting
+  with ``poll(2)`` (GIL released) for exactly the readiness it asked for, on
+  the socket it named (which can change between steps), each wait bounded by
+  the time left.
+* Legacy: ``PQcancel`` in a worker thread (``legacy``), waited for until the
+  deadline.
+
+Every path raises :class:`CancellationTimeout` once the deadline passes and
+finishes the plan's cancel object, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import select
+
+from . import legacy, machine, outcomes
+from .machine import READ, CancelSteps
+from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
+
+__all__ = ["run_blocking", "wait_blocking"]
+
+
+def _wait_fd(fd: int, event: int, seconds: float) -> bool:
+    """Block until ``fd`` is ready for ``event``; False if ``seconds`` pass."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN if event == READ else select.POLLOUT)
+        # Round up so that a wait never ends just before the deadline.
+        return bool(poller.poll(math.ceil(seconds * 1000)))
+    rlist, wlist = ([fd], []) if event == READ else ([], [fd])
+    ready = select.select(rlist, wlist, rlist + wlist, seconds)
+    return any(ready)
+
+
+def wait_blocking(steps: CancelSteps, deadline: Deadline) -> None:
+    """Run ``steps`` in this thread until done or ``deadline``."""
+    try:
+        for fd, event in steps:
+            remaining = deadline.remaining()
+            if remaining <= 0 or not _wait_fd(fd, event, remaining):
+                raise deadline.expired()
+    finally:
+        steps.close()
+
+
+def _run_new_api(plan: NewApiPlan) -> None:
+    cc, native, deadline = plan.cc, plan.native, plan.deadline
+    try:
+        if native is None:
+            wait_blocking(machine.cancel_steps(cc), deadline)
+            return
+        code, message = native.run_blocking(cc, deadline.at)
+        error = outcomes.from_native(native, code, message, deadline.timeout)
+        if error is not None:
+            raise error
+    finally:
+        cc.finish()  # (a no-op once the C driver has finished it)
+
+
+def _run_legacy(plan: LegacyPlan) -> None:
+    done = legacy.run_legacy_cancel(plan.handle)
+    try:
+        done.result(timeout=max(0.0, plan.deadline.remaining()))
+    except concurrent.futures.TimeoutError:
+        raise plan.deadline.expired(legacy=True) from None
+
+
+def run_blocking(plan: Plan) -> None:
+    """Run ``plan`` in this thread until the request is processed or its deadline passes."""
+    if isinstance(plan, NewApiPlan):
+        _run_new_api(plan)
+    else:
+        _run_legacy(plan)

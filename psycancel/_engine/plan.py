@@ -1,0 +1,140 @@
+"""A plan for one cancel request: what will be sent, how, and by when.
+
+:func:`make_plan` is the one place that decides between the new API and the
+legacy fallback and applies the security policy; it runs in the thread that
+owns the connection (``PQcancelCreate`` and ``PQgetCancel`` read the
+``PGconn``), and the plan it returns may then be run from any thread or task
+by a runner (``blocking``, ``asyncio_loop``, ``anyio_loop``). A plan is run
+once; the runner finishes its cancel object on every outcome, and
+:meth:`NewApiPlan.discard` / :meth:`LegacyPlan.discard` free a plan that is
+never run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import TypeAlias
+
+from ..errors import CancelError, CancellationTimeout
+from ..pq.abc import NativeDriver, PGcancel, PGcancelConn, PGconn
+from ..pq.enums import ConnStatus
+from . import legacy, outcomes
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Deadline",
+    "LegacyPlan",
+    "NewApiPlan",
+    "Plan",
+    "check_options",
+    "make_plan",
+    "new_cancel_conn",
+    "rearmed",
+]
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds a cancel may take before :class:`CancellationTimeout`."""
+
+
+def check_options(timeout: float, strict: bool) -> float:
+    """Validate ``timeout`` and ``strict``; return the timeout as a float."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+    return float(timeout)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a cancel must be done by (``time.monotonic`` seconds), and its timeout."""
+
+    timeout: float
+    """The caller's ``timeout``, for messages."""
+    at: float
+    """The monotonic time by which the cancel must have completed."""
+
+    @classmethod
+    def after(cls, timeout: float) -> Deadline:
+        """A deadline ``timeout`` seconds from now."""
+        return cls(timeout, time.monotonic() + timeout)
+
+    def remaining(self) -> float:
+        """Seconds left (negative once passed)."""
+        return self.at - time.monotonic()
+
+    def expired(self, *, legacy: bool = False) -> CancellationTimeout:
+        """The exception for a cancel that did not complete by this deadline."""
+        return outcomes.timed_out(self.timeout, legacy=legacy)
+
+
+def new_cancel_conn(pgconn: PGconn) -> PGcancelConn:
+    """A cancel connection ready to start; :class:`CancelError` if libpq refuses.
+
+    A module attribute on purpose: tests replace it to see every cancel
+    object the engine makes, whichever runner then uses it.
+    """
+    cc = pgconn.cancel_conn()
+    if cc.status == ConnStatus.BAD:
+        message = cc.error_message or "libpq could not prepare the cancel request"
+        cc.finish()
+        raise CancelError(message)
+    return cc
+
+
+@dataclass(eq=False)
+class NewApiPlan:
+    """Send the request with a new ``PGcancelConn`` (libpq >= 17), encrypted like the session."""
+
+    cc: PGcancelConn
+    """The cancel object (new, not started); the runner finishes it."""
+    native: NativeDriver | None
+    """The twin's C driver, when it has one (``Libpq.native_driver``)."""
+    encrypted: bool
+    """The session uses TLS (the default offload rule of ``cancel_async``)."""
+    deadline: Deadline
+
+    def discard(self) -> None:
+        """Free the cancel object of a plan that will not be run."""
+        self.cc.finish()
+
+
+@dataclass(eq=False)
+class LegacyPlan:
+    """Send the request with the legacy ``PQcancel`` (libpq < 17), in a worker thread."""
+
+    handle: PGcancel
+    """The legacy handle (made from the session); the runner frees it."""
+    deadline: Deadline
+
+    def discard(self) -> None:
+        """Free the handle of a plan that will not be run."""
+        self.handle.free()
+
+
+Plan: TypeAlias = NewApiPlan | LegacyPlan
+
+
+def make_plan(pgconn: PGconn, deadline: Deadline, *, strict: bool, stacklevel: int) -> Plan:
+    """The plan to cancel the query on the open ``pgconn``, in the thread that owns it.
+
+    With a libpq >= 17: a new ``PGcancelConn`` (:class:`CancelError` if libpq
+    refuses to prepare one). Otherwise the legacy handle, once the security
+    policy allowed it (``stacklevel``: where the caller's code is for the
+    :class:`InsecureCancelWarning`, 1 being the caller of this function).
+    """
+    lib = pgconn.libpq
+    if lib.has_cancel_conn:
+        encrypted = pgconn.ssl_in_use
+        return NewApiPlan(new_cancel_conn(pgconn), lib.native_driver, encrypted, deadline)
+    legacy.check_policy(pgconn, strict=strict, stacklevel=stacklevel + 1)
+    return LegacyPlan(pgconn.get_cancel(), deadline)
+
+
+def rearmed(plan: Plan) -> Plan:
+    """``plan`` with its deadline starting now (``cancel_after``'s timer, when it fires)."""
+    return replace(plan, deadline=Deadline.after(plan.deadline.timeout))
