@@ -33,7 +33,6 @@ by the timer (libpq allows using a ``PGcancelConn`` from another thread).
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from types import TracebackType
@@ -41,7 +40,7 @@ from types import TracebackType
 from ._engine import blocking, outcomes
 from ._engine.async_library import running_asyncio
 from ._engine.asyncio_loop import run_asyncio
-from ._engine.plan import DEFAULT_TIMEOUT, Plan, check_options, rearmed
+from ._engine.plan import DEFAULT_TIMEOUT, MAX_WAIT, Plan, check_options, check_seconds, rearmed
 from ._procedure import prepare_cancel
 from .errors import CancelError, QueryTimeout
 
@@ -72,25 +71,35 @@ def _query_canceled(exc: BaseException | None) -> BaseException | None:
     """The driver's "query cancelled" error behind ``exc``, or None.
 
     aiopg turns psycopg2's ``QueryCanceled`` into ``asyncio.CancelledError``
-    (raised while handling it): that one counts too, unless the task really
-    has a cancellation request pending.
+    (raised while handling it; on Python 3.10 through a second
+    ``CancelledError``): that one counts too, unless the task really has a
+    cancellation request pending.
     """
     if _has_sqlstate(exc):
         return exc
-    if isinstance(exc, asyncio.CancelledError) and _has_sqlstate(exc.__context__):
-        task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
-        cancelling = getattr(task, "cancelling", None)  # Python >= 3.11
-        if cancelling is None or not cancelling():
-            return exc.__context__
-    return None
+    if not isinstance(exc, asyncio.CancelledError):
+        return None
+    task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
+    cancelling = getattr(task, "cancelling", None)  # Python >= 3.11
+    if cancelling is not None and cancelling():
+        return None
+    context = exc.__context__
+    for _ in range(8):  # CancelledError raised while handling CancelledError...
+        if not isinstance(context, asyncio.CancelledError):
+            break
+        context = context.__context__
+    return context if _has_sqlstate(context) else None
 
 
-def _check_seconds(seconds: float) -> float:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"seconds must be a number, got {type(seconds).__name__}")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"seconds must be a positive, finite number, got {seconds!r}")
-    return float(seconds)
+def _wait_event(event: threading.Event, seconds: float) -> bool:
+    """``event.wait(seconds)`` for any finite ``seconds`` (in slices of MAX_WAIT)."""
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return event.is_set()
+        if event.wait(min(left, MAX_WAIT)):
+            return True
 
 
 class cancel_after:  # lower case: used like a function, as in ``with cancel_after(...)``
@@ -123,7 +132,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         timeout: float = DEFAULT_TIMEOUT,
         strict: bool = False,
     ) -> None:
-        self._seconds = _check_seconds(seconds)
+        self._seconds = check_seconds(seconds, "seconds")
         self._timeout = check_options(timeout, strict)
         self._conn = conn
         self._strict = strict
@@ -152,14 +161,22 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
 
     # -- shared -------------------------------------------------------------------
 
-    def _prepare(self) -> None:
-        """Make the plan now, in the thread that owns the connection."""
+    def _prepare(self) -> bool:
+        """Make the plan now, in the thread that owns the connection.
+
+        False when there is nothing to cancel (a closed connection): the block
+        then runs with no timer.
+        """
         if self._state != _NEW:
             raise RuntimeError("cancel_after() objects are single use: make a new one")
         # Frames above prepare_cancel: _prepare, __enter__/__aenter__, the caller.
         self._plan = prepare_cancel(
             self._conn, timeout=self._timeout, strict=self._strict, stacklevel=3
         )
+        if self._plan is None:
+            self._state = _DISARMED
+            return False
+        return True
 
     def _take_plan(self) -> Plan | None:
         """The prepared plan, with its deadline starting now (the timer fired)."""
@@ -230,11 +247,11 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._thread = thread
 
     def _thread_main(self) -> None:
-        if self._disarm.wait(self._seconds) or not self._fire():
+        if _wait_event(self._disarm, self._seconds) or not self._fire():
             return
         try:
             self._send_blocking()
-        except Exception as ex:
+        except BaseException as ex:  # whatever ends the cancel, the block hears of it
             self._error = ex
 
     def _send_blocking(self) -> None:
@@ -248,13 +265,15 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         assert thread is not None
         # The new API's waiter gives up by itself at its deadline; a legacy
         # PQcancel has no timeout, so it is waited for until that deadline only.
-        thread.join(max(0.0, self._fired_at + self._timeout - time.monotonic()) + _GRACE)
+        end = self._fired_at + self._timeout + _GRACE
+        while thread.is_alive() and (left := end - time.monotonic()) > 0:
+            thread.join(min(left, MAX_WAIT))
         if thread.is_alive():
             self._error = outcomes.timed_out(self._timeout, legacy=True)
 
     def __enter__(self) -> cancel_after:
-        self._prepare()
-        self._start_thread()
+        if self._prepare():
+            self._start_thread()
         return self
 
     def __exit__(
@@ -275,10 +294,11 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         if not running_asyncio():
             import anyio.to_thread  # noqa: F401  (needed at exit: fail early if missing)
 
-            self._prepare()
-            self._start_thread()
+            if self._prepare():
+                self._start_thread()
             return self
-        self._prepare()
+        if not self._prepare():
+            return self
         loop = asyncio.get_running_loop()
         self._state = _ARMED
         self._handle = loop.call_later(self._seconds, self._fire_asyncio, loop)

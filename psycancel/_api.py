@@ -18,11 +18,15 @@ def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = Fal
     connection's libpq has it; otherwise the legacy ``PQcancel`` in a worker
     thread, under the security policy (see :class:`InsecureCancelWarning`).
     Returns when the server has processed the request, which does not prove
-    that a query was running. Raises :class:`CancellationTimeout` after
-    ``timeout`` seconds, :class:`CancelError` if the request failed,
-    :class:`InterfaceError` for a closed or unsupported connection.
+    that a query was running; returns at once, sending nothing, for a closed
+    connection (there is nothing to cancel). Raises
+    :class:`CancellationTimeout` after ``timeout`` seconds,
+    :class:`CancelError` if the request failed, :class:`InterfaceError` for an
+    unsupported object or a connection that has not finished connecting.
     """
-    blocking.run_blocking(prepare_cancel(conn, timeout=timeout, strict=strict, stacklevel=2))
+    plan = prepare_cancel(conn, timeout=timeout, strict=strict, stacklevel=2)
+    if plan is not None:
+        blocking.run_blocking(plan)
 
 
 async def cancel_async(
@@ -50,6 +54,8 @@ async def cancel_async(
     plan = prepare_cancel(
         conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2
     )
+    if plan is None:
+        return
     if running_asyncio():
         await run_asyncio(plan, offloaded=offload)
         return

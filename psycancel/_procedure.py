@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from ._drivers.resolve import as_pgconn
 from ._engine.plan import Deadline, Plan, check_options, make_plan
+from .errors import InterfaceError
+from .pq.enums import ConnStatus
 
 __all__ = ["check_offload", "prepare_cancel"]
 
@@ -28,16 +30,33 @@ def prepare_cancel(
     strict: bool,
     offload: bool | None = None,
     stacklevel: int,
-) -> Plan:
+) -> Plan | None:
     """The plan to cancel the query on ``conn``, made in the calling thread.
 
+    None when there is nothing to cancel: the connection is closed (or was
+    closed by another thread meanwhile), or broken (``CONNECTION_BAD``).
     Raises ``TypeError``/``ValueError`` for invalid arguments,
-    :class:`InterfaceError` for an object that is not an open connection,
-    :class:`CancelError` if libpq cannot prepare the request, and applies the
-    legacy security policy (``stacklevel`` 1: the caller of this function).
-    The deadline starts now.
+    :class:`InterfaceError` for an object that is not a connection or a
+    connection that has not finished connecting, :class:`CancelError` if
+    libpq cannot prepare the request, and applies the legacy security policy
+    (``stacklevel`` 1: the caller of this function). The deadline starts now.
     """
     deadline = Deadline.after(check_options(timeout, strict))
     check_offload(offload)
     pgconn = as_pgconn(conn)
-    return make_plan(pgconn, deadline, strict=strict, stacklevel=stacklevel + 1)
+    if pgconn is None:
+        return None
+    try:
+        status = pgconn.status
+        if status == ConnStatus.BAD:
+            return None
+        if status != ConnStatus.OK:
+            raise InterfaceError(
+                f"the connection is not established (status {status.name}): a connection "
+                "that has not finished connecting runs no query to cancel"
+            )
+        return make_plan(pgconn, deadline, strict=strict, stacklevel=stacklevel + 1)
+    except InterfaceError:
+        if pgconn.closed:
+            return None  # finished by another thread meanwhile: nothing to cancel
+        raise

@@ -2,11 +2,19 @@
 # Set everything up, then run the demo or the whole test suite.
 #
 #   bash tools/quickstart.sh demo   # throwaway server, cancel a query from asyncio
-#   bash tools/quickstart.sh test   # the suite, once per twin, plus mypy and ruff
+#   bash tools/quickstart.sh test   # everything CI runs (see below)
 #
 # Needs: Debian (or derivative) with Python >= 3.10, root or sudo for apt.
-# Creates .venv in the clone; builds PostgreSQL 18 into a cache outside it
-# (see tools/build_postgres.sh), reused on later runs.
+# Creates .venv in the clone (psycancel installed editable, its compiled twin
+# linked with the PostgreSQL 18 build, so that both twins load that libpq by
+# default); builds PostgreSQL 18 into a cache outside it (see
+# tools/build_postgres.sh), reused on later runs.
+#
+# "test" runs: ruff and mypy --strict; the test suite once per twin; the binary
+# wheel (sdist, wheel, auditwheel, a fresh venv, the suite against it); the
+# benchmarks' smoke runs; valgrind on the compiled twin; then tools/matrix.sh,
+# the suite on every other CPython >= 3.10 of the machine (PSYCANCEL_MATRIX=0
+# leaves that out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-}"
@@ -37,13 +45,15 @@ fi
 log "PostgreSQL 18 (built once, then cached)"
 prefix="$(bash tools/build_postgres.sh)"
 export PSYCANCEL_PG_PREFIX="$prefix"
-export PSYCANCEL_LIBPQ="$prefix/lib/libpq.so.5"
 
 # --- the virtualenv, with the compiled twin -----------------------------------------
 log "virtualenv .venv and psycancel (with its compiled twin)"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-PSYCANCEL_REQUIRE_EXT=1 .venv/bin/python -m pip install -q -e '.[test,drivers]'
+# PSYCANCEL_BUNDLE_LIBPQ: link the compiled twin with that libpq, as a wheel
+# build does; psycancel then finds it as its default libpq (no variable needed).
+PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
+    .venv/bin/python -m pip install -q -e '.[test,drivers,bench]'
 .venv/bin/python -m psycancel info
 
 if [ "$what" = demo ]; then
@@ -54,7 +64,6 @@ fi
 log "test dependencies: drivers (psycopg2 also built against the system libpq), services"
 bash tools/install_test_drivers.sh .venv
 bash tools/install_test_services.sh
-.venv/bin/python -m pip install -q '.[bench]' 2>/dev/null || .venv/bin/python -m pip install -q 'matplotlib>=3.7'
 
 log "static checks"
 .venv/bin/python -m ruff check .
@@ -75,4 +84,9 @@ log "benchmarks, smoke form (correctness only, no timing assertions)"
 
 log "memory checking of the compiled twin (valgrind, short form)"
 PYTHON=.venv/bin/python bash tools/valgrind.sh --short
+
+if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
+    log "the suite on the machine's other CPythons (tools/matrix.sh)"
+    bash tools/matrix.sh --skip "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+fi
 log "all green"

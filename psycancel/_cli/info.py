@@ -28,7 +28,12 @@ def show_info() -> int:
     except OSError as ex:
         print(f"libpq: not found ({ex})")
         return 1
-    where = {"env": f"from ${ENV_LIBPQ}", "bundled": "bundled", "system": "system"}[origin]
+    where = {
+        "env": f"from ${ENV_LIBPQ}",
+        "bundled": "bundled with this installation",
+        "linked": "linked with the compiled twin when it was built",
+        "system": "system",
+    }[origin]
     major, minor = divmod(lib.version, 10000)
     print(f"libpq: {lib.path} ({where})")
     print(f"libpq version: {major}.{minor} ({lib.version})")

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import InterfaceError
 from ..pq import Libpq, PGconn
 
-__all__ = ["Adapter", "borrow", "closed"]
+__all__ = ["Adapter", "borrow"]
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class Adapter:
     """The module (as in ``sys.modules``) whose attribute ``name`` is the class."""
     name: str
     """The class's attribute name in ``module``."""
-    pgconn: Callable[[Any], PGconn]
-    """The open, borrowed ``PGconn`` of an instance (:class:`InterfaceError` if closed)."""
+    pgconn: Callable[[Any], PGconn | None]
+    """The borrowed ``PGconn`` of an instance; None when it is closed (nothing to cancel)."""
 
     def matches(self, obj: object) -> bool:
         """True if the family is imported and ``obj`` is an instance of the class."""
@@ -38,15 +38,10 @@ class Adapter:
         return isinstance(cls, type) and isinstance(obj, cls)
 
 
-def closed(what: str) -> InterfaceError:
-    """The error for a recognised connection that is closed."""
-    return InterfaceError(f"the {what} is closed")
-
-
-def borrow(ptr: object, libpq: Libpq, what: str) -> PGconn:
-    """A borrowed ``PGconn`` of the active twin around a driver's pointer."""
+def borrow(ptr: object, libpq: Libpq, what: str) -> PGconn | None:
+    """A borrowed ``PGconn`` of the active twin around a driver's pointer (None: NULL)."""
     if ptr is None or ptr == 0:
-        raise closed(what)
+        return None
     if isinstance(ptr, bool) or not isinstance(ptr, int):
         raise InterfaceError(f"the {what} gave a PGconn pointer of type {type(ptr).__name__}")
     return PGconn.from_ptr(ptr, libpq)

@@ -28,15 +28,13 @@ def describe(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def open_pgconn(pgconn: PGconn) -> PGconn:
-    """``pgconn`` if it is open; :class:`InterfaceError` if it was finished."""
-    if pgconn.closed:
-        raise InterfaceError("the connection is closed")
-    return pgconn
+def open_pgconn(pgconn: PGconn) -> PGconn | None:
+    """``pgconn``, or None if it was finished (nothing to cancel)."""
+    return None if pgconn.closed else pgconn
 
 
-def from_protocol(conn: object, answer: object) -> PGconn:
-    """The ``PGconn`` that ``conn.__psycancel_pgconn__()`` answered with."""
+def from_protocol(conn: object, answer: object) -> PGconn | None:
+    """The ``PGconn`` that ``conn.__psycancel_pgconn__()`` answered with (None: closed)."""
     what = f"{describe(conn)}.{PROTOCOL}()"
     if isinstance(answer, _pgconn_classes()):
         return open_pgconn(answer)  # type: ignore[arg-type]
@@ -47,7 +45,7 @@ def from_protocol(conn: object, answer: object) -> PGconn:
         )
     ptr, path = answer
     if ptr is None or ptr == 0:
-        raise InterfaceError(f"the connection is closed ({what} returned no PGconn)")
+        return None  # the connection is closed
     if isinstance(ptr, bool) or not isinstance(ptr, int):
         raise InterfaceError(f"{what}: the PGconn pointer must be an int, got {type(ptr).__name__}")
     if not isinstance(path, (str, os.PathLike)):

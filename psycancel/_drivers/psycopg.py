@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import InterfaceError
 from ..pq import PGconn
-from .adapter import Adapter, borrow, closed
+from .adapter import Adapter, borrow
 from .owner import libpq_of_cdll, libpq_of_extension
 
 __all__ = ["ADAPTERS"]
@@ -20,7 +20,7 @@ _CTYPES_PQ = "psycopg.pq.pq_ctypes"
 """psycopg's python implementation: its libpq is the ctypes library of ``_pq_ctypes``."""
 
 
-def _pgconn_of_psycopg_pgconn(pgconn: Any, what: str) -> PGconn:
+def _pgconn_of_psycopg_pgconn(pgconn: Any, what: str) -> PGconn | None:
     module_name = type(pgconn).__module__
     if module_name == _CTYPES_PQ:
         lib_module = sys.modules.get("psycopg.pq._pq_ctypes")
@@ -33,14 +33,13 @@ def _pgconn_of_psycopg_pgconn(pgconn: Any, what: str) -> PGconn:
     return borrow(pgconn.pgconn_ptr, libpq, what)
 
 
-def _connection_pgconn(conn: Any) -> PGconn:
-    what = "psycopg connection"
+def _connection_pgconn(conn: Any) -> PGconn | None:
     if conn.closed:
-        raise closed(what)
-    return _pgconn_of_psycopg_pgconn(conn.pgconn, what)
+        return None
+    return _pgconn_of_psycopg_pgconn(conn.pgconn, "psycopg connection")
 
 
-def _pgconn_pgconn(pgconn: Any) -> PGconn:
+def _pgconn_pgconn(pgconn: Any) -> PGconn | None:
     return _pgconn_of_psycopg_pgconn(pgconn, "psycopg PGconn")
 
 

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from ..pq import PGconn
-from .adapter import Adapter, borrow, closed
+from .adapter import Adapter, borrow
 from .owner import libpq_of_extension
 
 __all__ = ["ADAPTERS", "MODULE", "psycopg2_pgconn"]
@@ -15,12 +15,12 @@ MODULE = "psycopg2._psycopg"
 """psycopg2's extension module: it defines ``connection`` and links psycopg2's libpq."""
 
 
-def psycopg2_pgconn(conn: Any) -> PGconn:
-    """The borrowed ``PGconn`` of an open psycopg2 ``connection``."""
-    what = "psycopg2 connection"
-    if conn.closed:
-        raise closed(what)
-    return borrow(conn.pgconn_ptr, libpq_of_extension(sys.modules[MODULE]), what)
+def psycopg2_pgconn(conn: Any) -> PGconn | None:
+    """The borrowed ``PGconn`` of a psycopg2 ``connection``; None once it is closed."""
+    if conn.closed:  # 1: closed, 2: broken
+        return None
+    lib = libpq_of_extension(sys.modules[MODULE])
+    return borrow(conn.pgconn_ptr, lib, "psycopg2 connection")
 
 
 ADAPTERS = (Adapter(MODULE, "connection", psycopg2_pgconn),)

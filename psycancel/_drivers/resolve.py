@@ -7,9 +7,10 @@ Accepted, in this order:
 3. an instance of a class in :data:`ADAPTERS`, the table of the families the
    program has imported (psycopg2, aiopg, psycopg 3): one module per family.
 
-Everything else, and closed connections, raise :class:`InterfaceError`.
-For a driver's connection the result is *borrowed*: it wraps the driver's
-pointer with the libpq that created it and is never finished by psycancel.
+A closed connection resolves to None: there is nothing to cancel. Anything
+else raises :class:`InterfaceError`. For a driver's connection the result is
+*borrowed*: it wraps the driver's pointer with the libpq that created it and
+is never finished by psycancel.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ ADAPTERS: tuple[Adapter, ...] = psycopg2.ADAPTERS + aiopg.ADAPTERS + psycopg.ADA
 """Every class psycancel recognises, family by family."""
 
 
-def as_pgconn(conn: object) -> PGconn:
-    """The open ``PGconn`` behind ``conn``; :class:`InterfaceError` otherwise."""
+def as_pgconn(conn: object) -> PGconn | None:
+    """The ``PGconn`` behind ``conn``, None if it is closed; :class:`InterfaceError` otherwise."""
     if conn is None:
         raise InterfaceError("expected a connection, got None")
     if isinstance(conn, _pgconn_classes()):

@@ -43,24 +43,30 @@ async def wait_anyio(steps: CancelSteps, deadline: Deadline) -> None:
     wait_readable, wait_writable = _fd_waiters()
     try:
         for fd, event in steps:
-            remaining = deadline.remaining()
-            if remaining <= 0:
-                raise deadline.expired()
-            with anyio.move_on_after(remaining) as scope:
-                if event == READ:
-                    await wait_readable(fd)
-                else:
-                    await wait_writable(fd)
-            if scope.cancelled_caught:
-                raise deadline.expired()
+            while True:  # in slices of at most MAX_WAIT
+                wait = deadline.next_wait()
+                if wait <= 0:
+                    raise deadline.expired()
+                with anyio.move_on_after(wait) as scope:
+                    if event == READ:
+                        await wait_readable(fd)
+                    else:
+                        await wait_writable(fd)
+                if not scope.cancelled_caught:
+                    break
     finally:
         steps.close()
 
 
-def _outcome(done: concurrent.futures.Future[None], seconds: float) -> bool:
-    """Block a worker thread until ``done`` completes; False after ``seconds``."""
-    finished, _ = concurrent.futures.wait([done], timeout=max(0.0, seconds))
-    return bool(finished)
+def _outcome(done: concurrent.futures.Future[None], deadline: Deadline) -> bool:
+    """Block a worker thread until ``done`` completes; False once ``deadline`` passed."""
+    while True:
+        wait = deadline.next_wait()
+        if wait <= 0:
+            return done.done()
+        finished, _ = concurrent.futures.wait([done], timeout=wait)
+        if finished:
+            return True
 
 
 async def wait_future_anyio(done: concurrent.futures.Future[None], deadline: Deadline) -> None:
@@ -72,7 +78,7 @@ async def wait_future_anyio(done: concurrent.futures.Future[None], deadline: Dea
     """
     if not done.done():
         finished = await anyio.to_thread.run_sync(
-            _outcome, done, deadline.remaining(), abandon_on_cancel=True
+            _outcome, done, deadline, abandon_on_cancel=True
         )
         if not finished:
             raise deadline.expired(legacy=True)

@@ -26,30 +26,38 @@ def _wake(fut: asyncio.Future[bool], ready: bool) -> None:
         fut.set_result(ready)
 
 
+async def _wait_ready(
+    loop: asyncio.AbstractEventLoop, fd: int, event: int, deadline: Deadline
+) -> None:
+    """Wait until ``fd`` is ready for ``event``, in slices; raise once ``deadline`` passed."""
+    while True:
+        wait = deadline.next_wait()
+        if wait <= 0:
+            raise deadline.expired()
+        fut: asyncio.Future[bool] = loop.create_future()
+        timer = loop.call_later(wait, _wake, fut, False)
+        if event == READ:
+            loop.add_reader(fd, _wake, fut, True)
+        else:
+            loop.add_writer(fd, _wake, fut, True)
+        try:
+            ready = await fut
+        finally:
+            timer.cancel()
+            if event == READ:
+                loop.remove_reader(fd)
+            else:
+                loop.remove_writer(fd)
+        if ready:
+            return
+
+
 async def wait_asyncio(steps: CancelSteps, deadline: Deadline) -> None:
     """Run ``steps`` on the running asyncio loop until done or ``deadline``."""
     loop = asyncio.get_running_loop()
     try:
         for fd, event in steps:
-            remaining = deadline.remaining()
-            if remaining <= 0:
-                raise deadline.expired()
-            fut: asyncio.Future[bool] = loop.create_future()
-            timer = loop.call_later(remaining, _wake, fut, False)
-            if event == READ:
-                loop.add_reader(fd, _wake, fut, True)
-            else:
-                loop.add_writer(fd, _wake, fut, True)
-            try:
-                ready = await fut
-            finally:
-                timer.cancel()
-                if event == READ:
-                    loop.remove_reader(fd)
-                else:
-                    loop.remove_writer(fd)
-            if not ready:
-                raise deadline.expired()
+            await _wait_ready(loop, fd, event, deadline)
     finally:
         steps.close()
 
@@ -68,11 +76,14 @@ async def _run_new_api(plan: NewApiPlan, offloaded: bool | None) -> None:
 
 
 async def _run_legacy(plan: LegacyPlan) -> None:
-    done = legacy.run_legacy_cancel(plan.handle)
-    try:
-        await asyncio.wait_for(asyncio.wrap_future(done), max(0.0, plan.deadline.remaining()))
-    except asyncio.TimeoutError:
-        raise plan.deadline.expired(legacy=True) from None
+    done = asyncio.wrap_future(legacy.run_legacy_cancel(plan.handle))
+    deadline = plan.deadline
+    while not done.done():
+        wait = deadline.next_wait()
+        if wait <= 0:
+            raise deadline.expired(legacy=True)
+        await asyncio.wait((done,), timeout=wait)
+    done.result()  # re-raise the worker's error, if any
 
 
 async def run_asyncio(plan: Plan, *, offloaded: bool | None = None) -> None:

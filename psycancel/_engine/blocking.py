@@ -24,7 +24,7 @@ from . import legacy, machine, outcomes
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
-__all__ = ["run_blocking", "wait_blocking"]
+__all__ = ["run_blocking", "wait_blocking", "wait_future"]
 
 
 def _wait_fd(fd: int, event: int, seconds: float) -> bool:
@@ -43,9 +43,12 @@ def wait_blocking(steps: CancelSteps, deadline: Deadline) -> None:
     """Run ``steps`` in this thread until done or ``deadline``."""
     try:
         for fd, event in steps:
-            remaining = deadline.remaining()
-            if remaining <= 0 or not _wait_fd(fd, event, remaining):
-                raise deadline.expired()
+            while True:
+                wait = deadline.next_wait()
+                if wait <= 0:
+                    raise deadline.expired()
+                if _wait_fd(fd, event, wait):
+                    break
     finally:
         steps.close()
 
@@ -64,12 +67,19 @@ def _run_new_api(plan: NewApiPlan) -> None:
         cc.finish()  # (a no-op once the C driver has finished it)
 
 
+def wait_future(done: concurrent.futures.Future[None], deadline: Deadline) -> None:
+    """Wait for a legacy cancel's outcome until ``deadline`` (in slices); re-raise its error."""
+    while True:
+        try:
+            done.result(timeout=max(0.0, deadline.next_wait()))
+            return
+        except concurrent.futures.TimeoutError:
+            if deadline.remaining() <= 0:
+                raise deadline.expired(legacy=True) from None
+
+
 def _run_legacy(plan: LegacyPlan) -> None:
-    done = legacy.run_legacy_cancel(plan.handle)
-    try:
-        done.result(timeout=max(0.0, plan.deadline.remaining()))
-    except concurrent.futures.TimeoutError:
-        raise plan.deadline.expired(legacy=True) from None
+    wait_future(legacy.run_legacy_cancel(plan.handle), plan.deadline)
 
 
 def run_blocking(plan: Plan) -> None:

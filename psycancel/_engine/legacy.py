@@ -18,15 +18,21 @@ import threading
 import warnings
 from concurrent.futures import Future
 
-from ..errors import InsecureCancelError, InsecureCancelWarning
+from ..errors import Error, InsecureCancelError, InsecureCancelWarning
 from ..pq.abc import PGcancel, PGconn
+from . import background
 
 __all__ = ["check_policy", "run_legacy_cancel"]
 
 _INSECURE = (
     "libpq {version} at {path} has no PQcancelConn API (needs >= 17): the cancel "
-    "request for this encrypted connection would travel in clear text, "
+    "request for this encrypted connection is sent in clear text, "
     "including its secret key"
+)
+_REFUSED = (
+    "libpq {version} at {path} has no PQcancelConn API (needs >= 17): the cancel "
+    "request for this encrypted connection would be sent in clear text, including "
+    "its secret key; refused because strict=True (nothing was sent)"
 )
 
 
@@ -39,17 +45,21 @@ def check_policy(pgconn: PGconn, *, strict: bool, stacklevel: int) -> None:
     if not pgconn.ssl_in_use:
         return
     lib = pgconn.libpq
-    message = _INSECURE.format(version=lib.version, path=lib.path)
     if strict:
-        raise InsecureCancelError(message + "; refused because strict=True")
+        raise InsecureCancelError(_REFUSED.format(version=lib.version, path=lib.path))
+    message = _INSECURE.format(version=lib.version, path=lib.path)
     warnings.warn(message, InsecureCancelWarning, stacklevel=stacklevel + 1)
 
 
 def _run(handle: PGcancel, done: Future[None]) -> None:
+    """A worker thread: one ``PQcancel``; its outcome goes to ``done``."""
     try:
+        background.checkpoint("legacy-worker")
         handle.cancel()
-    except BaseException as ex:  # delivered to the waiting caller
+    except Error as ex:  # libpq's refusal (CancelError), delivered to the caller
         done.set_exception(ex)
+    except BaseException as ex:
+        done.set_exception(background.thread_failed("legacy cancel thread", ex))
     else:
         done.set_result(None)
     finally:
@@ -63,27 +73,59 @@ class _Spawner:
     machine that is milliseconds, spent in the caller's thread (an event
     loop's, for ``cancel_async``). The caller only queues the handle; this
     daemon thread, started on first use and kept for the life of the process,
-    starts one worker per handle.
+    starts one worker per handle. If it fails, every queued cancel is settled
+    with the failure and the next :func:`run_legacy_cancel` starts a new one.
     """
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[tuple[PGcancel, Future[None]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.failed: BaseException | None = None
         self._pid = os.getpid()
-        threading.Thread(target=self._loop, name="psycancel-legacy-spawner", daemon=True).start()
+        threading.Thread(target=self._main, name="psycancel-legacy-spawner", daemon=True).start()
 
-    def _loop(self) -> None:
-        while True:
-            handle, done = self._queue.get()
-            try:
-                threading.Thread(
-                    target=_run, args=(handle, done), name="psycancel-legacy-cancel", daemon=True
-                ).start()
-            except BaseException as ex:  # (cannot start a thread): the caller hears of it
+    def usable(self) -> bool:
+        """True in the process that made it, until it failed."""
+        return self.failed is None and self._pid == os.getpid()
+
+    def _main(self) -> None:
+        current: list[tuple[PGcancel, Future[None]]] = []
+        try:
+            while True:
+                current.append(self._queue.get())
+                background.checkpoint("legacy-spawner")
+                handle, done = current[0]
+                try:
+                    threading.Thread(
+                        target=_run,
+                        args=(handle, done),
+                        name="psycancel-legacy-cancel",
+                        daemon=True,
+                    ).start()
+                except Exception as ex:  # (cannot start a thread): the caller hears of it
+                    handle.free()
+                    done.set_exception(background.thread_failed("legacy cancel thread", ex))
+                current.clear()
+        except BaseException as ex:
+            with self._lock:
+                self.failed = ex
+                while True:
+                    try:
+                        current.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+            for handle, done in current:
                 handle.free()
-                done.set_exception(ex)
+                if not done.done():
+                    done.set_exception(background.thread_failed("legacy spawner thread", ex))
 
-    def submit(self, handle: PGcancel, done: Future[None]) -> None:
-        self._queue.put((handle, done))
+    def submit(self, handle: PGcancel, done: Future[None]) -> bool:
+        """Queue ``handle``; False (nothing queued) if this spawner has failed."""
+        with self._lock:
+            if self.failed is not None:
+                return False
+            self._queue.put((handle, done))
+            return True
 
 
 _spawner: _Spawner | None = None
@@ -99,12 +141,13 @@ def run_legacy_cancel(handle: PGcancel) -> Future[None]:
     done: Future[None] = Future()
     done.set_running_or_notify_cancel()
     try:
-        with _spawner_lock:
-            if _spawner is None or _spawner._pid != os.getpid():
-                _spawner = _Spawner()  # a new process after fork: its own
-            spawner = _spawner
-        spawner.submit(handle, done)
+        while True:
+            with _spawner_lock:
+                if _spawner is None or not _spawner.usable():
+                    _spawner = _Spawner()  # first use, after a failure, or after fork
+                spawner = _spawner
+            if spawner.submit(handle, done):
+                return done
     except BaseException:
         handle.free()
         raise
-    return done

@@ -1,4 +1,4 @@
-"""The offload waiter: cancels driven by a background thread, off the loop.
+"""The offload runner: cancels driven by a background thread, off the event loop.
 
 A TLS cancel spends most of its client CPU inside ``PQcancelPoll`` (the TLS
 handshake). Driven from the event loop, that work runs in the loop thread and
@@ -6,18 +6,22 @@ many cancels that become ready together stall the loop. Here the cancel is
 handed to a background *reactor* that multiplexes every offloaded cancel of
 the process, and the loop only waits for a future:
 
-* a cancel of the **compiled twin** goes to its ``OffloadEngine``: a thread
-  that runs the whole cancel (start, ``poll(2)``, ``PQcancelPoll``, finish)
-  in C without ever taking the GIL, plus a thread that settles the futures
-  when cancels end (it takes the GIL once per batch of outcomes);
+* a cancel of a twin with a **C driver** (the compiled twin) goes to its
+  ``OffloadEngine``: a thread that runs the whole cancel (start, ``poll(2)``,
+  ``PQcancelPoll``, finish) in C without ever taking the GIL, plus a thread
+  that settles the futures when cancels end (it takes the GIL once per batch
+  of outcomes);
 * a cancel of the **ctypes twin** goes to a Python reactor thread running the
-  shared machine (``psycancel._machine``) with a selector; libpq's calls
-  release the GIL there, the Python between them does not.
+  shared machine (``machine``) with a selector; libpq's calls release the GIL
+  there, the Python between them does not.
 
-Guarantees are the same as the inline waiters: the deadline is enforced by
+Guarantees are the same as the inline runners: the deadline is enforced by
 the reactor (``CancellationTimeout``), the cancel connection is finished by
 the reactor on every outcome, and when the awaiting task is cancelled the job
-is aborted and cleaned up *before* ``CancelledError`` propagates.
+is aborted and cleaned up before ``CancelledError`` propagates (waiting at
+most :data:`ABORT_GRACE` seconds for that, whatever state the thread is in).
+A reactor whose thread fails settles every cancel it holds with a psycancel
+``Error`` (``background``) and is replaced by a new one on the next call.
 """
 
 from __future__ import annotations
@@ -36,13 +40,34 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..pq.abc import NativeDriver, OffloadEngine, PGcancelConn
-from . import machine, outcomes
+from . import background, machine, outcomes
 from .machine import READ, CancelSteps
-from .plan import Deadline
+from .plan import MAX_WAIT, Deadline
 
-__all__ = ["aborts_requested", "native_engine", "reactor_fds", "run_offloaded"]
+__all__ = ["ABORT_GRACE", "aborts_requested", "native_engine", "reactor_fds", "run_offloaded"]
+
+ABORT_GRACE = 2.0
+"""Seconds a cancelled task waits for the reactor to close its cancel connection."""
 
 _Done = Callable[[BaseException | None], None]
+_log = logging.getLogger("psycancel")
+_aborts = 0
+"""How many aborts were requested in this process (``aborts_requested``)."""
+_aborts_lock = threading.Lock()
+
+
+def _count_abort() -> None:
+    global _aborts
+    with _aborts_lock:
+        _aborts += 1
+
+
+def _settle(done: _Done, outcome: BaseException | None) -> None:
+    """Report one outcome; a failing callback never stops the reporting of others."""
+    try:
+        done(outcome)
+    except Exception:
+        _log.exception("reporting an offloaded cancel")
 
 
 @dataclass(eq=False)
@@ -67,10 +92,10 @@ class _Reactor:
     """
 
     def __init__(self) -> None:
-        self.aborts = 0
         self._lock = threading.Lock()
         self._incoming: list[_Job] = []
         self._aborts: list[_Job] = []
+        self._jobs: set[_Job] = set()  # taken over by the thread, not finished
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -78,6 +103,11 @@ class _Reactor:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self.failed: BaseException | None = None
+
+    def usable(self) -> bool:
+        """True in the process that made it, until its thread failed."""
+        return self.failed is None and self._pid == os.getpid()
 
     def fds(self) -> set[int]:
         """The file descriptors the reactor keeps open."""
@@ -85,18 +115,24 @@ class _Reactor:
         fileno = getattr(self._sel, "fileno", None)
         if fileno is not None:
             fds.add(fileno())
-        return fds
+        return {fd for fd in fds if fd >= 0}
 
     # -- called from any thread
 
     def submit(self, cc: PGcancelConn, deadline: Deadline, done: _Done) -> object:
-        """Drive ``cc`` until ``deadline``; ``done(outcome)`` is called once, from here."""
+        """Drive ``cc`` until ``deadline``; ``done(outcome)`` is called once, from here.
+
+        Raises the thread's failure (a psycancel ``Error``) if it has failed.
+        """
         job = _Job(steps=machine.cancel_steps(cc), cc=cc, deadline=deadline, done=done)
         with self._lock:
+            if self.failed is not None:
+                job.steps.close()
+                raise background.thread_failed("offload reactor thread", self.failed)
             self._incoming.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name="psycancel-offload", daemon=True
+                    target=self._main, name="psycancel-offload", daemon=True
                 )
                 self._thread.start()
         self._wake()
@@ -105,25 +141,55 @@ class _Reactor:
     def abort(self, handle: object) -> None:
         """Stop the job ``submit`` returned ``handle`` for (its ``done`` still runs)."""
         assert isinstance(handle, _Job)
+        _count_abort()
         with self._lock:
-            self.aborts += 1
             self._aborts.append(handle)
         self._wake()
 
     def _wake(self) -> None:
-        # A full pipe means the reactor is already awake.
-        with contextlib.suppress(BlockingIOError, InterruptedError):
+        # A full pipe means the reactor is already awake; a closed one, a failed reactor.
+        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
             self._wake_w.send(b"\0")
 
     # -- the reactor thread
 
-    def _run(self) -> None:
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as ex:
+            self._fail(ex)
+
+    def _fail(self, cause: BaseException) -> None:
+        """The thread failed: settle every job it held, release the fds, end."""
+        with self._lock:
+            self.failed = cause
+            jobs = [*self._jobs, *self._incoming]
+            self._jobs.clear()
+            self._incoming.clear()
+            self._aborts.clear()
+        for job in jobs:
+            job.finished = True
+            try:
+                job.steps.close()
+            except Exception:
+                pass
+            finally:
+                job.cc.finish()
+                _settle(job.done, background.thread_failed("offload reactor thread", cause))
+        with contextlib.suppress(Exception):
+            self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _loop(self) -> None:
         sel = self._sel
         deadlines: list[tuple[float, int, _Job]] = []
         counter = itertools.count()
         while True:
+            background.checkpoint("offload-reactor")
             with self._lock:
                 incoming, self._incoming = self._incoming, []
+                self._jobs.update(incoming)
             for job in incoming:
                 heapq.heappush(deadlines, (job.deadline.at, next(counter), job))
                 self._advance(sel, job)
@@ -135,7 +201,9 @@ class _Reactor:
                 self._finish(sel, job, asyncio.CancelledError())
             while deadlines and deadlines[0][2].finished:
                 heapq.heappop(deadlines)
-            wait = max(0.0, deadlines[0][0] - time.monotonic()) if deadlines else None
+            wait = None
+            if deadlines:
+                wait = min(max(0.0, deadlines[0][0] - time.monotonic()), MAX_WAIT)
             for key, _ in sel.select(wait):
                 if key.data is None:
                     self._drain_wake()
@@ -179,6 +247,8 @@ class _Reactor:
         if job.finished:
             return
         job.finished = True
+        with self._lock:
+            self._jobs.discard(job)
         if job.fd >= 0:
             sel.unregister(job.fd)
             job.fd = -1
@@ -186,19 +256,21 @@ class _Reactor:
             job.steps.close()
         finally:
             job.cc.finish()
-            job.done(outcome)
+            _settle(job.done, outcome)
 
 
 class _CompiledReactor:
-    """The compiled twin's engine, its thread, and the thread that reports outcomes.
+    """A C driver's engine, its thread, and the thread that reports outcomes.
 
     The engine thread never holds the GIL. The reporter thread waits for
     outcomes without it, then (with it) calls each job's ``done``; outcomes
-    that end together are reported in one go.
+    that end together are reported in one go. If either thread fails (or the
+    engine stops without being asked to), every pending cancel is settled
+    with the failure and the engine is closed (it finishes every cancel
+    connection it still holds).
     """
 
     def __init__(self, native: NativeDriver) -> None:
-        self.aborts = 0
         self._native = native
         self._engine: OffloadEngine = native.new_engine()
         self._lock = threading.Lock()
@@ -206,6 +278,11 @@ class _CompiledReactor:
         self._ids = itertools.count(1)
         self._started = False
         self._pid = os.getpid()
+        self.failed: BaseException | None = None
+
+    def usable(self) -> bool:
+        """True in the process that made it, until one of its threads failed."""
+        return self.failed is None and self._pid == os.getpid()
 
     def fds(self) -> set[int]:
         """The file descriptors the engine keeps open."""
@@ -214,12 +291,14 @@ class _CompiledReactor:
     def submit(self, cc: PGcancelConn, deadline: Deadline, done: _Done) -> object:
         """Hand ``cc`` to the engine; ``done(outcome)`` is called once, from the reporter."""
         with self._lock:
+            if self.failed is not None:
+                raise background.thread_failed("offload engine", self.failed)
             job_id = next(self._ids)
             self._pending[job_id] = (done, deadline.timeout)
             if not self._started:
                 for target, name in (
-                    (self._engine.run, "psycancel-offload-engine"),
-                    (self._report, "psycancel-offload-reporter"),
+                    (self._engine_main, "psycancel-offload-engine"),
+                    (self._reporter_main, "psycancel-offload-reporter"),
                 ):
                     threading.Thread(target=target, name=name, daemon=True).start()
                 self._started = True
@@ -227,26 +306,53 @@ class _CompiledReactor:
             self._engine.submit(cc, deadline.at, job_id)
         except BaseException:
             with self._lock:
-                del self._pending[job_id]
+                self._pending.pop(job_id, None)
             raise
         return job_id
 
     def abort(self, handle: object) -> None:
         """Stop the job ``handle`` (its ``done`` still runs)."""
         assert isinstance(handle, int)
-        self._engine.abort(handle)
-        with self._lock:
-            self.aborts += 1
+        _count_abort()
+        if self.failed is None:
+            self._engine.abort(handle)
 
-    def _report(self) -> None:
-        while batch := self._engine.take_done():
-            for job_id, code, message in batch:
-                with self._lock:
-                    done, timeout = self._pending.pop(job_id)
-                try:
-                    done(outcomes.from_native(self._native, code, message, timeout))
-                except Exception:  # never let one job stop the reporting of others
-                    logging.getLogger("psycancel").exception("reporting an offloaded cancel")
+    def _engine_main(self) -> None:
+        try:
+            background.checkpoint("offload-engine")
+            self._engine.run()
+        except BaseException as ex:
+            self._fail(ex, "offload engine thread")
+        else:
+            if self.failed is None:  # run() returns only after close(), which only _fail asks
+                self._fail(RuntimeError("the offload engine stopped"), "offload engine thread")
+
+    def _reporter_main(self) -> None:
+        try:
+            while batch := self._engine.take_done():
+                background.checkpoint("offload-reporter")
+                self._report(batch)
+        except BaseException as ex:
+            self._fail(ex, "offload reporter thread")
+
+    def _report(self, batch: list[tuple[int, int, str]]) -> None:
+        for job_id, code, message in batch:
+            with self._lock:
+                entry = self._pending.pop(job_id, None)
+            if entry is not None:  # (None: settled already by a failure)
+                done, timeout = entry
+                _settle(done, outcomes.from_native(self._native, code, message, timeout))
+
+    def _fail(self, cause: BaseException, what: str) -> None:
+        """Settle every pending cancel with ``cause``; close the engine (it finishes them)."""
+        with self._lock:
+            if self.failed is None:
+                self.failed = cause
+            pending, self._pending = self._pending, {}
+        for done, _ in pending.values():
+            _settle(done, background.thread_failed(what, cause))
+        with contextlib.suppress(Exception):
+            self._engine.close()
 
 
 _AnyReactor = _Reactor | _CompiledReactor
@@ -254,22 +360,18 @@ _reactors: dict[str, _AnyReactor] = {}
 _reactor_lock = threading.Lock()
 
 
-def _alive(reactor: _AnyReactor) -> bool:
-    return reactor._pid == os.getpid()
-
-
 def reactor_fds() -> set[int]:
     """The fds held by this process's offload reactors (empty before first use)."""
     fds: set[int] = set()
     for reactor in list(_reactors.values()):
-        if _alive(reactor):
+        if reactor.usable():
             fds |= reactor.fds()
     return fds
 
 
 def aborts_requested() -> int:
-    """How many offloaded jobs were asked to stop so far (for tests)."""
-    return sum(r.aborts for r in list(_reactors.values()) if _alive(r))
+    """How many offloaded jobs were asked to stop so far in this process (tests)."""
+    return _aborts
 
 
 def _reactor_for(native: NativeDriver | None) -> _AnyReactor:
@@ -277,8 +379,8 @@ def _reactor_for(native: NativeDriver | None) -> _AnyReactor:
     kind = "python" if native is None else "native"
     with _reactor_lock:
         reactor = _reactors.get(kind)
-        if reactor is None or not _alive(reactor):
-            # (A new process after fork never reuses the parent's.)
+        if reactor is None or not reactor.usable():
+            # First use, after a failure, or in a new process after fork.
             reactor = _Reactor() if native is None else _CompiledReactor(native)
             _reactors[kind] = reactor
         return reactor
@@ -326,7 +428,14 @@ async def run_offloaded(
     except asyncio.CancelledError:
         if not fut.done():
             reactor.abort(handle)
-            # Wait until the reactor has closed the cancel connection.
+            # Wait until the reactor has closed the cancel connection, but not
+            # forever: a reactor that cannot answer must not keep the task.
             with contextlib.suppress(BaseException):
-                await fut
+                await asyncio.wait((fut,), timeout=ABORT_GRACE)
+            if not fut.done():
+                _log.warning(
+                    "an offloaded cancel was not closed within %g s of its task's "
+                    "cancellation; it is left to the reactor",
+                    ABORT_GRACE,
+                )
         raise

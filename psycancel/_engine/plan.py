@@ -24,11 +24,13 @@ from . import legacy, outcomes
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_WAIT",
     "Deadline",
     "LegacyPlan",
     "NewApiPlan",
     "Plan",
     "check_options",
+    "check_seconds",
     "make_plan",
     "new_cancel_conn",
     "rearmed",
@@ -37,16 +39,39 @@ __all__ = [
 DEFAULT_TIMEOUT = 30.0
 """Seconds a cancel may take before :class:`CancellationTimeout`."""
 
+MAX_WAIT = 3600.0
+"""The longest single wait of any runner (seconds): a longer time left is waited
+for in slices, the deadline checked again after each, so that no timeout is too
+large for ``poll(2)``, a selector, a lock or a timer."""
+
+
+def check_seconds(value: float, name: str) -> float:
+    """``value`` as a float if it is a positive, finite number of seconds.
+
+    ``TypeError`` for a non-number (``bool`` included); ``ValueError`` for zero,
+    a negative number, NaN, an infinity, or an int too large to be a float.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond the float range
+        bits = value.bit_length() if isinstance(value, int) else 0
+        raise ValueError(
+            f"{name} must be a positive, finite number of seconds, got an int of "
+            f"{bits} bits (too large for a float)"
+        ) from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+    return seconds
+
 
 def check_options(timeout: float, strict: bool) -> float:
     """Validate ``timeout`` and ``strict``; return the timeout as a float."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    seconds = check_seconds(timeout, "timeout")
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
-    return float(timeout)
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,10 @@ class Deadline:
     def remaining(self) -> float:
         """Seconds left (negative once passed)."""
         return self.at - time.monotonic()
+
+    def next_wait(self) -> float:
+        """How long the next wait may last: the time left, at most :data:`MAX_WAIT`."""
+        return min(self.at - time.monotonic(), MAX_WAIT)
 
     def expired(self, *, legacy: bool = False) -> CancellationTimeout:
         """The exception for a cancel that did not complete by this deadline."""

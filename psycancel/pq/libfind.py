@@ -58,14 +58,20 @@ def default_libpq_path() -> str:
 
 
 def default_libpq_origin() -> tuple[str, str]:
-    """``(origin, path)`` of the default libpq; origin is ``"env"``,
-    ``"bundled"`` or ``"system"`` (see :func:`default_libpq_path`)."""
+    """``(origin, path)`` of the default libpq (see :func:`default_libpq_path`).
+
+    origin is ``"env"``, ``"bundled"`` (shipped inside this installation, as
+    in a binary wheel), ``"linked"`` (the libpq the compiled twin was linked
+    with when it was built, outside the installation: a development build,
+    e.g. ``tools/quickstart.sh``'s) or ``"system"``.
+    """
     env = os.environ.get(ENV_LIBPQ)
     if env:
         return "env", env
     bundled = bundled_libpq_path()
     if bundled is not None:
-        return "bundled", bundled
+        inside = os.path.realpath(bundled).startswith(str(_site_dir()) + os.sep)
+        return ("bundled" if inside else "linked"), bundled
     path = system_libpq_path()
     if path is None:
         raise OSError(
