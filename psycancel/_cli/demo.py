@@ -141,6 +141,7 @@ def run_demo(dsns: list[str]) -> int:
         print(f"psycancel demo: twin={__impl__}, libpq {libpq.version} at {libpq.path}")
         asyncio.run(_demo(dsns, libpq))
     except (Error, OSError, TimeoutError) as ex:
-        print(f"psycancel demo: {ex}", file=sys.stderr)
+        one_line = " ".join(str(ex).split())
+        print(f"psycancel demo: {one_line}", file=sys.stderr)
         return 1
     return 0
