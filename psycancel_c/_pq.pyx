@@ -83,7 +83,7 @@ reference): same classes, methods, properties, return types and exceptions.
   ``IntEnum`` construction per call), outcomes of the locked sections are
   plain C ints turned into exceptions only on failure, and error text is
   copied only when a call failed.
-* **The C driver** (``_engine.pxi``, included at the end; not part of the twin
+* **The C driver** (``_engine.pyx``, included at the end; not part of the twin
   interface): ``run_blocking`` and ``OffloadEngine`` take a new
   ``PGcancelConn`` and run the whole cancel without the GIL, in the calling
   thread or in the engine's thread (``docs/offload.md``).
@@ -1240,4 +1240,4 @@ cdef class PGcancel:
 # The offload engine (compiled twin only; used by psycancel._offload)
 # =====================================================================================
 
-include "_engine.pxi"
+include "_engine.pyx"
