@@ -94,7 +94,7 @@ class PGcancel:
     def cancel(self) -> None: ...
     def free(self) -> None: ...
 
-# The offload engine (compiled twin only; see psycancel_c/_engine.pxi).
+# The C driver (compiled twin only; see psycancel_c/_driver.pyx, _engine.pyx).
 
 OUTCOME_OK: int
 OUTCOME_FAILED: int
