@@ -45,14 +45,14 @@ cdef class PGcancelConn:
 
     cdef inline int _check_process(self) except -1:
         if self._generation != _fork_generation:
-            raise InterfaceError(_CANCEL_CONN_FORKED)
+            raise InterfaceError(M.CANCEL_CONN_FORKED)
         return 0
 
     cdef inline PGcancelConn_t* _p(self) except NULL:
         if self._generation != _fork_generation:
-            raise InterfaceError(_CANCEL_CONN_FORKED)
+            raise InterfaceError(M.CANCEL_CONN_FORKED)
         if self._ptr == NULL:
-            raise InterfaceError(_CANCEL_CONN_FINISHED)
+            raise InterfaceError(M.CANCEL_CONN_FINISHED)
         return self._ptr
 
     cdef int _int_call(self, bint want_socket) except? -2:
@@ -72,7 +72,7 @@ cdef class PGcancelConn:
                              else self._f.PQcancelStatus(ptr))
         _count_out(&self._inflight)
         if ptr == NULL:
-            raise InterfaceError(_CANCEL_CONN_FINISHED)
+            raise InterfaceError(M.CANCEL_CONN_FINISHED)
         return value
 
     @property
@@ -107,7 +107,7 @@ cdef class PGcancelConn:
         _count_out(&self._inflight)
         text = _take(msg)
         if ptr == NULL:
-            raise InterfaceError(_CANCEL_CONN_FINISHED)
+            raise InterfaceError(M.CANCEL_CONN_FINISHED)
         return text
 
     cdef int _send_locked(self, bint blocking, int* status, char** msg) noexcept nogil:
@@ -142,7 +142,7 @@ cdef class PGcancelConn:
         if rc == R_OK:
             return 0
         return _raise_for(
-            rc, status, msg, _CANCEL_CONN_FINISHED,
+            rc, status, msg, M.CANCEL_CONN_FINISHED,
             "blocking" if blocking else "start", CancelError,
         )
 
@@ -168,7 +168,7 @@ cdef class PGcancelConn:
                     value = self._f.PQcancelPoll(ptr)
         _count_out(&self._inflight)
         if rc != R_OK:
-            _raise_for(rc, 0, NULL, _CANCEL_CONN_FINISHED, "poll", CancelError)
+            _raise_for(rc, 0, NULL, M.CANCEL_CONN_FINISHED, "poll", CancelError)
         return _polling_status(value)
 
     def blocking(self):
@@ -188,7 +188,7 @@ cdef class PGcancelConn:
                     self._started = False
         _count_out(&self._inflight)
         if ptr == NULL:
-            raise InterfaceError(_CANCEL_CONN_FINISHED)
+            raise InterfaceError(M.CANCEL_CONN_FINISHED)
 
     def finish(self):
         """``PQcancelFinish``; idempotent."""
@@ -261,7 +261,7 @@ cdef class PGcancel:
         cdef PGcancel_t* ptr
         cdef int ok = 0
         if self._generation != _fork_generation:
-            raise InterfaceError(_CANCEL_FORKED)
+            raise InterfaceError(M.CANCEL_FORKED)
         errbuf[0] = 0
         with nogil:
             with self._lock:
@@ -269,7 +269,7 @@ cdef class PGcancel:
                 if ptr != NULL:
                     ok = self._f.PQcancel(ptr, errbuf, _CANCEL_ERRBUF)
         if ptr == NULL:
-            raise InterfaceError(_CANCEL_FREED)
+            raise InterfaceError(M.CANCEL_FREED)
         if not ok:
             errbuf[_CANCEL_ERRBUF - 1] = 0
             raise CancelError(_message(errbuf) or "PQcancel failed")

@@ -1,5 +1,5 @@
-# Included by _pq.pyx: what every class of the compiled twin uses (texts, enum
-# members, the fork generation and its texts, the locking helpers).
+# Included by _pq.pyx: what every class of the compiled twin uses (text decoding, enum
+# members, the fork generation, the locking helpers).
 
 cdef extern from *:
     """
@@ -83,21 +83,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-cdef str _forked(str what):
-    return (
-        f"the {what} belongs to the parent process (it was made before os.fork()); "
-        "make a new one in this process"
-    )
-
-
-_CONN_FORKED = _forked("connection")
-_CANCEL_CONN_FORKED = _forked("cancel connection")
-_CANCEL_FORKED = _forked("cancel handle")
-_CONN_CLOSED = "the connection is closed"
-_CANCEL_CONN_FINISHED = "the cancel connection is finished"
-_CANCEL_FREED = "the cancel handle is freed"
-
-
 # =====================================================================================
 # Locking
 # =====================================================================================
@@ -165,12 +150,9 @@ cdef int _raise_for(
     if rc == R_BAD:
         raise CancelError(message)
     if rc == R_NOT_ALLOCATED:
-        raise InterfaceError(
-            f"{what}() needs a new or reset cancel connection "
-            f"(status {_conn_status(status).name})"
-        )
+        raise InterfaceError(M.needs_allocated(what, _conn_status(status).name))
     if rc == R_NOT_STARTED:
-        raise InterfaceError("poll() before start()")
+        raise InterfaceError(M.POLL_BEFORE_START)
     raise failure(message)
 
 

@@ -125,7 +125,7 @@ cdef PGcancelConn_t* _take_cancel_conn(PGcancelConn cc) except NULL:
                 cc._started = True
     _count_out(&cc._inflight)
     if rc == R_CLOSED:
-        raise InterfaceError(_CANCEL_CONN_FINISHED)
+        raise InterfaceError(M.CANCEL_CONN_FINISHED)
     if rc != R_OK:
         raise InterfaceError("the C driver needs a new cancel connection (not started)")
     return ptr

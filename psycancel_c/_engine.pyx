@@ -137,7 +137,7 @@ cdef class OffloadEngine:
 
     cdef int _check_process(self) except -1:
         if self._generation != _fork_generation:
-            raise InterfaceError(_forked("offload engine"))
+            raise InterfaceError(M.forked("offload engine"))
         return 0
 
     def fds(self):

@@ -7,7 +7,7 @@ _cache_lock = threading.Lock()
 cdef void* _symbol(void* handle, const char* name, str path, bint required) except? NULL:
     cdef void* sym = dlsym(handle, name)
     if sym == NULL and required:
-        raise InterfaceError(f"{path} is not a usable libpq (no {name.decode()})")
+        raise InterfaceError(M.not_usable_libpq(path, name.decode()))
     return sym
 
 
@@ -111,7 +111,7 @@ cdef class Libpq:
             # A library that is not a libpq stays loaded, as with ctypes.CDLL.
             version_func = dlsym(handle, b"PQlibVersion")
             if version_func == NULL:
-                raise InterfaceError(f"{name} is not a libpq (no PQlibVersion)")
+                raise InterfaceError(M.not_a_libpq(name))
             real = library_file_of(<uintptr_t>version_func)
             real_path = os.path.realpath(real) if real else os.fsdecode(name)
             lib = _cache.get(real_path)
@@ -148,9 +148,6 @@ cdef class Libpq:
 
 cdef Libpq _check_libpq(object libpq):
     if not isinstance(libpq, Libpq):
-        raise InterfaceError(
-            f"expected a compiled Libpq, got {type(libpq).__name__}: "
-            "a connection is only handed to a libpq of the same twin"
-        )
+        raise InterfaceError(M.other_twin_libpq("compiled", libpq))
     return <Libpq>libpq
 

@@ -111,12 +111,12 @@ cdef class PGconn:
     @staticmethod
     cdef PGconn _checked_new(PGconn_t* ptr, Libpq lib):
         if ptr == NULL:
-            raise MemoryError("libpq could not allocate a connection")
+            raise MemoryError(M.OOM_CONN)
         if lib._f.PQstatus(ptr) == _CONNECTION_BAD:
             message = _message(lib._f.PQerrorMessage(ptr))
             with nogil:
                 lib._f.PQfinish(ptr)
-            raise OperationalError(f"connection failed: {message}")
+            raise OperationalError(M.connection_failed(message))
         return PGconn._wrap(ptr, lib, False)
 
     @classmethod
@@ -146,11 +146,11 @@ cdef class PGconn:
         """Wrap a ``PGconn*`` made by ``libpq`` elsewhere; never finished here."""
         cdef Libpq lib = _check_libpq(libpq)
         if isinstance(ptr, bool) or not isinstance(ptr, int):
-            raise InterfaceError(f"pgconn pointer must be an int, got {type(ptr).__name__}")
+            raise InterfaceError(M.pointer_not_int(ptr))
         if ptr <= 0:
-            raise InterfaceError("pgconn pointer is NULL (is the connection closed?)")
+            raise InterfaceError(M.POINTER_NULL)
         if ptr > <uintptr_t>-1:
-            raise InterfaceError(f"pgconn pointer 0x{ptr:x} is not a valid address")
+            raise InterfaceError(M.pointer_not_address(ptr))
         return PGconn._wrap(<PGconn_t*><uintptr_t>ptr, lib, True)
 
     def __dealloc__(self):
@@ -167,14 +167,14 @@ cdef class PGconn:
     cdef inline int _check_process(self) except -1:
         """Refuse the parent's object in a forked child (before any lock)."""
         if self._generation != _fork_generation:
-            raise InterfaceError(_CONN_FORKED)
+            raise InterfaceError(M.CONN_FORKED)
         return 0
 
     cdef inline PGconn_t* _p(self) except NULL:
         if self._generation != _fork_generation:
-            raise InterfaceError(_CONN_FORKED)
+            raise InterfaceError(M.CONN_FORKED)
         if self._ptr == NULL:
-            raise InterfaceError(_CONN_CLOSED)
+            raise InterfaceError(M.CONN_CLOSED)
         return self._ptr
 
     cdef int _call(self, int which, Answer* out) except -1:
@@ -195,7 +195,7 @@ cdef class PGconn:
                     _conn_call(self._f, ptr, which, out)
         _count_out(&self._inflight)
         if ptr == NULL:
-            raise InterfaceError(_CONN_CLOSED)
+            raise InterfaceError(M.CONN_CLOSED)
         return 0
 
     cdef inline int _int_call(self, int which) except? -1:
@@ -265,7 +265,7 @@ cdef class PGconn:
                     value = self._f.PQconnectPoll(ptr)
         _count_out(&self._inflight)
         if ptr == NULL:
-            raise InterfaceError(_CONN_CLOSED)
+            raise InterfaceError(M.CONN_CLOSED)
         return _polling_status(value)
 
     cdef int _io(self, bint send, const char* query) except -1:
@@ -287,7 +287,7 @@ cdef class PGconn:
         _count_out(&self._inflight)
         if rc == R_OK:
             return 0
-        return _raise_for(rc, 0, msg, _CONN_CLOSED, "", OperationalError)
+        return _raise_for(rc, 0, msg, M.CONN_CLOSED, "", OperationalError)
 
     def send_query(self, query):
         """``PQsendQuery``; :class:`OperationalError` on failure."""
@@ -368,7 +368,7 @@ cdef class PGconn:
         if rc == R_FAILED:
             raise OperationalError(_take(msg) or "the connection has no socket")
         if rc != R_OK:
-            _raise_for(rc, 0, msg, _CONN_CLOSED, "", OperationalError)
+            _raise_for(rc, 0, msg, M.CONN_CLOSED, "", OperationalError)
         if res == NULL:
             return None
         # The result belongs to this thread now: no lock needed to read it.
@@ -378,13 +378,10 @@ cdef class PGconn:
         """A new ``PGcancelConn`` (``PQcancelCreate``)."""
         cdef Answer out
         if not self._libpq._has_cancel_conn:
-            raise InterfaceError(
-                f"libpq {self._libpq._version} at {self._libpq._path} has no "
-                "PQcancelConn API (needs libpq >= 17)"
-            )
+            raise InterfaceError(M.no_cancel_conn_api(self._libpq._version, self._libpq._path))
         self._call(C_CANCEL_CREATE, &out)
         if out.ptr == NULL:
-            raise MemoryError("libpq could not allocate a cancel connection")
+            raise MemoryError(M.OOM_CANCEL_CONN)
         return PGcancelConn._wrap(<PGcancelConn_t*>out.ptr, self._libpq)
 
     def get_cancel(self):
@@ -392,7 +389,7 @@ cdef class PGconn:
         cdef Answer out
         self._call(C_GET_CANCEL, &out)
         if out.ptr == NULL:
-            raise InterfaceError("the connection has no cancel information (not open?)")
+            raise InterfaceError(M.NO_CANCEL_INFO)
         return PGcancel._wrap(<PGcancel_t*>out.ptr, self._libpq)
 
     def finish(self):

@@ -3,7 +3,8 @@
 
 It implements the interface and the contract of ``psycancel.pq.abc`` (the
 ctypes twin, ``psycancel.pq._ctypes``, is its other implementation; the
-parity tests hold the two in line). What is particular to this twin:
+parity tests hold the two in line), with the error texts of
+``psycancel.pq.messages``. What is particular to this twin:
 
 * **No libpq at build time**: no libpq header is included. Every function
   is a ``noexcept nogil`` function-pointer type (``libpq.pxd``) resolved
@@ -24,7 +25,7 @@ parity tests hold the two in line). What is particular to this twin:
   (``_driver.pyx``, ``_engine.pyx``, ``docs/offload.md``).
 
 One extension module built from this file and the files it includes:
-``_common.pyx`` (decoding, enum members, fork generation, locking helpers),
+``_common.pyx`` (text decoding, enum members, fork generation, locking helpers),
 ``_library.pyx`` (``Libpq``), ``_pgconn.pyx`` (``PGconn``), ``_cancel.pyx``
 (``PGcancelConn``, ``PGcancel``), ``_driver.pyx`` (``run_blocking``) and
 ``_engine.pyx`` (``OffloadEngine``).
@@ -51,6 +52,7 @@ import os
 import threading
 
 from psycancel.errors import CancelError, InterfaceError, OperationalError
+from psycancel.pq import messages as M
 from psycancel.pq.abc import QueryResult
 from psycancel.pq.enums import ConnStatus, ExecStatus, PollingStatus
 from psycancel.pq.libfind import default_libpq_path, library_file_of
