@@ -1,4 +1,4 @@
-# Included by _pq.pyx: the compiled twin's C driver,
+# Included by _pq.pyx: the compiled twin's C driver (psycancel.pq.abc.NativeDriver),
 # whole cancels run without the GIL.
 #
 # * run_blocking() drives one new PGcancelConn in the calling thread (cancel()
@@ -13,6 +13,8 @@
 # on the socket libpq names now, until OK or FAILED; the deadline checked
 # before every wait). Every API test runs once per twin, so each scenario
 # goes through these steps and through the Python machine (docs/offload.md).
+# The driver is declared as NATIVE_DRIVER (Libpq.native_driver); the
+# module-level run_blocking, OffloadEngine and OUTCOME_* are the same code.
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
@@ -160,16 +162,8 @@ cdef int _run_until(Job* job, int* failure) noexcept nogil:
     return result
 
 
-def run_blocking(PGcancelConn cc not None, double deadline):
-    """Drive ``cc`` (new, not started) in this thread, GIL released, until ``deadline``.
-
-    The whole cancel (start, ``poll(2)``, ``PQcancelPoll``, finish) runs in C;
-    the GIL is taken back only at the end, or to run signal handlers (an
-    exception they raise, e.g. ``KeyboardInterrupt``, propagates once the
-    cancel connection is finished). ``cc`` reads as finished afterwards.
-    Returns ``(outcome, message)``: ``OUTCOME_OK``, ``OUTCOME_FAILED`` (with
-    libpq's text) or ``OUTCOME_TIMEOUT``.
-    """
+cdef tuple _run_blocking(PGcancelConn cc, double deadline):
+    """run_blocking() (module level and NATIVE_DRIVER's): the whole cancel in this thread."""
     cdef Job job
     cdef int result
     cdef int failure = 0
@@ -196,3 +190,64 @@ def run_blocking(PGcancelConn cc not None, double deadline):
             job.f.PQcancelFinish(job.ptr)
     return result, _take(message)
 
+
+def run_blocking(PGcancelConn cc not None, double deadline):
+    """Drive ``cc`` (new, not started) in this thread, GIL released, until ``deadline``.
+
+    The whole cancel (start, ``poll(2)``, ``PQcancelPoll``, finish) runs in C;
+    the GIL is taken back only at the end, or to run signal handlers (an
+    exception they raise, e.g. ``KeyboardInterrupt``, propagates once the
+    cancel connection is finished). ``cc`` reads as finished afterwards.
+    Returns ``(outcome, message)``: ``OUTCOME_OK``, ``OUTCOME_FAILED`` (with
+    libpq's text) or ``OUTCOME_TIMEOUT``.
+    """
+    return _run_blocking(cc, deadline)
+
+
+@cython.final
+cdef class _NativeDriver:
+    """The compiled twin's C driver: :class:`psycancel.pq.abc.NativeDriver`.
+
+    Its one instance is ``NATIVE_DRIVER``, also ``Libpq.native_driver``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("use Libpq.native_driver (or NATIVE_DRIVER)")
+
+    @property
+    def OUTCOME_OK(self):
+        """The request was sent and the server closed the cancel connection."""
+        return J_OK
+
+    @property
+    def OUTCOME_FAILED(self):
+        """libpq (or ``poll(2)``) reported a failure; its text comes with the code."""
+        return J_FAILED
+
+    @property
+    def OUTCOME_TIMEOUT(self):
+        """The deadline passed first."""
+        return J_TIMEOUT
+
+    @property
+    def OUTCOME_ABORTED(self):
+        """The job was aborted (offload engine only)."""
+        return J_ABORTED
+
+    def run_blocking(self, PGcancelConn cc not None, double deadline):
+        """Drive ``cc`` (new, not started) in this thread, GIL released, until ``deadline``.
+
+        Returns ``(outcome, message)``; see the module-level :func:`run_blocking`.
+        """
+        return _run_blocking(cc, deadline)
+
+    def new_engine(self):
+        """A new, not yet running :class:`OffloadEngine`."""
+        return OffloadEngine()
+
+    def __repr__(self):
+        return "<NativeDriver (c)>"
+
+
+NATIVE_DRIVER = _NativeDriver.__new__(_NativeDriver)
+"""The compiled twin's C driver (``Libpq.native_driver``)."""

@@ -1,5 +1,6 @@
 # Included by _pq.pyx after _driver.pyx: OffloadEngine, the C driver's thread of
-# its own for many cancels (cancel_async's offload hands them over). It poll(2)s every cancel socket plus a wake-up
+# its own for many cancels (psycancel.pq.abc.OffloadEngine; cancel_async's
+# offload hands them over). It poll(2)s every cancel socket plus a wake-up
 # pipe and calls PQcancelPoll (_job_step) on each socket that became ready.
 # That thread never takes the GIL (its body is one nogil loop), so the TLS
 # handshakes run beside an event loop that keeps the GIL, and cancels never

@@ -142,6 +142,17 @@ cdef class Libpq:
         cdef const char* raw = self._f.PQsslAttribute(NULL, b"library")
         return raw.decode() if raw != NULL and raw[0] != 0 else None
 
+    @property
+    def native_driver(self):
+        """This twin's C driver, :data:`NATIVE_DRIVER` (``_driver.pyx``).
+
+        It runs whole cancels of this twin's ``PGcancelConn`` objects without
+        the GIL: in the calling thread (``run_blocking``) or in an offload
+        engine's thread (``new_engine``); see
+        :class:`psycancel.pq.abc.NativeDriver`.
+        """
+        return NATIVE_DRIVER
+
     def __repr__(self):
         return f"<Libpq {self._version} {self._path!r} (c)>"
 

@@ -7,10 +7,11 @@ empty bodies, which mypy takes as abstract; that also matches the run time,
 where calling a twin class raises ``TypeError`` (objects come from
 ``Libpq.load``, ``PGconn.connect``, ...). The parity tests check all this.
 
-Plus the compiled-only names of the C driver: ``run_blocking``,
-``OUTCOME_*`` and ``OffloadEngine``. The engine is the one class callers
-construct, so it spells out the methods of ``psycancel.pq.abc.OffloadEngine``
-concretely (mypy checks them against it).
+Plus the compiled-only names: the C driver ``NATIVE_DRIVER`` (which
+``Libpq.native_driver`` returns), and the module-level spellings of its
+parts, ``run_blocking``, ``OUTCOME_*`` and ``OffloadEngine``. The engine is
+the one class callers construct, so it spells out the methods of
+``psycancel.pq.abc.OffloadEngine`` concretely (mypy checks them against it).
 """
 
 from abc import ABCMeta
@@ -42,6 +43,13 @@ class PGcancel(abc.PGcancel, metaclass=ABCMeta):
     def __init__(self, *args: object, **kwargs: object) -> None: ...
 
 # The C driver (compiled twin only; psycancel_c/_driver.pyx, _engine.pyx).
+
+class _NativeDriver(abc.NativeDriver, metaclass=ABCMeta):
+    """The compiled twin's C driver; its one instance is ``NATIVE_DRIVER``."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
+
+NATIVE_DRIVER: _NativeDriver
 
 OUTCOME_OK: int
 OUTCOME_FAILED: int

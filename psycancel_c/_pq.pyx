@@ -19,16 +19,15 @@ parity tests hold the two in line), with the error texts of
   (``_common.pyx``); ``get_result()`` waits in slices (``_pgconn.pyx``).
 * **The fork generation** is a C counter bumped in the child by
   ``os.register_at_fork``.
-* **A C driver** (not part of the twin interface): ``run_blocking`` and
-  ``OffloadEngine`` take a new ``PGcancelConn`` and run the whole cancel
-  without the GIL, in the calling thread or in the engine's thread
+* **A C driver**, ``NATIVE_DRIVER`` (``Libpq.native_driver``): whole cancels
+  without the GIL, in the calling thread or in an offload engine's thread
   (``_driver.pyx``, ``_engine.pyx``, ``docs/offload.md``).
 
 One extension module built from this file and the files it includes:
 ``_common.pyx`` (text decoding, enum members, fork generation, locking helpers),
 ``_library.pyx`` (``Libpq``), ``_pgconn.pyx`` (``PGconn``), ``_cancel.pyx``
-(``PGcancelConn``, ``PGcancel``), ``_driver.pyx`` (``run_blocking``) and
-``_engine.pyx`` (``OffloadEngine``).
+(``PGcancelConn``, ``PGcancel``), ``_driver.pyx`` (``run_blocking``,
+``NATIVE_DRIVER``) and ``_engine.pyx`` (``OffloadEngine``).
 """
 
 cimport cython

@@ -4,7 +4,8 @@ Statically: the same public names, the same kinds of members (property,
 method, classmethod) with the same signatures, and every member of the
 Protocols in ``psycancel.pq.abc``; the compiled twin's type stub
 (``psycancel_c/_pq.pyi``) derives its classes from those Protocols and adds
-no member of its own. Against a live server: the same value types (``status`` is
+no member of its own, and its C driver (``NATIVE_DRIVER``) has the members of
+``NativeDriver``. Against a live server: the same value types (``status`` is
 a ``ConnStatus``, ``socket`` an ``int``, ...) and the same values.
 """
 
@@ -33,7 +34,7 @@ from .twins import compiled_twin, new_libpq_path, old_libpq_path
 CLASSES = ["Libpq", "PGconn", "PGcancelConn", "PGcancel"]
 STUB = Path(psycancel_c.__file__).resolve().parent / "_pq.pyi"
 # The compiled twin's C driver: its classes and the Protocols they implement.
-COMPILED_ONLY = {"OffloadEngine": "OffloadEngine"}
+COMPILED_ONLY = {"OffloadEngine": "OffloadEngine", "_NativeDriver": "NativeDriver"}
 # Every class of the stub and the Protocol of psycancel.pq.abc it derives from.
 STUB_PROTOCOLS = {**{name: name for name in CLASSES}, **COMPILED_ONLY}
 
@@ -237,7 +238,7 @@ def test_stub_classes_derive_from_the_protocols(cls_name: str) -> None:
     assert proto in stub_bases(cls_name), f"{cls_name} does not derive from abc.{proto.__name__}"
 
 
-@pytest.mark.parametrize("cls_name", CLASSES)
+@pytest.mark.parametrize("cls_name", [*CLASSES, "_NativeDriver"])
 def test_stub_declares_nothing_of_its_own(cls_name: str) -> None:
     """The interface is the Protocol's; the stub only says the class refuses construction."""
     declared = stub_members(cls_name)
@@ -269,7 +270,7 @@ def test_stub_module_names() -> None:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
     }
     declared |= {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    assert {"run_blocking", "OUTCOME_OK", "OUTCOME_ABORTED"} <= declared
+    assert {"NATIVE_DRIVER", "run_blocking", "OUTCOME_OK", "OUTCOME_ABORTED"} <= declared
     for name in declared:
         assert hasattr(c, name), f"the stub declares {name}, the module has none"
 
@@ -289,6 +290,37 @@ def test_protocol_members_exist_in_the_c_driver(cls_name: str) -> None:
             assert signature_shape(getattr(cls, name)) == signature_shape(getattr(proto, name)), (
                 f"{cls_name}.{name}"
             )
+
+
+def test_native_driver_singleton() -> None:
+    """``NATIVE_DRIVER`` is the one driver; its codes are the module-level ones."""
+    c = compiled_twin()
+    driver = c.NATIVE_DRIVER
+    assert type(driver) is c._NativeDriver
+    codes = {
+        name: getattr(driver, f"OUTCOME_{name}") for name in ("OK", "FAILED", "TIMEOUT", "ABORTED")
+    }
+    assert all(type(code) is int for code in codes.values())
+    assert len(set(codes.values())) == 4
+    for name, code in codes.items():
+        assert getattr(c, f"OUTCOME_{name}") == code
+        with pytest.raises(AttributeError):
+            setattr(driver, f"OUTCOME_{name}", code + 1)
+    with pytest.raises(TypeError, match=r"use .*native_driver"):
+        c._NativeDriver()
+    engine = driver.new_engine()
+    try:
+        assert type(engine) is c.OffloadEngine
+    finally:
+        engine.close()
+
+
+def test_libpq_declares_its_native_driver(twin: ModuleType, new_libpq: Any) -> None:
+    """``Libpq.native_driver``: the compiled twin's C driver, None for the ctypes twin."""
+    if twin is _ctypes:
+        assert new_libpq.native_driver is None
+    else:
+        assert new_libpq.native_driver is twin.NATIVE_DRIVER
 
 
 # =====================================================================================
