@@ -3,14 +3,16 @@
 Statically: the same public names, the same kinds of members (property,
 method, classmethod) with the same signatures, and every member of the
 Protocols in ``psycancel.pq.abc``; the compiled twin's type stub
-(``psycancel_c/_pq.pyi``) declares exactly its members, with the ctypes
-twin's annotations. Against a live server: the same value types (``status``
-is a ``ConnStatus``, ``socket`` an ``int``, ...) and the same values.
+(``psycancel_c/_pq.pyi``) derives its classes from those Protocols and adds
+no member of its own, and its C driver (``NATIVE_DRIVER``) has the members of
+``NativeDriver``. Against a live server: the same value types (``status`` is
+a ``ConnStatus``, ``socket`` an ``int``, ...) and the same values.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import os
 import select
@@ -31,6 +33,10 @@ from .twins import compiled_twin, new_libpq_path, old_libpq_path
 
 CLASSES = ["Libpq", "PGconn", "PGcancelConn", "PGcancel"]
 STUB = Path(psycancel_c.__file__).resolve().parent / "_pq.pyi"
+# The compiled twin's C driver: its classes and the Protocols they implement.
+COMPILED_ONLY = {"OffloadEngine": "OffloadEngine", "_NativeDriver": "NativeDriver"}
+# Every class of the stub and the Protocol of psycancel.pq.abc it derives from.
+STUB_PROTOCOLS = {**{name: name for name in CLASSES}, **COMPILED_ONLY}
 
 # Public attributes that only one twin has on its *instances*, on purpose.
 INSTANCE_EXTRAS = {
@@ -66,12 +72,7 @@ def signature_shape(func: Any) -> list[tuple[str, Any, Any]]:
 
 def protocol_members(proto: type) -> dict[str, str]:
     """The members a Protocol of psycancel.pq.abc declares, with their kinds."""
-    members = {}
-    for name, attr in vars(proto).items():
-        if name.startswith("_"):
-            continue
-        members[name] = "property" if isinstance(attr, property) else "method"
-    return members
+    return {name: member_kind(proto, name) for name in vars(proto) if not name.startswith("_")}
 
 
 # =====================================================================================
@@ -116,8 +117,8 @@ def test_protocol_members_exist_in_both(twin: ModuleType, cls_name: str) -> None
     for name, kind in members.items():
         assert hasattr(cls, name), f"{twin.__name__}.{cls_name} lacks {name}"
         assert member_kind(cls, name) == kind, f"{twin.__name__}.{cls_name}.{name}"
-        if kind == "method":
-            # Same parameters as the Protocol (self included).
+        if kind in ("method", "classmethod"):
+            # Same parameters as the Protocol (self included; cls bound).
             assert signature_shape(getattr(cls, name)) == signature_shape(getattr(proto, name)), (
                 f"{twin.__name__}.{cls_name}.{name}"
             )
@@ -158,24 +159,69 @@ def test_classes_cannot_be_instantiated_directly() -> None:
 
 
 # =====================================================================================
-# The compiled twin's type stub (psycancel_c/_pq.pyi)
+# The compiled twin's type stub (psycancel_c/_pq.pyi) and its C driver
 # =====================================================================================
 
 
-def stub_members(cls_name: str) -> dict[str, ast.FunctionDef]:
-    """The public members that the stub declares on ``cls_name``."""
-    tree = ast.parse(STUB.read_text())
-    for node in tree.body:
+def stub_tree() -> ast.Module:
+    return ast.parse(STUB.read_text())
+
+
+def stub_class(cls_name: str) -> ast.ClassDef:
+    for node in stub_tree().body:
         if isinstance(node, ast.ClassDef) and node.name == cls_name:
-            return {
-                item.name: item
-                for item in node.body
-                if isinstance(item, ast.FunctionDef) and not item.name.startswith("_")
-            }
+            return node
     raise AssertionError(f"{STUB} declares no class {cls_name}")
 
 
-def stub_kind(func: ast.FunctionDef) -> str:
+def stub_imports() -> dict[str, Any]:
+    """The names the stub imports (``from M import N as A``), as the objects they name."""
+    names: dict[str, Any] = {}
+    for node in stub_tree().body:
+        if isinstance(node, ast.ImportFrom):
+            assert node.module and node.level == 0, ast.unparse(node)
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                names[alias.asname or alias.name] = getattr(module, alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                assert alias.asname or "." not in alias.name, ast.unparse(node)
+                names[alias.asname or alias.name] = importlib.import_module(alias.name)
+    return names
+
+
+def stub_bases(cls_name: str) -> list[Any]:
+    """The base classes of ``cls_name`` in the stub, resolved through its imports."""
+    names = stub_imports()
+
+    def resolve(expr: ast.expr) -> Any:
+        if isinstance(expr, ast.Name):
+            return names[expr.id]
+        if isinstance(expr, ast.Attribute):
+            return getattr(resolve(expr.value), expr.attr)
+        raise AssertionError(f"unexpected base {ast.unparse(expr)} of {cls_name}")
+
+    return [resolve(base) for base in stub_class(cls_name).bases]
+
+
+def stub_members(cls_name: str) -> dict[str, ast.stmt]:
+    """Every member (method, property, attribute) the stub declares on ``cls_name``."""
+    members: dict[str, ast.stmt] = {}
+    for item in stub_class(cls_name).body:
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            members[item.name] = item
+        elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            members[item.target.id] = item
+        elif isinstance(item, ast.Assign):
+            members.update({t.id: item for t in item.targets if isinstance(t, ast.Name)})
+        elif not (isinstance(item, ast.Expr) and isinstance(item.value, ast.Constant)):
+            raise AssertionError(f"unexpected statement in {cls_name}: {ast.unparse(item)}")
+    return members
+
+
+def stub_kind(func: ast.stmt) -> str:
+    if not isinstance(func, ast.FunctionDef):
+        return "attribute"
     decorators = {ast.unparse(d) for d in func.decorator_list}
     if "property" in decorators:
         return "property"
@@ -186,70 +232,95 @@ def stub_kind(func: ast.FunctionDef) -> str:
     return "method"
 
 
-def stub_signature(func: ast.FunctionDef) -> list[tuple[str, str | None, str | None]]:
-    """(name, annotation, default) of every parameter but self/cls, then the return."""
-    args = func.args
-    positional = args.posonlyargs + args.args
-    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults))
-    defaults += list(args.defaults)
-    params = list(zip(positional, defaults, strict=True))[1:]
-    params += list(zip(args.kwonlyargs, args.kw_defaults, strict=True))
-    out = [
-        (
-            arg.arg,
-            ast.unparse(arg.annotation) if arg.annotation else None,
-            ast.unparse(default) if default is not None else None,
-        )
-        for arg, default in params
-    ]
-    out.append(("return", ast.unparse(func.returns) if func.returns else None, None))
-    return out
+@pytest.mark.parametrize("cls_name", sorted(STUB_PROTOCOLS))
+def test_stub_classes_derive_from_the_protocols(cls_name: str) -> None:
+    proto = getattr(pq_abc, STUB_PROTOCOLS[cls_name])
+    assert proto in stub_bases(cls_name), f"{cls_name} does not derive from abc.{proto.__name__}"
 
 
-def ctypes_signature(member: object) -> list[tuple[str, str | None, str | None]]:
-    """The same, from the ctypes twin's (string) annotations."""
-    func = member.fget if isinstance(member, property) else member
-    if isinstance(func, (classmethod, staticmethod)):
-        func = func.__func__
-    sig = inspect.signature(func)  # type: ignore[arg-type]
-    params = [p for p in sig.parameters.values() if p.name not in ("self", "cls")]
-    empty = inspect.Parameter.empty
-    out = [
-        (
-            p.name,
-            None if p.annotation is empty else str(p.annotation),
-            None if p.default is empty else repr(p.default),
-        )
-        for p in params
-    ]
-    ret = sig.return_annotation
-    out.append(("return", None if ret is empty else str(ret), None))
-    return out
-
-
-@pytest.mark.parametrize("cls_name", CLASSES)
-def test_stub_declares_the_compiled_members(cls_name: str) -> None:
-    c_cls = getattr(compiled_twin(), cls_name)
+@pytest.mark.parametrize("cls_name", [*CLASSES, "_NativeDriver"])
+def test_stub_declares_nothing_of_its_own(cls_name: str) -> None:
+    """The interface is the Protocol's; the stub only says the class refuses construction."""
     declared = stub_members(cls_name)
-    assert set(declared) == public_names(c_cls)
-    for name, func in declared.items():
-        assert stub_kind(func) == member_kind(c_cls, name), f"{cls_name}.{name}"
+    assert set(declared) == {"__init__"}, f"{cls_name} declares {sorted(declared)}"
+    init = declared["__init__"]
+    assert isinstance(init, ast.FunctionDef)
+    assert init.args.vararg is not None and init.args.kwarg is not None, cls_name
 
 
-@pytest.mark.parametrize("cls_name", CLASSES)
-def test_stub_has_the_ctypes_annotations(cls_name: str) -> None:
-    py_cls = getattr(_ctypes, cls_name)
-    for name, func in stub_members(cls_name).items():
-        member = inspect.getattr_static(py_cls, name)
-        assert stub_signature(func) == ctypes_signature(member), f"{cls_name}.{name}"
+def test_stub_engine_spells_out_its_protocol() -> None:
+    """The one class callers construct: concrete methods, exactly the Protocol's."""
+    declared = stub_members("OffloadEngine")
+    members = protocol_members(pq_abc.OffloadEngine)
+    assert set(declared) - {"__init__"} == set(members)
+    for name, kind in members.items():
+        assert stub_kind(declared[name]) == kind, f"OffloadEngine.{name}"
 
 
 def test_stub_module_names() -> None:
-    tree = ast.parse(STUB.read_text())
+    c = compiled_twin()
+    tree = stub_tree()
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
-    # The twin interface, plus the compiled-only offload engine (not exported).
-    assert classes - {"OffloadEngine"} == set(CLASSES) == set(compiled_twin().__all__)
+    # The twin interface, plus the compiled-only C driver (not exported).
+    assert classes - set(COMPILED_ONLY) == set(CLASSES) == set(c.__all__)
     assert hasattr(compiled_twin(), "OffloadEngine")
+    declared = classes | {
+        node.target.id
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+    declared |= {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert {"NATIVE_DRIVER", "run_blocking", "OUTCOME_OK", "OUTCOME_ABORTED"} <= declared
+    for name in declared:
+        assert hasattr(c, name), f"the stub declares {name}, the module has none"
+
+
+@pytest.mark.parametrize("cls_name", sorted(COMPILED_ONLY))
+def test_protocol_members_exist_in_the_c_driver(cls_name: str) -> None:
+    proto = getattr(pq_abc, COMPILED_ONLY[cls_name])
+    cls = getattr(compiled_twin(), cls_name)
+    members = protocol_members(proto)
+    assert members, f"no members found on Protocol {proto.__name__}"
+    assert (cls.__doc__ or "").strip()
+    for name, kind in members.items():
+        assert hasattr(cls, name), f"{cls_name} lacks {name}"
+        assert member_kind(cls, name) == kind, f"{cls_name}.{name}"
+        assert (inspect.getattr_static(cls, name).__doc__ or "").strip(), f"{cls_name}.{name}"
+        if kind in ("method", "classmethod"):
+            assert signature_shape(getattr(cls, name)) == signature_shape(getattr(proto, name)), (
+                f"{cls_name}.{name}"
+            )
+
+
+def test_native_driver_singleton() -> None:
+    """``NATIVE_DRIVER`` is the one driver; its codes are the module-level ones."""
+    c = compiled_twin()
+    driver = c.NATIVE_DRIVER
+    assert type(driver) is c._NativeDriver
+    codes = {
+        name: getattr(driver, f"OUTCOME_{name}") for name in ("OK", "FAILED", "TIMEOUT", "ABORTED")
+    }
+    assert all(type(code) is int for code in codes.values())
+    assert len(set(codes.values())) == 4
+    for name, code in codes.items():
+        assert getattr(c, f"OUTCOME_{name}") == code
+        with pytest.raises(AttributeError):
+            setattr(driver, f"OUTCOME_{name}", code + 1)
+    with pytest.raises(TypeError, match=r"use .*native_driver"):
+        c._NativeDriver()
+    engine = driver.new_engine()
+    try:
+        assert type(engine) is c.OffloadEngine
+    finally:
+        engine.close()
+
+
+def test_libpq_declares_its_native_driver(twin: ModuleType, new_libpq: Any) -> None:
+    """``Libpq.native_driver``: the compiled twin's C driver, None for the ctypes twin."""
+    if twin is _ctypes:
+        assert new_libpq.native_driver is None
+    else:
+        assert new_libpq.native_driver is twin.NATIVE_DRIVER
 
 
 # =====================================================================================

@@ -1,29 +1,14 @@
-# Included by _pq.pyx (it needs PGcancelConn's C fields and the libpq table).
-"""The compiled twin's C driver: whole cancels run without the GIL.
-
-* :func:`run_blocking` drives one new ``PGcancelConn`` in the calling thread
-  (``cancel()`` and ``cancel_after``'s timer thread use it).
-* :class:`OffloadEngine` drives many in a thread of its own
-  (``psycancel._offload`` hands them over for ``cancel_async``): ``poll(2)``
-  on every cancel socket plus a wake-up pipe, ``PQcancelPoll`` on each socket
-  that became ready. That thread never takes the GIL (its body is one
-  ``nogil`` loop), so the TLS handshakes run beside an event loop that keeps
-  the GIL, and cancels never wait for the GIL between steps. Outcomes go to
-  a *done* list; a Python thread blocks (without the GIL) in
-  :meth:`OffloadEngine.take_done` and settles the waiting futures.
-
-Both take the object's pointer (the Python object then reads as finished)
-and call ``PQcancelFinish`` on every outcome. Their steps, ``_job_start``,
-``_job_step`` and ``_job_wait``, are those of
-``psycancel._machine.cancel_steps`` (start, wait for write-readiness, poll,
-wait for what the poll asked for, on the socket libpq names now, until OK or
-FAILED; the deadline checked before every wait). Every API test runs once
-per twin, so each scenario goes through these steps and through the Python
-machine (``docs/offload.md``).
-"""
+# Included by _pq.pyx after _driver.pyx: OffloadEngine, the C driver's thread of
+# its own for many cancels (psycancel.pq.abc.OffloadEngine; cancel_async's
+# offload hands them over). It poll(2)s every cancel socket plus a wake-up
+# pipe and calls PQcancelPoll (_job_step) on each socket that became ready.
+# That thread never takes the GIL (its body is one nogil loop), so the TLS
+# handshakes run beside an event loop that keeps the GIL, and cancels never
+# wait for the GIL between steps. Outcomes go to a *done* list; a Python
+# thread blocks (without the GIL) in take_done() and settles the waiting
+# futures.
 
 from libc.stdlib cimport calloc, realloc
-from libc.string cimport strerror
 
 import sys
 
@@ -42,59 +27,10 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_wait(pthread_cond_t* cond, pthread_mutex_t* mutex)
     int pthread_cond_broadcast(pthread_cond_t* cond)
 
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk_id, timespec* tp)
-    const int CLOCK_MONOTONIC
-
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void* buf, size_t count)
     ssize_t write(int fd, const void* buf, size_t count)
     int close(int fd)
-
-cdef extern from "<math.h>" nogil:
-    double ceil(double x)
-
-
-cdef enum:
-    J_OK = 0
-    J_FAILED = 1
-    J_TIMEOUT = 2
-    J_ABORTED = 3
-    J_RUNNING = -1
-    J_INTERRUPTED = -2
-
-# Outcomes of a cancel (run_blocking returns them, OffloadEngine.take_done reports them).
-OUTCOME_OK = J_OK
-OUTCOME_FAILED = J_FAILED
-OUTCOME_TIMEOUT = J_TIMEOUT
-OUTCOME_ABORTED = J_ABORTED
-
-# PostgresPollingStatusType (libpq's ABI).
-cdef enum:
-    PG_POLLING_FAILED = 0
-    PG_POLLING_READING = 1
-    PG_POLLING_WRITING = 2
-    PG_POLLING_OK = 3
-
-cdef int _MAX_POLL_MS = 3600 * 1000   # a wait is re-planned at least hourly
-
-
-cdef struct Job:
-    long long id
-    PGcancelConn_t* ptr
-    Functions* f
-    double deadline        # CLOCK_MONOTONIC seconds, as time.monotonic()
-    int fd
-    short events
-    bint started
-    bint abort
-    int outcome            # J_RUNNING until done
-    char* message          # J_FAILED: libpq's text (malloc'ed), or NULL
-    Job* next
 
 
 class _Unraisable:
@@ -108,145 +44,12 @@ class _Unraisable:
         self.object = obj
 
 
-cdef inline double _monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
-
-
 cdef void _free_job(Job* job) noexcept nogil:
     if job.ptr != NULL:
         job.f.PQcancelFinish(job.ptr)
         job.ptr = NULL
     free(job.message)
     free(job)
-
-
-# The steps of psycancel._machine.cancel_steps, on a Job (no GIL, no engine state).
-# Each returns J_RUNNING (then job.fd/job.events say what to wait for), J_OK or
-# J_FAILED.
-
-cdef int _job_wait(Job* job, short events) noexcept nogil:
-    """Wait next for ``events`` on the socket libpq names now."""
-    job.fd = job.f.PQcancelSocket(job.ptr)
-    job.events = events
-    return J_RUNNING if job.fd >= 0 else J_FAILED
-
-
-cdef int _job_start(Job* job) noexcept nogil:
-    job.started = True
-    if not job.f.PQcancelStart(job.ptr):
-        return J_FAILED
-    # Before the first poll, libpq expects write-readiness (connect done).
-    return _job_wait(job, POLLOUT)
-
-
-cdef int _job_step(Job* job) noexcept nogil:
-    """``PQcancelPoll`` once the socket was ready (or in error)."""
-    cdef int status = job.f.PQcancelPoll(job.ptr)
-    if status == PG_POLLING_OK:
-        return J_OK
-    if status == PG_POLLING_READING:
-        return _job_wait(job, POLLIN)
-    if status == PG_POLLING_WRITING:
-        return _job_wait(job, POLLOUT)
-    return J_FAILED
-
-
-cdef int _wait_ms(double deadline, double now) noexcept nogil:
-    """poll(2)'s timeout until ``deadline``, rounded up (never ends just before it)."""
-    cdef double ms = ceil((deadline - now) * 1000.0)
-    return <int>(ms if ms < _MAX_POLL_MS else _MAX_POLL_MS)
-
-
-cdef PGcancelConn_t* _take_cancel_conn(PGcancelConn cc) except NULL:
-    """Take a new (not started) ``cc``'s pointer: ``cc`` then reads as finished."""
-    cdef PGcancelConn_t* ptr
-    cdef int rc = R_OK
-    cc._check_process()
-    _count_in(&cc._inflight)
-    with nogil:
-        with cc._lock:
-            ptr = cc._ptr
-            if ptr == NULL:
-                rc = R_CLOSED
-            elif cc._started or cc._f.PQcancelStatus(ptr) != _CONNECTION_ALLOCATED:
-                rc = R_NOT_ALLOCATED
-            else:
-                cc._ptr = NULL
-                cc._started = True
-    _count_out(&cc._inflight)
-    if rc == R_CLOSED:
-        raise InterfaceError(_CANCEL_CONN_FINISHED)
-    if rc != R_OK:
-        raise InterfaceError("the C driver needs a new cancel connection (not started)")
-    return ptr
-
-
-cdef int _run_until(Job* job, int* failure) noexcept nogil:
-    """Drive ``job`` in this thread until it ends, its deadline, or a signal.
-
-    Returns J_OK, J_FAILED (``failure``: an errno, or 0 for libpq's text),
-    J_TIMEOUT, or J_INTERRUPTED (EINTR: run the signal handlers, then call
-    again).
-    """
-    cdef pollfd pfd
-    cdef double now
-    cdef int rc
-    cdef int result = J_RUNNING if job.started else _job_start(job)
-    while result == J_RUNNING:
-        now = _monotonic()
-        if now >= job.deadline:
-            return J_TIMEOUT
-        pfd.fd = job.fd
-        pfd.events = job.events
-        pfd.revents = 0
-        rc = poll(&pfd, 1, _wait_ms(job.deadline, now))
-        if rc < 0:
-            if errno == EINTR:
-                return J_INTERRUPTED
-            failure[0] = errno
-            return J_FAILED
-        if rc > 0:
-            result = _job_step(job)
-    return result
-
-
-def run_blocking(PGcancelConn cc not None, double deadline):
-    """Drive ``cc`` (new, not started) in this thread, GIL released, until ``deadline``.
-
-    The whole cancel (start, ``poll(2)``, ``PQcancelPoll``, finish) runs in C;
-    the GIL is taken back only at the end, or to run signal handlers (an
-    exception they raise, e.g. ``KeyboardInterrupt``, propagates once the
-    cancel connection is finished). ``cc`` reads as finished afterwards.
-    Returns ``(outcome, message)``: ``OUTCOME_OK``, ``OUTCOME_FAILED`` (with
-    libpq's text) or ``OUTCOME_TIMEOUT``.
-    """
-    cdef Job job
-    cdef int result
-    cdef int failure = 0
-    cdef char* message = NULL
-    job.ptr = _take_cancel_conn(cc)
-    job.f = cc._f
-    job.deadline = deadline
-    job.started = False
-    job.fd = -1
-    try:
-        while True:
-            with nogil:
-                result = _run_until(&job, &failure)
-            if result != J_INTERRUPTED:
-                break
-            PyErr_CheckSignals()  # may raise: the finally clause cleans up
-        if result == J_FAILED:
-            if failure != 0:
-                message = strdup(strerror(failure))
-            else:
-                message = _dup(job.f.PQcancelErrorMessage(job.ptr))
-    finally:
-        with nogil:
-            job.f.PQcancelFinish(job.ptr)
-    return result, _take(message)
 
 
 @cython.final
@@ -335,7 +138,7 @@ cdef class OffloadEngine:
 
     cdef int _check_process(self) except -1:
         if self._generation != _fork_generation:
-            raise InterfaceError(_forked("offload engine"))
+            raise InterfaceError(M.forked("offload engine"))
         return 0
 
     def fds(self):
