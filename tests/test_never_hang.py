@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,7 +32,7 @@ import psycancel
 from psycancel._engine import background, offload
 from psycancel.pq import Libpq, PGconn
 
-from .helpers import QUERY_CANCELED, drain, run, sleeping
+from .helpers import QUERY_CANCELED, SLEEP, drain, run, sleeping, wait_until_active
 from .twins import new_libpq_path, old_libpq_path
 
 CHILD = Path(__file__).with_name("never_hang_child.py")
@@ -235,6 +236,21 @@ def test_close_racing_cancel_is_safe(
 # =====================================================================================
 
 
+@contextmanager
+def sleeping_with(twin: ModuleType, dsn: str) -> Iterator[Any]:
+    """``helpers.sleeping`` for a connection of ``twin`` (either twin, whichever is active)."""
+    lib = twin.Libpq.load(new_libpq_path())
+    conn = twin.PGconn.connect(dsn, libpq=lib)
+    monitor = twin.PGconn.connect(dsn, libpq=lib)
+    try:
+        conn.send_query(SLEEP)
+        wait_until_active(monitor, conn.backend_pid)
+        yield conn
+    finally:
+        monitor.finish()
+        conn.finish()
+
+
 class Boom(Exception):
     """The failure a test injects into a background thread."""
 
@@ -277,9 +293,8 @@ def test_failed_offload_thread_settles_and_recovers(
     from .twins import _ctypes, compiled_twin
 
     twin = _ctypes if twin_name == "python" else compiled_twin()
-    lib = twin.Libpq.load(new_libpq_path())
     hits = inject(where)
-    with sleeping(dsn_tls, lib) as conn:
+    with sleeping_with(twin, dsn_tls) as conn:
         with pytest.raises(psycancel.Error, match="failed") as info:
             asyncio.run(asyncio.wait_for(psycancel.cancel_async(conn, offload=True), 60))
         assert hits == [where]
@@ -328,7 +343,6 @@ def test_cancelled_task_ends_while_the_thread_is_stuck(
     from .twins import _ctypes, compiled_twin
 
     twin = _ctypes if twin_name == "python" else compiled_twin()
-    lib = twin.Libpq.load(new_libpq_path())
     monkeypatch.setattr(offload, "_reactors", {})  # fresh threads, which reach the hook
     stuck, release = threading.Event(), threading.Event()
 
@@ -339,7 +353,7 @@ def test_cancelled_task_ends_while_the_thread_is_stuck(
 
     monkeypatch.setattr(background, "fault_hook", hook)
     try:
-        with sleeping(dsn_tls, lib) as conn:
+        with sleeping_with(twin, dsn_tls) as conn:
 
             async def main() -> None:
                 task = asyncio.ensure_future(psycancel.cancel_async(conn, offload=True))
