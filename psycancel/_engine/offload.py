@@ -307,8 +307,9 @@ class _CompiledReactor:
         except BaseException:
             with self._lock:
                 self._pending.pop(job_id, None)
-            if self.failed is not None:  # closed by a failure meanwhile: say so
-                raise background.thread_failed("offload engine", self.failed)
+            failed = self.failed
+            if failed is not None:  # closed by a failure meanwhile: say so
+                raise background.thread_failed("offload engine", failed) from failed
             raise
         return job_id
 
