@@ -72,7 +72,7 @@ def proxy_process(env: Env, delay: float) -> Iterator[int]:
     """A delaying TCP proxy in a child process (so it never needs our GIL)."""
     code = (
         "import sys, time\n"
-        "from tests.proxy import TcpProxy\n"
+        "from tests.support.proxy import TcpProxy\n"
         f"p = TcpProxy('127.0.0.1', {env.server.port}).start()\n"
         f"p.delay = {delay!r}\n"
         "print(p.port, flush=True)\n"

@@ -23,9 +23,9 @@ from testing import (
     parse_conninfo,
     postgres_version,
 )
-from tests._reliability import created, stage_spy  # noqa: F401 (fixtures, shared)
-from tests.proxy import ServerLike, TcpProxy
-from tests.twins import (
+from tests.support.proxy import ServerLike, TcpProxy
+from tests.support.spies import created, stage_spy  # noqa: F401 (fixtures, shared)
+from tests.support.twins import (
     SYSTEM_LIBPQ_ENV,
     _ctypes,
     _legacy_libpq_path,
@@ -185,6 +185,7 @@ def proxy(pg_server: ServerLike) -> Iterator[Callable[[], TcpProxy]]:
 # with the server. ``legacy_libpq`` is the machine's system libpq (< 17), for the
 # fallback path. Both are loaded with the active twin (``PSYCANCEL_IMPL``).
 # =====================================================================================
+
 
 def _describe(lib: Libpq) -> str:
     major, minor = divmod(lib.version, 10000)

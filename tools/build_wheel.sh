@@ -61,7 +61,7 @@ tmp="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-wheeltest.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 cp -r tests "$tmp/tests"
 cp -r testing "$tmp/testing"  # the throwaway server (development only, not in the wheel)
-mkdir -p "$tmp/tools" && cp tools/soak.py "$tmp/tools/"  # tests/test_soak.py runs it
+mkdir -p "$tmp/tools" && cp tools/soak.py "$tmp/tools/"  # tests/reliability/test_soak.py runs it
 cp pyproject.toml "$tmp/"  # pytest's options ([tool.pytest.ini_options]) only
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 chmod -R a+rX "$tmp"

@@ -7,7 +7,7 @@
 #     fallback path): into "$VENV/psycancel-legacy-psycopg2", a directory of
 #     its own, because its import name is psycopg2-binary's too. The tests run
 #     it in child processes with PYTHONPATH pointing there (see
-#     tests/drivers_helpers.py; $PSYCANCEL_LEGACY_PSYCOPG2 overrides the place).
+#     tests/support/drivers.py; $PSYCANCEL_LEGACY_PSYCOPG2 overrides the place).
 #
 # Needs: the system libpq headers and pg_config (Debian: libpq-dev, installed
 # here when missing), Python headers and a C compiler (tools/quickstart.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the system services some tests start themselves (Debian packages):
-#   pgbouncer  - tests/test_pgbouncer.py (started by the test, on loopback)
+#   pgbouncer  - tests/drivers/test_pgbouncer.py (started by the test, on loopback)
 #   valgrind   - tools/valgrind.sh (memory checking of the compiled twin)
 # Nothing is enabled or started as a system service. Idempotent.
 set -euo pipefail

@@ -18,7 +18,7 @@ check fails.
 
 Without ``--impl`` (or with ``--impl both``) each twin runs in its own child
 process, one after the other, each with its own throwaway server. The test
-suite runs a short form in-process (``tests/test_soak.py``).
+suite runs a short form in-process (``tests/reliability/test_soak.py``).
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ def run_soak(
     from psycancel import pq
     from psycancel._engine import plan as _plan
     from psycancel.pq import PGconn
-    from tests.helpers import QUERY_CANCELED, drain, loop_fds, sockets_to, wait_until_active
-    from tests.proxy import TcpProxy
+    from tests.support.fds import loop_fds, sockets_to
+    from tests.support.proxy import TcpProxy
+    from tests.support.queries import QUERY_CANCELED, drain, wait_until_active
 
     if warmup is None:
         warmup = min(max(cycles // 10, 50), 1000)
