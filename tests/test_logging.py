@@ -120,9 +120,8 @@ def test_strict_refusal_logs_nothing(
     caplog: pytest.LogCaptureFixture, dsn_tls: str, legacy_libpq: Libpq
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    with sleeping(dsn_tls, legacy_libpq) as conn:
-        with pytest.raises(psycancel.InsecureCancelError):
-            psycancel.cancel(conn, strict=True)
+    with sleeping(dsn_tls, legacy_libpq) as conn, pytest.raises(psycancel.InsecureCancelError):
+        psycancel.cancel(conn, strict=True)
     assert [r for r in caplog.records if r.name == LOGGER] == []  # nothing was sent
 
 
