@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import re
 import subprocess
@@ -26,9 +27,13 @@ def expected_errors() -> set[tuple[int, str]]:
 
 
 def test_mypy_rejects_what_is_not_a_connection(tmp_path: Path) -> None:
-    for name in ("mypy", "psycopg2", "psycopg", "aiopg", "psycopg2-stubs"):
-        if importlib.util.find_spec(name.replace("-", "_")) is None:
+    for name in ("mypy", "psycopg2", "psycopg", "aiopg"):
+        if importlib.util.find_spec(name) is None:
             pytest.skip(f"{name} is not installed (the test and drivers extras)")
+    try:
+        importlib.metadata.distribution("types-psycopg2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("types-psycopg2 is not installed (the test extra)")
     done = subprocess.run(
         [
             sys.executable,
