@@ -1,12 +1,21 @@
 """Build script: the compiled twin ``psycancel_c._pq`` is optional.
 
-* ``PSYCANCEL_NO_EXT=1``: do not build it (pure-Python install).
+* ``PSYCANCEL_NO_EXT=1``: do not build it (pure-Python install; nothing is
+  compiled and neither Cython nor a C compiler is needed).
 * ``PSYCANCEL_REQUIRE_EXT=1``: a failed build is an error (CI, wheels).
-* otherwise: build it when a compiler works, else install without it.
+* otherwise: build it when a C compiler works, else install without it (the
+  ctypes twin is then used).
+
+Cython is needed only to generate ``psycancel_c/_pq.c`` from the ``.pyx``
+sources. The sdist ships that generated C file (fresh: made when the sdist
+is built), so installing from the sdist needs a C compiler but no Cython; a
+git checkout has no ``_pq.c`` (or a stale one) and needs Cython.
+``PSYCANCEL_CYTHONIZE=1`` regenerates the C file from the ``.pyx`` whatever
+its age. The in-tree build backend (``_build_backend/psycancel_build.py``)
+makes the same decision to ask for Cython only then.
 
 The extension needs no libpq to build: it resolves libpq's symbols at run
-time with dlopen/dlsym. Cython (>= 3.1) is a build requirement
-(``pyproject.toml``); the sdist ships the ``.pyx`` only.
+time with dlopen/dlsym.
 
 Binary wheels (``docs/wheels.md``):
 
@@ -30,13 +39,17 @@ from typing import Any
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.sdist import sdist
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
 PYX = HERE / "psycancel_c" / "_pq.pyx"
+sys.path.insert(0, str(HERE / "_build_backend"))
 
+from psycancel_build import GENERATED, cython_needed  # noqa: E402
+from psycancel_build import flag as _flag  # noqa: E402
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+COMPILER_DIRECTIVES = {"language_level": "3", "binding": True, "embedsignature": True}
+"""Cython's directives for ``_pq.pyx`` (the sdist's ``_pq.c`` is made with these)."""
 
 
 def _bundle_prefix() -> Path | None:
@@ -82,8 +95,7 @@ class OptionalBuildExt(build_ext):  # type: ignore[misc]
         if _flag("PSYCANCEL_REQUIRE_EXT") or _bundle_prefix() is not None:
             raise
         print(
-            f"WARNING: the compiled twin was not built ({ex}); "
-            "psycancel will use its ctypes twin",
+            f"WARNING: the compiled twin was not built ({ex}); psycancel will use its ctypes twin",
             file=sys.stderr,
         )
 
@@ -120,13 +132,6 @@ def _extensions() -> list[object]:
         if _flag("PSYCANCEL_REQUIRE_EXT") or bundle is not None:
             raise SystemExit(f"PSYCANCEL_REQUIRE_EXT is set but {PYX} is missing")
         return []
-    try:
-        from Cython.Build import cythonize
-    except ImportError:
-        if _flag("PSYCANCEL_REQUIRE_EXT") or bundle is not None:
-            raise
-        print("WARNING: Cython is not available; skipping the compiled twin", file=sys.stderr)
-        return []
     from setuptools import Extension
 
     options = _link_options(bundle)
@@ -136,13 +141,38 @@ def _extensions() -> list[object]:
         major, minor = LIMITED_API_VERSION
         options["define_macros"] = [("Py_LIMITED_API", f"0x{major:02X}{minor:02X}0000")]
         options["py_limited_api"] = True
+    if not cython_needed():
+        # The generated C file (an sdist's, or one fresher than every .pyx).
+        return [Extension("psycancel_c._pq", [str(GENERATED.relative_to(HERE))], **options)]
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if _flag("PSYCANCEL_REQUIRE_EXT") or bundle is not None:
+            raise
+        print(
+            f"WARNING: Cython is not available and {GENERATED.name} is missing or older "
+            "than the .pyx sources; skipping the compiled twin",
+            file=sys.stderr,
+        )
+        return []
     ext = Extension("psycancel_c._pq", [str(PYX.relative_to(HERE))], **options)
     return list(
         cythonize(
             [ext],
-            compiler_directives={"language_level": "3", "binding": True, "embedsignature": True},
+            compiler_directives=COMPILER_DIRECTIVES,
+            force=_flag("PSYCANCEL_CYTHONIZE"),
         )
     )
+
+
+class SdistWithC(sdist):  # type: ignore[misc]
+    """``sdist`` that first regenerates ``psycancel_c/_pq.c`` (shipped: see MANIFEST.in)."""
+
+    def run(self) -> None:
+        from Cython.Build import cythonize  # a build requirement of the sdist
+
+        cythonize([str(PYX.relative_to(HERE))], compiler_directives=COMPILER_DIRECTIVES, force=True)
+        super().run()
 
 
 def _options() -> dict[str, Any]:
@@ -152,4 +182,8 @@ def _options() -> dict[str, Any]:
     return {"bdist_wheel": {"py_limited_api": f"cp{major}{minor}"}}
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt}, options=_options())
+setup(
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": OptionalBuildExt, "sdist": SdistWithC},
+    options=_options(),
+)

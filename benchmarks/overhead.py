@@ -4,7 +4,10 @@ Measures, for each twin, with the same libpq >= 17 and the same server:
 
 * the cost of a cheap call (``PGcancelConn.status``, ``.socket``), in ns;
 * the client CPU time (this process, all threads) per complete cancel of an
-  idle connection, plain and TLS, through ``psycancel.cancel``.
+  idle connection, plain and TLS, through ``psycancel.cancel``;
+* the cost of the ``psycancel`` logger: the same cancel with logging off
+  (the default) and with DEBUG on (records go to a handler that drops them),
+  and the ns of the one check a cancel pays when it is off.
 
 Twins are interleaved within every repetition so that machine noise hits
 both alike; figures are medians over the repetitions.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import statistics
 import sys
@@ -81,6 +85,39 @@ def cpu_per_cancel_us(twin: ModuleType, lib: Any, dsn: str, cancels: int) -> flo
         conn.finish()
 
 
+class _Drop(logging.Handler):
+    """A handler that drops every record (the cost measured is psycancel's, not I/O)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def debug_logging() -> Iterator[None]:
+    """The ``psycancel`` logger at DEBUG, to a handler that drops the records."""
+    logger = logging.getLogger("psycancel")
+    handler = _Drop()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        logger.removeHandler(handler)
+
+
+def guard_ns(number: int) -> float:
+    """ns per ``logger.isEnabledFor(DEBUG)`` with DEBUG off: what a cancel pays for logging."""
+    logger = logging.getLogger("psycancel")
+    t = timeit.timeit(
+        "is_enabled(DEBUG)",
+        globals={"is_enabled": logger.isEnabledFor, "DEBUG": logging.DEBUG},
+        number=number,
+    )
+    return t / number * 1e9
+
+
 def main() -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,7 +133,10 @@ def main() -> int:
         first_dsn = next(iter(dsns.values()))
         calls: dict[tuple[str, str], list[float]] = {}
         cpu: dict[tuple[str, str], list[float]] = {}
+        logged: dict[str, list[float]] = {}
+        guard: list[float] = []
         for _ in range(args.repeat):
+            guard.append(guard_ns(args.calls))
             for name in TWINS:
                 for attr, ns in cheap_call_ns(
                     twins[name], libs[name], first_dsn, args.calls
@@ -105,6 +145,10 @@ def main() -> int:
                 for label, dsn in dsns.items():
                     cpu.setdefault((name, label), []).append(
                         cpu_per_cancel_us(twins[name], libs[name], dsn, args.cancels)
+                    )
+                with debug_logging():
+                    logged.setdefault(name, []).append(
+                        cpu_per_cancel_us(twins[name], libs[name], first_dsn, args.cancels)
                     )
         lib = libs["c"]
         print(f"libpq {lib.version} at {lib.path}; {args.repeat} repetitions, medians")
@@ -119,6 +163,21 @@ def main() -> int:
             c = statistics.median(cpu[("c", label)])
             p = statistics.median(cpu[("python", label)])
             print(f"| client CPU per cancel, {label} (us) | {c:.0f} | {p:.0f} | {c / p:.2f}x |")
+        print()
+        first_label = next(iter(dsns))
+        print(f"logging (client CPU per cancel, {first_label}, us; medians):")
+        print()
+        print("| twin | logging off (default) | DEBUG on | on / off |")
+        print("|---|---|---|---|")
+        for name in TWINS:
+            off = statistics.median(cpu[(name, first_label)])
+            on = statistics.median(logged[name])
+            print(f"| {name} | {off:.0f} | {on:.0f} | {on / off:.2f}x |")
+        print()
+        print(
+            f"the check a cancel pays with logging off (logger.isEnabledFor): "
+            f"{statistics.median(guard):.0f} ns"
+        )
         print()
         ratio_calls = max(
             statistics.median(calls[("c", a)]) / statistics.median(calls[("python", a)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._after import cancel_after
 from ._api import DEFAULT_TIMEOUT, cancel, cancel_async
+from ._typing import Cancellable, SupportsPsycancelPgconn
 from .errors import (
     CancelError,
     CancellationTimeout,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_TIMEOUT",
     "CancelError",
+    "Cancellable",
     "CancellationTimeout",
     "Error",
     "InsecureCancelError",
@@ -31,6 +33,7 @@ __all__ = [
     "InterfaceError",
     "OperationalError",
     "QueryTimeout",
+    "SupportsPsycancelPgconn",
     "__version__",
     "cancel",
     "cancel_after",

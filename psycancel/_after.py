@@ -42,6 +42,7 @@ from ._engine.async_library import running_asyncio
 from ._engine.asyncio_loop import run_asyncio
 from ._engine.plan import DEFAULT_TIMEOUT, MAX_WAIT, Plan, check_options, check_seconds, rearmed
 from ._procedure import prepare_cancel
+from ._typing import Cancellable
 from .errors import CancelError, QueryTimeout
 
 __all__ = ["QUERY_CANCELED", "cancel_after"]
@@ -126,7 +127,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
 
     def __init__(
         self,
-        conn: object,
+        conn: Cancellable,
         seconds: float,
         *,
         timeout: float = DEFAULT_TIMEOUT,

@@ -7,11 +7,12 @@ from ._engine.async_library import running_asyncio
 from ._engine.asyncio_loop import run_asyncio
 from ._engine.plan import DEFAULT_TIMEOUT
 from ._procedure import prepare_cancel
+from ._typing import Cancellable
 
 __all__ = ["DEFAULT_TIMEOUT", "cancel", "cancel_async"]
 
 
-def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> None:
+def cancel(conn: Cancellable, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> None:
     """Cancel the query running on ``conn``, blocking this thread (not others).
 
     Uses the encrypted, non-blocking ``PQcancelConn`` API when the
@@ -30,7 +31,7 @@ def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = Fal
 
 
 async def cancel_async(
-    conn: object,
+    conn: Cancellable,
     *,
     timeout: float = DEFAULT_TIMEOUT,
     strict: bool = False,
@@ -51,9 +52,7 @@ async def cancel_async(
     measurements behind this rule). Timeouts, errors and cleanup are the same
     in every mode.
     """
-    plan = prepare_cancel(
-        conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2
-    )
+    plan = prepare_cancel(conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2)
     if plan is None:
         return
     if running_asyncio():

@@ -66,7 +66,9 @@ cp pyproject.toml "$tmp/"  # pytest's options ([tool.pytest.ini_options]) only
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 chmod -R a+rX "$tmp"
 log "sdist"
-# PSYCANCEL_NO_EXT: no cythonizing in the source tree; the sdist ships the .pyx.
+# The sdist ships the .pyx and the _pq.c generated from them when it is built
+# (PSYCANCEL_NO_EXT: nothing is compiled in the source tree); the wheel below
+# compiles that C file (tools/check_sdist.sh checks the sdist itself).
 PSYCANCEL_NO_EXT=1 "$tools/bin/python" -m build --sdist --outdir "$work/dist" . >"$work/sdist.log" 2>&1 ||
     { tail -40 "$work/sdist.log" >&2; die "sdist failed"; }
 sdist="$(ls "$work"/dist/psycancel-*.tar.gz)"

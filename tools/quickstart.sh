@@ -10,7 +10,9 @@
 # default); builds PostgreSQL 18 into a cache outside it (see
 # tools/build_postgres.sh), reused on later runs.
 #
-# "test" runs: ruff and mypy --strict; the test suite once per twin; the binary
+# "test" runs: ruff and mypy --strict; the test suite once per twin; the sdist
+# (tools/check_sdist.sh: its file list, twine check, installs in fresh venvs
+# without Cython, without a C compiler, with Cython); the binary
 # wheel (sdist, wheel, auditwheel, a fresh venv, the suite against it); the
 # benchmarks' smoke runs; valgrind on the compiled twin; then tools/matrix.sh,
 # the suite on every other CPython >= 3.10 of the machine (PSYCANCEL_MATRIX=0
@@ -75,6 +77,9 @@ for impl in c python; do
     log "test suite, PSYCANCEL_IMPL=$impl"
     PSYCANCEL_IMPL="$impl" .venv/bin/python -m pytest -q -p no:cacheprovider tests
 done
+
+log "sdist: file list, twine check, installs without Cython / without a compiler / with Cython"
+bash tools/check_sdist.sh
 
 log "binary wheel: build, repair, install in a fresh venv, test suite against it"
 PYTHON="$python" bash tools/build_wheel.sh

@@ -6,6 +6,8 @@ This package is the top layer: it may import every other one.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 __all__ = ["main"]
 
@@ -14,7 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m psycancel``."""
     parser = argparse.ArgumentParser(prog="python -m psycancel")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="show the implementation and the libpq in use")
+    info = sub.add_parser(
+        "info", help="show the implementation, psycancel's libpq and each driver's libpq"
+    )
+    info.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="cancel a long query from asyncio and show a timeline")
     demo.add_argument(
         "--dsn",
@@ -24,10 +29,21 @@ def main(argv: list[str] | None = None) -> int:
         "checkout's 'bash tools/quickstart.sh demo' starts a throwaway server itself",
     )
     args = parser.parse_args(argv)
-    if args.command == "info":
-        from .info import show_info
+    try:
+        if args.command == "info":
+            from .info import show_info
 
-        return show_info()
-    from .demo import run_demo
+            code = show_info(as_json=args.json)
+        else:
+            from .demo import run_demo
 
-    return run_demo(args.dsn)
+            code = run_demo(args.dsn)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``... info | head -1``): stop quietly. Python
+        # flushes stdout again at exit; point it at /dev/null so that this
+        # flush cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return code

@@ -1,42 +1,159 @@
-"""``python -m psycancel info``: the implementation and the libpq in use."""
+"""``python -m psycancel info [--json]``: the implementation and the libpqs in use.
+
+Besides psycancel's default libpq (the one ``Libpq.load()`` picks, used for
+psycancel's own ``PGconn``), it lists each installed driver and the libpq its
+connections are cancelled through: a driver's connection is only ever handed
+to the libpq that created it (``psycancel._drivers.owner``), which is often
+not psycancel's default (psycopg2-binary and psycopg[binary] bundle their
+own). To find that libpq this diagnostic command imports the drivers, which
+psycancel itself never does.
+
+``--json`` prints one JSON object (keys documented in ``docs/packaging.md``):
+``psycancel``, ``python``, ``implementation``, ``twins``, ``libpq``,
+``drivers``.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["show_info"]
+from ..pq import Libpq
+from ..pq.libfind import ENV_LIBPQ
+
+__all__ = ["collect_info", "show_info"]
+
+_ORIGINS = {
+    "env": "from ${env}",
+    "bundled": "bundled with this installation",
+    "linked": "linked with the compiled twin when it was built",
+    "system": "system",
+}
 
 
-def show_info() -> int:
-    """Print what psycancel would use here; 1 if no libpq can be found."""
+def _libpq_info(lib: Libpq) -> dict[str, Any]:
+    major, minor = divmod(lib.version, 10000)
+    return {
+        "path": lib.path,
+        "version": lib.version,
+        "version_text": f"{major}.{minor}",
+        "cancel_conn": lib.has_cancel_conn,
+        "ssl_library": lib.ssl_library,
+    }
+
+
+def _psycopg2_libpq() -> tuple[str, Libpq]:
+    psycopg2 = importlib.import_module("psycopg2")
+    from .._drivers.psycopg2 import driver_libpq
+
+    return str(psycopg2.__version__), driver_libpq()
+
+
+def _psycopg_libpq() -> tuple[str, Libpq]:
+    psycopg = importlib.import_module("psycopg")
+    from .._drivers.psycopg import libpq_of_pq_module
+
+    version = f"{psycopg.__version__} ({psycopg.pq.__impl__} implementation)"
+    return version, libpq_of_pq_module(psycopg.pq.PGconn.__module__)
+
+
+_DRIVERS: tuple[tuple[str, Callable[[], tuple[str, Libpq]]], ...] = (
+    ("psycopg2", _psycopg2_libpq),
+    ("psycopg", _psycopg_libpq),
+)
+"""Each driver family with its own libpq (aiopg uses psycopg2's)."""
+
+
+def _driver_info(name: str, find: Callable[[], tuple[str, Libpq]]) -> dict[str, Any] | None:
+    """The driver and its libpq; None if it is not installed."""
+    try:
+        if importlib.util.find_spec(name) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        version, lib = find()
+    except Exception as ex:  # a broken driver installation: report it, go on
+        return {"driver": name, "version": None, "libpq": None, "error": f"{ex}"}
+    return {"driver": name, "version": version, "libpq": _libpq_info(lib), "error": None}
+
+
+def collect_info() -> dict[str, Any]:
+    """Everything ``info`` shows, as a JSON-ready dict (see the module documentation)."""
     from .. import __version__
-    from ..pq import Libpq, __impl__, import_twin
-    from ..pq.libfind import ENV_LIBPQ, default_libpq_origin
+    from ..pq import __impl__, import_twin
+    from ..pq.libfind import default_libpq_origin
 
-    print(f"psycancel {__version__} (Python {sys.version.split()[0]})")
-    print(f"implementation: {__impl__}")
+    twins: dict[str, dict[str, Any]] = {}
     for name in ("c", "python"):
         try:
             import_twin(name)
-            state = "available"
+            twins[name] = {"available": True, "error": None}
         except ImportError as ex:
-            state = f"unavailable: {ex}"
-        print(f"  twin {name}: {state}")
+            twins[name] = {"available": False, "error": str(ex)}
+    info: dict[str, Any] = {
+        "psycancel": __version__,
+        "python": sys.version.split()[0],
+        "implementation": __impl__,
+        "twins": twins,
+    }
     try:
         origin, _ = default_libpq_origin()
         lib = Libpq.load()
     except OSError as ex:
-        print(f"libpq: not found ({ex})")
-        return 1
-    where = {
-        "env": f"from ${ENV_LIBPQ}",
-        "bundled": "bundled with this installation",
-        "linked": "linked with the compiled twin when it was built",
-        "system": "system",
-    }[origin]
-    major, minor = divmod(lib.version, 10000)
-    print(f"libpq: {lib.path} ({where})")
-    print(f"libpq version: {major}.{minor} ({lib.version})")
-    print(f"PQcancelConn API (encrypted, non-blocking cancel): {lib.has_cancel_conn}")
-    print(f"TLS support: {lib.ssl_library or 'none'}")
-    return 0
+        info["libpq"] = None
+        info["libpq_error"] = str(ex)
+    else:
+        info["libpq"] = dict(_libpq_info(lib), origin=origin)
+        info["libpq_error"] = None
+    drivers = [_driver_info(name, find) for name, find in _DRIVERS]
+    info["drivers"] = [d for d in drivers if d is not None]
+    return info
+
+
+def _libpq_line(lib: dict[str, Any]) -> str:
+    return (
+        f"libpq {lib['version_text']} at {lib['path']}, "
+        f"PQcancelConn API: {lib['cancel_conn']}, TLS: {lib['ssl_library'] or 'none'}"
+    )
+
+
+def _print_text(info: dict[str, Any]) -> None:
+    print(f"psycancel {info['psycancel']} (Python {info['python']})")
+    print(f"implementation: {info['implementation']}")
+    for name, twin in info["twins"].items():
+        state = "available" if twin["available"] else f"unavailable: {twin['error']}"
+        print(f"  twin {name}: {state}")
+    lib = info["libpq"]
+    if lib is None:
+        print(f"libpq: not found ({info['libpq_error']})")
+    else:
+        where = _ORIGINS[lib["origin"]].format(env=ENV_LIBPQ)
+        print(f"libpq: {lib['path']} ({where})")
+        print(f"libpq version: {lib['version_text']} ({lib['version']})")
+        print(f"PQcancelConn API (encrypted, non-blocking cancel): {lib['cancel_conn']}")
+        print(f"TLS support: {lib['ssl_library'] or 'none'}")
+    drivers = info["drivers"]
+    if not drivers:
+        print("drivers: none installed (psycopg2, psycopg)")
+        return
+    print("drivers (their connections are cancelled through the driver's own libpq):")
+    for driver in drivers:
+        if driver["libpq"] is None:
+            print(f"  {driver['driver']}: cannot tell its libpq ({driver['error']})")
+        else:
+            print(f"  {driver['driver']} {driver['version']}: {_libpq_line(driver['libpq'])}")
+
+
+def show_info(*, as_json: bool = False) -> int:
+    """Print what psycancel would use here; 1 if no libpq can be found."""
+    info = collect_info()
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_text(info)
+    return 0 if info["libpq"] is not None else 1

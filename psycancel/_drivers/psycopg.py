@@ -10,26 +10,34 @@ import sys
 from typing import Any
 
 from ..errors import InterfaceError
-from ..pq import PGconn
+from ..pq import Libpq, PGconn
 from .adapter import Adapter, borrow
 from .owner import libpq_of_cdll, libpq_of_extension
 
-__all__ = ["ADAPTERS"]
+__all__ = ["ADAPTERS", "libpq_of_pq_module"]
 
 _CTYPES_PQ = "psycopg.pq.pq_ctypes"
 """psycopg's python implementation: its libpq is the ctypes library of ``_pq_ctypes``."""
 
 
-def _pgconn_of_psycopg_pgconn(pgconn: Any, what: str) -> PGconn | None:
-    module_name = type(pgconn).__module__
+def libpq_of_pq_module(module_name: str) -> Libpq:
+    """The libpq of the psycopg ``pq`` implementation whose ``PGconn`` is in ``module_name``.
+
+    ``psycopg.pq.PGconn.__module__`` names the implementation in use (which
+    must be imported): ``psycopg_binary.pq``, ``psycopg_c.pq`` or
+    ``psycopg.pq.pq_ctypes``.
+    """
     if module_name == _CTYPES_PQ:
         lib_module = sys.modules.get("psycopg.pq._pq_ctypes")
         dll = getattr(lib_module, "pq", None)
         if dll is None:
             raise InterfaceError("psycopg's python implementation has no loaded libpq")
-        libpq = libpq_of_cdll(dll, "psycopg's python implementation (psycopg.pq._pq_ctypes)")
-    else:
-        libpq = libpq_of_extension(sys.modules[module_name])
+        return libpq_of_cdll(dll, "psycopg's python implementation (psycopg.pq._pq_ctypes)")
+    return libpq_of_extension(sys.modules[module_name])
+
+
+def _pgconn_of_psycopg_pgconn(pgconn: Any, what: str) -> PGconn | None:
+    libpq = libpq_of_pq_module(type(pgconn).__module__)
     return borrow(pgconn.pgconn_ptr, libpq, what)
 
 

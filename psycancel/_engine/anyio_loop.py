@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from . import legacy, machine
+from . import legacy, machine, trace
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
@@ -77,9 +77,7 @@ async def wait_future_anyio(done: concurrent.futures.Future[None], deadline: Dea
     deadline on its own).
     """
     if not done.done():
-        finished = await anyio.to_thread.run_sync(
-            _outcome, done, deadline, abandon_on_cancel=True
-        )
+        finished = await anyio.to_thread.run_sync(_outcome, done, deadline, abandon_on_cancel=True)
         if not finished:
             raise deadline.expired(legacy=True)
     done.result()  # re-raise the worker's error, if any
@@ -87,6 +85,18 @@ async def wait_future_anyio(done: concurrent.futures.Future[None], deadline: Dea
 
 async def run_anyio(plan: Plan) -> None:
     """Run ``plan`` in the current AnyIO task (the body of ``cancel_async`` there)."""
+    started = trace.begin(plan)
+    try:
+        await _run(plan)
+    except BaseException as ex:
+        if started is not None:
+            trace.end(plan, started, runner="anyio", offloaded=False, error=ex)
+        raise
+    if started is not None:
+        trace.end(plan, started, runner="anyio", offloaded=False, error=None)
+
+
+async def _run(plan: Plan) -> None:
     if isinstance(plan, LegacyPlan):
         await wait_future_anyio(legacy.run_legacy_cancel(plan.handle), plan.deadline)
         return

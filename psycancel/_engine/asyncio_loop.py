@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 
-from . import legacy, machine, offload
+from . import legacy, machine, offload, trace
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
@@ -62,9 +62,7 @@ async def wait_asyncio(steps: CancelSteps, deadline: Deadline) -> None:
         steps.close()
 
 
-async def _run_new_api(plan: NewApiPlan, offloaded: bool | None) -> None:
-    if offloaded is None:
-        offloaded = plan.encrypted
+async def _run_new_api(plan: NewApiPlan, offloaded: bool) -> None:
     if offloaded:
         # The reactor finishes ``cc`` on every outcome.
         await offload.run_offloaded(plan.cc, plan.native, plan.deadline)
@@ -88,7 +86,19 @@ async def _run_legacy(plan: LegacyPlan) -> None:
 
 async def run_asyncio(plan: Plan, *, offloaded: bool | None = None) -> None:
     """Run ``plan`` on the running loop; ``offloaded`` as ``cancel_async``'s ``offload``."""
-    if isinstance(plan, NewApiPlan):
-        await _run_new_api(plan, offloaded)
-    else:
-        await _run_legacy(plan)
+    started = trace.begin(plan)
+    new_api = isinstance(plan, NewApiPlan)
+    if offloaded is None:
+        offloaded = plan.encrypted
+    offloaded = offloaded and new_api
+    try:
+        if isinstance(plan, NewApiPlan):
+            await _run_new_api(plan, offloaded)
+        else:
+            await _run_legacy(plan)
+    except BaseException as ex:
+        if started is not None:
+            trace.end(plan, started, runner="asyncio", offloaded=offloaded, error=ex)
+        raise
+    if started is not None:
+        trace.end(plan, started, runner="asyncio", offloaded=offloaded, error=None)

@@ -20,7 +20,7 @@ import concurrent.futures
 import math
 import select
 
-from . import legacy, machine, outcomes
+from . import legacy, machine, outcomes, trace
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
@@ -84,7 +84,15 @@ def _run_legacy(plan: LegacyPlan) -> None:
 
 def run_blocking(plan: Plan) -> None:
     """Run ``plan`` in this thread until the request is processed or its deadline passes."""
-    if isinstance(plan, NewApiPlan):
-        _run_new_api(plan)
-    else:
-        _run_legacy(plan)
+    started = trace.begin(plan)
+    try:
+        if isinstance(plan, NewApiPlan):
+            _run_new_api(plan)
+        else:
+            _run_legacy(plan)
+    except BaseException as ex:
+        if started is not None:
+            trace.end(plan, started, runner="blocking", offloaded=False, error=ex)
+        raise
+    if started is not None:
+        trace.end(plan, started, runner="blocking", offloaded=False, error=None)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 from ..errors import CancelError, CancellationTimeout
-from ..pq.abc import NativeDriver, PGcancel, PGcancelConn, PGconn
+from ..pq.abc import Libpq, NativeDriver, PGcancel, PGcancelConn, PGconn
 from ..pq.enums import ConnStatus
 from . import legacy, outcomes
 
@@ -126,6 +126,8 @@ class NewApiPlan:
     encrypted: bool
     """The session uses TLS (the default offload rule of ``cancel_async``)."""
     deadline: Deadline
+    libpq: Libpq | None = None
+    """The libpq of the connection (for the log record)."""
 
     def discard(self) -> None:
         """Free the cancel object of a plan that will not be run."""
@@ -139,6 +141,10 @@ class LegacyPlan:
     handle: PGcancel
     """The legacy handle (made from the session); the runner frees it."""
     deadline: Deadline
+    encrypted: bool = False
+    """The session uses TLS (the legacy request is sent in clear text all the same)."""
+    libpq: Libpq | None = None
+    """The libpq of the connection (for the log record)."""
 
     def discard(self) -> None:
         """Free the handle of a plan that will not be run."""
@@ -157,11 +163,11 @@ def make_plan(pgconn: PGconn, deadline: Deadline, *, strict: bool, stacklevel: i
     :class:`InsecureCancelWarning`, 1 being the caller of this function).
     """
     lib = pgconn.libpq
+    encrypted = pgconn.ssl_in_use
     if lib.has_cancel_conn:
-        encrypted = pgconn.ssl_in_use
-        return NewApiPlan(new_cancel_conn(pgconn), lib.native_driver, encrypted, deadline)
+        return NewApiPlan(new_cancel_conn(pgconn), lib.native_driver, encrypted, deadline, lib)
     legacy.check_policy(pgconn, strict=strict, stacklevel=stacklevel + 1)
-    return LegacyPlan(pgconn.get_cancel(), deadline)
+    return LegacyPlan(pgconn.get_cancel(), deadline, encrypted, lib)
 
 
 def rearmed(plan: Plan) -> Plan:

@@ -1,0 +1,75 @@
+"""The record of each cancel on the ``psycancel`` logger.
+
+* DEBUG, once per cancel a runner ran: which API (new or legacy), the libpq
+  path, encrypted or not, offloaded or not, the runner, the outcome and the
+  time taken. The record's ``psycancel_cancel`` attribute holds the same
+  facts as a dict (keys: ``api``, ``libpq``, ``encrypted``, ``offloaded``,
+  ``runner``, ``outcome``, ``seconds``).
+* WARNING, when a legacy cancel is sent in clear text for an encrypted
+  connection (besides the :class:`InsecureCancelWarning` of the plan).
+
+The logger has a :class:`logging.NullHandler`: nothing is printed unless the
+application configures logging. When DEBUG is off, a cancel pays one
+``logger.isEnabledFor`` check (:func:`begin`) and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .plan import LegacyPlan, NewApiPlan, Plan
+
+__all__ = ["LOGGER_NAME", "begin", "end", "logger"]
+
+LOGGER_NAME = "psycancel"
+logger = logging.getLogger(LOGGER_NAME)
+logger.addHandler(logging.NullHandler())
+
+_DEBUG = logging.DEBUG
+
+
+def begin(plan: Plan) -> float | None:
+    """Called by a runner before it runs ``plan``: the start time if DEBUG is on, else None.
+
+    Logs the WARNING of a clear-text legacy cancel on an encrypted connection.
+    """
+    if isinstance(plan, LegacyPlan) and plan.encrypted:
+        lib = plan.libpq
+        logger.warning(
+            "sending a legacy cancel request in clear text for an encrypted connection "
+            "(libpq %s at %s has no PQcancelConn API): its secret key is not encrypted",
+            lib.version if lib is not None else "?",
+            lib.path if lib is not None else "?",
+        )
+    return time.perf_counter() if logger.isEnabledFor(_DEBUG) else None
+
+
+def end(
+    plan: Plan, started: float, *, runner: str, offloaded: bool, error: BaseException | None
+) -> None:
+    """Log the DEBUG record of a cancel that began at ``started`` (see :func:`begin`)."""
+    seconds = time.perf_counter() - started
+    lib = plan.libpq
+    api = "new" if isinstance(plan, NewApiPlan) else "legacy"
+    outcome = "ok" if error is None else type(error).__name__
+    facts = {
+        "api": api,
+        "libpq": lib.path if lib is not None else None,
+        "encrypted": plan.encrypted,
+        "offloaded": offloaded,
+        "runner": runner,
+        "outcome": outcome,
+        "seconds": seconds,
+    }
+    logger.debug(
+        "cancel %s in %.2f ms: %s API, libpq %s, %s, %s (%s runner)",
+        outcome,
+        seconds * 1000,
+        api,
+        facts["libpq"],
+        "encrypted" if plan.encrypted else "not encrypted",
+        "offloaded" if offloaded else "not offloaded",
+        runner,
+        extra={"psycancel_cancel": facts},
+    )

@@ -1,0 +1,54 @@
+"""Type-checked (never run) by tests/test_typing.py: each ``# E: code`` marks an expected error."""
+
+from __future__ import annotations
+
+import os
+
+import aiopg
+import psycopg
+import psycopg2
+
+import psycancel
+from psycancel.pq import PGconn
+
+
+class Integrated:
+    """A driver type that implements the protocol."""
+
+    def __psycancel_pgconn__(self) -> tuple[int, str]:
+        return (0, "")
+
+
+class Unrelated:
+    """Not a connection (e.g. an ORM's connection object)."""
+
+    def execute(self, query: str) -> None: ...
+
+
+async def accepted(
+    pg: PGconn,
+    pg2: psycopg2.extensions.connection,
+    pg3: psycopg.Connection[tuple[object, ...]],
+    apg3: psycopg.AsyncConnection[tuple[object, ...]],
+    aio: aiopg.Connection,
+) -> None:
+    psycancel.cancel(pg)
+    psycancel.cancel(pg2)
+    psycancel.cancel(pg3)
+    psycancel.cancel(Integrated())
+    await psycancel.cancel_async(apg3)
+    await psycancel.cancel_async(aio)
+    with psycancel.cancel_after(pg2, 1.0):
+        pass
+    async with psycancel.cancel_after(apg3, 1.0):
+        pass
+
+
+async def rejected(dsn: str) -> None:
+    psycancel.cancel(None)  # E: arg-type
+    psycancel.cancel(dsn)  # E: arg-type
+    psycancel.cancel(Unrelated())  # E: arg-type
+    await psycancel.cancel_async(os.environ.get("DSN"))  # E: arg-type
+    with psycancel.cancel_after(None, 1.0):  # E: arg-type
+        pass
+    psycancel.cancel(psycopg2.connect(dsn), timeout="5")  # E: arg-type
