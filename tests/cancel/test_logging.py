@@ -15,8 +15,7 @@ import pytest
 
 import psycancel
 from psycancel.pq import Libpq, PGconn
-
-from .helpers import QUERY_CANCELED, drain, sleeping
+from tests.support.queries import QUERY_CANCELED, drain, sleeping
 
 LOGGER = "psycancel"
 

@@ -1,0 +1,1 @@
+"""Tests of the command line: python -m psycancel info (text and --json)."""
