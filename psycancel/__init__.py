@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._after import cancel_after
 from ._api import DEFAULT_TIMEOUT, cancel, cancel_async
+from ._canceller import Canceller
 from .errors import (
     CancelError,
     CancellationTimeout,
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "CancelError",
     "CancellationTimeout",
+    "Canceller",
     "Error",
     "InsecureCancelError",
     "InsecureCancelWarning",

@@ -8,7 +8,7 @@ from ._engine.asyncio_loop import run_asyncio
 from ._engine.plan import DEFAULT_TIMEOUT
 from ._procedure import prepare_cancel
 
-__all__ = ["DEFAULT_TIMEOUT", "cancel", "cancel_async"]
+__all__ = ["DEFAULT_TIMEOUT", "cancel", "cancel_async", "cancel_blocking", "cancel_nonblocking"]
 
 
 def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> None:
@@ -24,7 +24,12 @@ def cancel(conn: object, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = Fal
     :class:`CancelError` if the request failed, :class:`InterfaceError` for an
     unsupported object or a connection that has not finished connecting.
     """
-    plan = prepare_cancel(conn, timeout=timeout, strict=strict, stacklevel=2)
+    cancel_blocking(conn, timeout=timeout, strict=strict, stacklevel=2)
+
+
+def cancel_blocking(conn: object, *, timeout: float, strict: bool, stacklevel: int) -> None:
+    """:func:`cancel`, for other entry points (``stacklevel`` 1: this function's caller)."""
+    plan = prepare_cancel(conn, timeout=timeout, strict=strict, stacklevel=stacklevel + 1)
     if plan is not None:
         blocking.run_blocking(plan)
 
@@ -51,8 +56,15 @@ async def cancel_async(
     measurements behind this rule). Timeouts, errors and cleanup are the same
     in every mode.
     """
+    await cancel_nonblocking(conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2)
+
+
+async def cancel_nonblocking(
+    conn: object, *, timeout: float, strict: bool, offload: bool | None, stacklevel: int
+) -> None:
+    """:func:`cancel_async`, for other entry points (``stacklevel`` 1: the caller)."""
     plan = prepare_cancel(
-        conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2
+        conn, timeout=timeout, strict=strict, offload=offload, stacklevel=stacklevel + 1
     )
     if plan is None:
         return
