@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._after import cancel_after
 from ._api import DEFAULT_TIMEOUT, cancel, cancel_async
+from ._canceller import Canceller
 from ._typing import Cancellable, SupportsPsycancelPgconn
 from .errors import (
     CancelError,
@@ -27,6 +28,7 @@ __all__ = [
     "CancelError",
     "Cancellable",
     "CancellationTimeout",
+    "Canceller",
     "Error",
     "InsecureCancelError",
     "InsecureCancelWarning",

@@ -28,6 +28,18 @@ one propagates, with a note about the cancel's failure on Python >= 3.11).
 Thread rule: the cancel object is created when the block is entered, in the
 thread (or task) that owns the connection; only that prepared object is used
 by the timer (libpq allows using a ``PGcancelConn`` from another thread).
+
+Frameworks: ``conn`` may be an SQLAlchemy ``Session``/``AsyncSession`` or a
+Django connection. The connection it holds when the block is entered is
+resolved then; if it holds none yet (or gives it back and takes another),
+the framework's own events, which run in the owning thread (SQLAlchemy's
+``after_begin``/``after_transaction_end``, Django's ``connection_created``),
+make the cancel object for the connection it acquires during the block and
+drop it when the session gives its connection back. The driver's error
+arrives wrapped by the framework (``sqlalchemy.exc.OperationalError``,
+``django.db.utils.OperationalError``): it is found through ``.orig``,
+``__cause__`` and ``__context__``, and :class:`QueryTimeout` is raised from
+the framework's exception.
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ import threading
 import time
 from types import TracebackType
 
+from ._drivers.adapter import Unwatch
+from ._drivers.resolve import resolve
 from ._engine import blocking, outcomes
 from ._engine.async_library import running_asyncio
 from ._engine.asyncio_loop import run_asyncio
@@ -53,6 +67,8 @@ QUERY_CANCELED = "57014"
 _NEW, _ARMED, _FIRING, _DISARMED = "new", "armed", "firing", "disarmed"
 _GRACE = 1.0
 """Seconds a fired timer thread may take past the cancel's own deadline to end."""
+_MAX_CHAIN = 16
+"""How many exceptions of a chain are looked at for the driver's "query cancelled"."""
 
 
 def _has_sqlstate(exc: BaseException | None) -> bool:
@@ -68,18 +84,54 @@ def _has_sqlstate(exc: BaseException | None) -> bool:
     return False
 
 
-def _query_canceled(exc: BaseException | None) -> BaseException | None:
-    """The driver's "query cancelled" error behind ``exc``, or None.
+def _wrapped(exc: BaseException) -> list[BaseException]:
+    """What ``exc`` wraps, nearest first: SQLAlchemy's ``.orig``, the cause, the context."""
+    found: list[BaseException] = []
+    try:
+        orig = getattr(exc, "orig", None)
+    except Exception:  # a broken property: nothing to follow
+        orig = None
+    if isinstance(orig, BaseException):
+        found.append(orig)
+    if exc.__cause__ is not None:
+        found.append(exc.__cause__)
+    if exc.__context__ is not None and not exc.__suppress_context__:
+        found.append(exc.__context__)
+    return found
 
-    aiopg turns psycopg2's ``QueryCanceled`` into ``asyncio.CancelledError``
-    (raised while handling it; on Python 3.10 through a second
-    ``CancelledError``): that one counts too, unless the task really has a
-    cancellation request pending.
+
+def _framework_canceled(exc: BaseException) -> BaseException | None:
+    """The driver's "query cancelled" error wrapped (at any depth) by a framework's ``exc``."""
+    seen = {id(exc)}
+    todo = _wrapped(exc)
+    while todo and len(seen) < _MAX_CHAIN:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if _has_sqlstate(current):
+            return current
+        todo.extend(_wrapped(current))
+    return None
+
+
+def _query_canceled(exc: BaseException | None) -> BaseException | None:
+    """The exception to raise :class:`QueryTimeout` from, or None if ``exc`` is no cancel.
+
+    The driver's "query cancelled" error itself; or, when a framework wrapped
+    it (SQLAlchemy's ``.orig``, Django's ``raise ... from``), the framework's
+    exception, which keeps the driver's error as its cause. aiopg turns
+    psycopg2's ``QueryCanceled`` into ``asyncio.CancelledError`` (raised
+    while handling it; on Python 3.10 through a second ``CancelledError``):
+    that one counts too (the psycopg2 error is returned), unless the task
+    really has a cancellation request pending.
     """
+    if exc is None:
+        return None
     if _has_sqlstate(exc):
         return exc
     if not isinstance(exc, asyncio.CancelledError):
-        return None
+        return exc if _framework_canceled(exc) is not None else None
     task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
     cancelling = getattr(task, "cancelling", None)  # Python >= 3.11
     if cancelling is not None and cancelling():
@@ -143,6 +195,9 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._fired_at = 0.0
         self._error: BaseException | None = None
         self._plan: Plan | None = None
+        self._sent = False
+        self._unwatch: Unwatch | None = None
+        self._watch_error: Exception | None = None
         # thread timer
         self._disarm = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,24 +220,70 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
     def _prepare(self) -> bool:
         """Make the plan now, in the thread that owns the connection.
 
-        False when there is nothing to cancel (a closed connection): the block
-        then runs with no timer.
+        False when there is nothing to cancel (a closed connection, a
+        framework object holding no connection and acquiring none later): the
+        block then runs with no timer. A session or a Django connection is
+        also watched, to follow the connection it acquires during the block.
         """
         if self._state != _NEW:
             raise RuntimeError("cancel_after() objects are single use: make a new one")
+        watch = resolve(self._conn).watch
         # Frames above prepare_cancel: _prepare, __enter__/__aenter__, the caller.
         self._plan = prepare_cancel(
             self._conn, timeout=self._timeout, strict=self._strict, stacklevel=3
         )
-        if self._plan is None:
+        if watch is not None:
+            function, target = watch
+            try:
+                self._unwatch = function(target, self._acquired, self._released)
+            except BaseException:
+                self._release()
+                raise
+        if self._plan is None and self._unwatch is None:
             self._state = _DISARMED
             return False
         return True
 
+    def _acquired(self, conn: object) -> None:
+        """The watched framework object acquired ``conn`` (its thread): prepare its cancel."""
+        try:
+            plan = prepare_cancel(conn, timeout=self._timeout, strict=self._strict, stacklevel=2)
+        except Exception as ex:  # not raised inside the framework's code: at the block's exit
+            self._watch_error = ex
+            plan = None
+        with self._lock:
+            if self._state == _ARMED:
+                plan, self._plan = self._plan, plan
+        if plan is not None:
+            plan.discard()
+
+    def _released(self) -> None:
+        """The watched object gave its connection back: it must not be cancelled any more."""
+        plan = None
+        with self._lock:
+            if self._state == _ARMED:
+                plan, self._plan = self._plan, None
+        if plan is not None:
+            plan.discard()
+
+    def _stop_watching(self) -> None:
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
+
+    def _watch_failure(self, exc: BaseException | None) -> None:
+        """A connection acquired in the block could not be prepared: say so at the exit."""
+        error, self._watch_error = self._watch_error, None
+        if error is not None and exc is None:
+            raise error
+
     def _take_plan(self) -> Plan | None:
         """The prepared plan, with its deadline starting now (the timer fired)."""
         plan, self._plan = self._plan, None
-        return rearmed(plan) if plan is not None else None
+        if plan is None:
+            return None  # the watched session held no connection when the timer fired
+        self._sent = True
+        return rearmed(plan)
 
     def _release(self) -> None:
         """Free the prepared plan's cancel object (only when the timer never fired)."""
@@ -215,7 +316,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
 
     def _outcome(self, exc: BaseException | None) -> None:
         """After a fired timer's cancel completed: map or report."""
-        canceled = _query_canceled(exc)
+        canceled = _query_canceled(exc) if self._sent else None
         if canceled is not None:
             raise QueryTimeout(
                 f"the query was cancelled by psycancel.cancel_after: it ran for more "
@@ -273,8 +374,12 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             self._error = outcomes.timed_out(self._timeout, legacy=True)
 
     def __enter__(self) -> cancel_after:
-        if self._prepare():
-            self._start_thread()
+        try:
+            if self._prepare():
+                self._start_thread()
+        except BaseException:
+            self._stop_watching()
+            raise
         return self
 
     def __exit__(
@@ -283,15 +388,22 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._thread is None:
-            return
-        if self._disarm_or_fired():
+        self._stop_watching()
+        if self._thread is not None and self._disarm_or_fired():
             self._join_thread()
             self._outcome(exc)
+        self._watch_failure(exc)
 
     # -- asyncio timer (``async with``) -------------------------------------------
 
     async def __aenter__(self) -> cancel_after:
+        try:
+            return await self._aenter()
+        except BaseException:
+            self._stop_watching()
+            raise
+
+    async def _aenter(self) -> cancel_after:
         if not running_asyncio():
             import anyio.to_thread  # noqa: F401  (needed at exit: fail early if missing)
 
@@ -340,9 +452,11 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._stop_watching()
         if self._state == _NEW:
             return
         if not self._disarm_or_fired():
+            self._watch_failure(exc)
             return
         if self._thread is not None:
             import anyio.to_thread
@@ -352,3 +466,4 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         else:
             await self._join_task()
         self._outcome(exc)
+        self._watch_failure(exc)

@@ -9,7 +9,7 @@ from ._engine.plan import DEFAULT_TIMEOUT
 from ._procedure import prepare_cancel
 from ._typing import Cancellable
 
-__all__ = ["DEFAULT_TIMEOUT", "cancel", "cancel_async"]
+__all__ = ["DEFAULT_TIMEOUT", "cancel", "cancel_async", "cancel_blocking", "cancel_nonblocking"]
 
 
 def cancel(conn: Cancellable, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> None:
@@ -25,7 +25,12 @@ def cancel(conn: Cancellable, *, timeout: float = DEFAULT_TIMEOUT, strict: bool 
     :class:`CancelError` if the request failed, :class:`InterfaceError` for an
     unsupported object or a connection that has not finished connecting.
     """
-    plan = prepare_cancel(conn, timeout=timeout, strict=strict, stacklevel=2)
+    cancel_blocking(conn, timeout=timeout, strict=strict, stacklevel=2)
+
+
+def cancel_blocking(conn: object, *, timeout: float, strict: bool, stacklevel: int) -> None:
+    """:func:`cancel`, for other entry points (``stacklevel`` 1: this function's caller)."""
+    plan = prepare_cancel(conn, timeout=timeout, strict=strict, stacklevel=stacklevel + 1)
     if plan is not None:
         blocking.run_blocking(plan)
 
@@ -52,7 +57,16 @@ async def cancel_async(
     measurements behind this rule). Timeouts, errors and cleanup are the same
     in every mode.
     """
-    plan = prepare_cancel(conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2)
+    await cancel_nonblocking(conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2)
+
+
+async def cancel_nonblocking(
+    conn: object, *, timeout: float, strict: bool, offload: bool | None, stacklevel: int
+) -> None:
+    """:func:`cancel_async`, for other entry points (``stacklevel`` 1: the caller)."""
+    plan = prepare_cancel(
+        conn, timeout=timeout, strict=strict, offload=offload, stacklevel=stacklevel + 1
+    )
     if plan is None:
         return
     if running_asyncio():

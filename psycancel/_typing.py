@@ -9,14 +9,20 @@ the same objects by their *shape*, with Protocols that need no driver import:
   ``docs/drivers.md``);
 * a psycopg2 connection (its ``pgconn_ptr``; psycopg2's types come from the
   ``types-psycopg2`` stubs), a psycopg 3 connection, sync or async (its
-  ``pgconn``), an aiopg connection (its ``raw``).
+  ``pgconn``), an aiopg connection (its ``raw``);
+* the framework objects of ``docs/drivers.md``: an SQLAlchemy ``Connection``
+  or a Django connection (``connection``), a pooled SQLAlchemy connection
+  (``dbapi_connection``), an ``orm.Session`` (``connection()``),
+  ``AsyncConnection`` (``sync_connection``) and ``AsyncSession``
+  (``sync_session``).
 
 Why Protocols and not the drivers' own classes under ``TYPE_CHECKING``: for
 a user who does not have one of those drivers installed, a type checker
 would read the missing class as ``Any``, and ``Any`` in the union would let
 ``None`` or a DSN string through again. With these Protocols, ``mypy
---strict`` rejects ``None``, a ``str`` or an unrelated object (e.g. an
-SQLAlchemy ``Connection``: pass its driver connection) everywhere.
+--strict`` rejects ``None``, a ``str`` or an unrelated object everywhere.
+A shape is what a type checker can know; whether the object is really one
+psycancel recognises is decided at run time (``InterfaceError`` otherwise).
 """
 
 from __future__ import annotations
@@ -64,8 +70,61 @@ class _AiopgConnection(Protocol):
         ...
 
 
+class _HasConnection(Protocol):
+    """An SQLAlchemy ``Connection`` or a Django ``DatabaseWrapper``: ``connection``."""
+
+    @property
+    def connection(self) -> object:
+        """The pooled connection (SQLAlchemy) or the driver connection (Django)."""
+        ...
+
+
+class _HasDbapiConnection(Protocol):
+    """An SQLAlchemy pooled connection (``PoolProxiedConnection``)."""
+
+    @property
+    def dbapi_connection(self) -> object:
+        """The DBAPI connection it proxies."""
+        ...
+
+
+class _OrmSession(Protocol):
+    """An SQLAlchemy ``orm.Session``: the connection it holds is ``connection()``."""
+
+    def connection(self) -> object:
+        """The session's ``Connection``."""
+        ...
+
+
+class _HasSyncConnection(Protocol):
+    """An SQLAlchemy ``ext.asyncio.AsyncConnection``."""
+
+    @property
+    def sync_connection(self) -> object:
+        """The ``Connection`` it wraps."""
+        ...
+
+
+class _HasSyncSession(Protocol):
+    """An SQLAlchemy ``ext.asyncio.AsyncSession``."""
+
+    @property
+    def sync_session(self) -> object:
+        """The ``Session`` it wraps."""
+        ...
+
+
 Cancellable: TypeAlias = (
-    PGconn | SupportsPsycancelPgconn | _Psycopg2Connection | _PsycopgConnection | _AiopgConnection
+    PGconn
+    | SupportsPsycancelPgconn
+    | _Psycopg2Connection
+    | _PsycopgConnection
+    | _AiopgConnection
+    | _HasConnection
+    | _HasDbapiConnection
+    | _OrmSession
+    | _HasSyncConnection
+    | _HasSyncSession
 )
 """What :func:`psycancel.cancel`, :func:`psycancel.cancel_async` and
 :func:`psycancel.cancel_after` accept (see the module documentation)."""

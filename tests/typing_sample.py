@@ -7,6 +7,9 @@ import os
 import aiopg
 import psycopg
 import psycopg2
+import sqlalchemy
+import sqlalchemy.ext.asyncio
+import sqlalchemy.orm
 
 import psycancel
 from psycancel.pq import PGconn
@@ -31,6 +34,10 @@ async def accepted(
     pg3: psycopg.Connection[tuple[object, ...]],
     apg3: psycopg.AsyncConnection[tuple[object, ...]],
     aio: aiopg.Connection,
+    sa: sqlalchemy.Connection,
+    session: sqlalchemy.orm.Session,
+    asa: sqlalchemy.ext.asyncio.AsyncConnection,
+    asession: sqlalchemy.ext.asyncio.AsyncSession,
 ) -> None:
     psycancel.cancel(pg)
     psycancel.cancel(pg2)
@@ -38,6 +45,12 @@ async def accepted(
     psycancel.cancel(Integrated())
     await psycancel.cancel_async(apg3)
     await psycancel.cancel_async(aio)
+    psycancel.cancel(sa)
+    psycancel.cancel(sa.connection)
+    psycancel.cancel(session)
+    psycancel.Canceller(session).cancel()
+    await psycancel.cancel_async(asa)
+    await psycancel.cancel_async(asession)
     with psycancel.cancel_after(pg2, 1.0):
         pass
     async with psycancel.cancel_after(apg3, 1.0):

@@ -3,6 +3,9 @@
 #
 #   * psycopg2-binary (bundles libpq 17), psycopg[binary] (bundles libpq 18),
 #     aiopg, AnyIO and Trio: into the venv itself;
+#   * the frameworks and pools the framework tests cancel through (SQLAlchemy 2
+#     with its asyncio extra, Django 5, psycopg_pool, and asyncpg and pg8000 for
+#     the dialects that have no libpq): into the venv itself;
 #   * psycopg2 built from source against the system libpq (< 17, the legacy
 #     fallback path): into "$VENV/psycancel-legacy-psycopg2", a directory of
 #     its own, because its import name is psycopg2-binary's too. The tests run
@@ -22,6 +25,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 log "drivers from wheels (psycopg2-binary, psycopg[binary], aiopg, anyio, trio)"
 "$py" -m pip install -q 'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' 'aiopg>=1.4' \
     'anyio>=4.4' 'trio>=0.25'
+
+log "frameworks and pools (SQLAlchemy 2, Django 5, psycopg_pool; asyncpg and pg8000: the no-libpq dialects)"
+"$py" -m pip install -q 'sqlalchemy[asyncio]>=2.0,<3' 'django>=5.0,<6' 'psycopg-pool>=3.2' \
+    'asyncpg>=0.29' 'pg8000>=1.30'
 
 # --- psycopg2 from source, linked with the system libpq ------------------------------
 target="$venv/psycancel-legacy-psycopg2"

@@ -22,4 +22,4 @@ def _aiopg_pgconn(conn: Any) -> PGconn | None:
     return psycopg2_pgconn(raw)
 
 
-ADAPTERS = (Adapter("aiopg", "Connection", _aiopg_pgconn),)
+ADAPTERS = (Adapter("aiopg", "Connection", pgconn=_aiopg_pgconn),)

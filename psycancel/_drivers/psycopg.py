@@ -52,8 +52,8 @@ def _pgconn_pgconn(pgconn: Any) -> PGconn | None:
 
 
 ADAPTERS = (
-    Adapter("psycopg", "BaseConnection", _connection_pgconn),
-    Adapter("psycopg_binary.pq", "PGconn", _pgconn_pgconn),
-    Adapter("psycopg_c.pq", "PGconn", _pgconn_pgconn),
-    Adapter(_CTYPES_PQ, "PGconn", _pgconn_pgconn),
+    Adapter("psycopg", "BaseConnection", pgconn=_connection_pgconn),
+    Adapter("psycopg_binary.pq", "PGconn", pgconn=_pgconn_pgconn),
+    Adapter("psycopg_c.pq", "PGconn", pgconn=_pgconn_pgconn),
+    Adapter(_CTYPES_PQ, "PGconn", pgconn=_pgconn_pgconn),
 )

@@ -27,4 +27,4 @@ def psycopg2_pgconn(conn: Any) -> PGconn | None:
     return borrow(conn.pgconn_ptr, driver_libpq(), "psycopg2 connection")
 
 
-ADAPTERS = (Adapter(MODULE, "connection", psycopg2_pgconn),)
+ADAPTERS = (Adapter(MODULE, "connection", pgconn=psycopg2_pgconn),)

@@ -1,0 +1,73 @@
+"""Django 4.2+: ``django.db.connection`` and ``connections[alias]`` (psycopg 3 or psycopg2).
+
+``django.db.connection`` is a ``ConnectionProxy`` to the *calling thread's*
+``DatabaseWrapper`` (Django's connections are per thread): resolve it in
+the thread that runs the query (``psycancel.Canceller``), not in another one.
+A wrapper that has not connected yet holds nothing to cancel; it is never
+made to connect.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .adapter import Acquired, Adapter, Released, Unwatch
+
+__all__ = ["ADAPTERS", "FAMILIES"]
+
+
+def _proxy(proxy: Any) -> object | None:
+    """``ConnectionProxy``: this thread's wrapper of the proxy's alias."""
+    state = vars(proxy)
+    held: object | None = state["_connections"][state["_alias"]]
+    return held
+
+
+def _wrapper(wrapper: Any) -> object | None:
+    """``BaseDatabaseWrapper``: the driver's connection; None before it connected."""
+    held: object | None = wrapper.connection
+    return held
+
+
+def _watch_wrapper(wrapper: Any, acquired: Acquired, released: Released) -> Unwatch:
+    """``connection_created``, sent in the wrapper's thread when it connects."""
+    signal = sys.modules["django.db.backends.signals"].connection_created
+
+    def created(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if connection is wrapper:
+            acquired(connection)
+
+    signal.connect(created, weak=False)
+    return lambda: signal.disconnect(created)
+
+
+def _watch_proxy(proxy: Any, acquired: Acquired, released: Released) -> Unwatch:
+    return _watch_wrapper(_proxy(proxy), acquired, released)
+
+
+ADAPTERS = (
+    Adapter("django.utils.connection", "ConnectionProxy", unwrap=_proxy, watch=_watch_proxy),
+    Adapter(
+        "django.db.backends.base.base",
+        "BaseDatabaseWrapper",
+        unwrap=_wrapper,
+        watch=_watch_wrapper,
+    ),
+    Adapter(
+        "django.db.utils",
+        "ConnectionHandler",
+        hint="Django's connections (a ConnectionHandler): pass connections[alias], or "
+        "django.db.connection",
+    ),
+)
+"""Django's connection objects (the same modules in Django 4.2 to 5.2)."""
+
+FAMILIES = (
+    (
+        "django",
+        "Django",
+        "pass django.db.connection or connections[alias] (or its .connection)",
+    ),
+)
+"""(module prefix, family name, what to pass instead) for Django's other classes."""
