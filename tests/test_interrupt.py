@@ -168,7 +168,9 @@ def test_psycopg2_ctrl_c_cancels_the_query(
 ) -> None:
     need("psycopg2")
     args = {"driver": "psycopg2", "mode": "guarded", "dsn": pg_server.dsn(sslmode)}
-    check_cancelled(interrupted(args, monitor, f"psycopg2 cancel_on_interrupt {sslmode}", pg_server))
+    check_cancelled(
+        interrupted(args, monitor, f"psycopg2 cancel_on_interrupt {sslmode}", pg_server)
+    )
 
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
@@ -236,9 +238,7 @@ def test_psycopg2_wait_callback_ctrl_c(
     assert first[4:8] == (SSL_REQUEST if sslmode == "require" else CANCEL_REQUEST), first
 
 
-def test_psycopg2_wait_select_cancels_in_clear_text(
-    pg_server: ServerLike, monitor: PGconn
-) -> None:
+def test_psycopg2_wait_select_cancels_in_clear_text(pg_server: ServerLike, monitor: PGconn) -> None:
     """For comparison: psycopg2's wait_select sends a clear-text PQcancel on a TLS session."""
     need("psycopg2")
     with through_proxy(pg_server) as proxy:
