@@ -2,7 +2,8 @@
 # Install the real drivers the adapter tests use into the venv given as $1.
 #
 #   * psycopg2-binary (bundles libpq 17), psycopg[binary] (bundles libpq 18),
-#     aiopg, AnyIO and Trio: into the venv itself;
+#     aiopg, AnyIO, Trio, gevent and psycogreen (the gevent tests and
+#     benchmarks/gevent_hub.py): into the venv itself;
 #   * psycopg2 built from source against the system libpq (< 17, the legacy
 #     fallback path): into "$VENV/psycancel-legacy-psycopg2", a directory of
 #     its own, because its import name is psycopg2-binary's too. The tests run
@@ -19,9 +20,9 @@ py="$venv/bin/python"
 log() { printf 'install_test_drivers: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-log "drivers from wheels (psycopg2-binary, psycopg[binary], aiopg, anyio, trio)"
+log "drivers from wheels (psycopg2-binary, psycopg[binary], aiopg, anyio, trio, gevent, psycogreen)"
 "$py" -m pip install -q 'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' 'aiopg>=1.4' \
-    'anyio>=4.4' 'trio>=0.25'
+    'anyio>=4.4' 'trio>=0.25' 'gevent>=24' 'psycogreen>=1.0'
 
 # --- psycopg2 from source, linked with the system libpq ------------------------------
 target="$venv/psycancel-legacy-psycopg2"
