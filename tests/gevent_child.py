@@ -4,11 +4,13 @@
 session, through the parent's proxy), ``monitor_dsn`` (straight to the
 server), ``how`` (``psycancel``: ``psycancel.cancel()``; ``blocking``: the
 same plan run with the plain blocking wait, as before gevent support;
-``psycopg2``: psycopg2's own ``conn.cancel()``), ``repeats``. The child
+``psycopg2``: psycopg2's own ``conn.cancel()``), ``repeats``, ``timeout``
+(of the cancel). The child
 monkey-patches first, makes psycopg2 green (psycogreen), connects, and for
 each repeat: runs ``select pg_sleep(30)`` in a greenlet, waits until the
 monitor sees it, prints ``READY`` and waits for a line on stdin (the parent
-then makes the proxy delay new connections: the cancel's), cancels while a
+then makes the proxy delay or black-hole new connections: the cancel's),
+cancels while a
 greenlet ticks every millisecond, and prints ``RESULT <json>``: the cancel's
 duration, the largest gap between two ticks during it, and the SQLSTATE the
 query ended with.
@@ -67,11 +69,11 @@ def run_query(conn: Any) -> str | None:
     return None
 
 
-def cancel(conn: Any, how: str) -> None:
+def cancel(conn: Any, how: str, timeout: float) -> None:
     if how == "psycancel":
-        psycancel.cancel(conn, timeout=30)
+        psycancel.cancel(conn, timeout=timeout)
     elif how == "blocking":
-        plan = prepare_cancel(conn, timeout=30, strict=False, stacklevel=1)
+        plan = prepare_cancel(conn, timeout=timeout, strict=False, stacklevel=1)
         assert plan is not None
         blocking.run_blocking(plan, cooperate=False)
     else:
@@ -84,7 +86,7 @@ def largest_gap(ticks: list[float], start: float, end: float) -> float:
     return max(gaps, default=end - start)
 
 
-def one_round(conn: Any, monitor: Any, how: str) -> dict[str, Any]:
+def one_round(conn: Any, monitor: Any, how: str, timeout: float) -> dict[str, Any]:
     query = gevent.spawn(run_query, conn)
     wait_active(monitor, conn.info.backend_pid)
     print("READY", flush=True)
@@ -100,15 +102,22 @@ def one_round(conn: Any, monitor: Any, how: str) -> dict[str, Any]:
     ticker = gevent.spawn(tick)
     gevent.sleep(0.05)
     start = time.monotonic()
-    cancel(conn, how)
+    error = None
+    try:
+        cancel(conn, how, timeout)
+    except psycancel.Error as ex:  # (a black-holed cancel: CancellationTimeout)
+        error = type(ex).__name__
     end = time.monotonic()
     gevent.sleep(0.01)
     running = False
     ticker.join()
-    sqlstate = query.get(timeout=30)
     print("RESTORE", flush=True)
-    sys.stdin.readline()  # the parent removed the delay
+    sys.stdin.readline()  # the parent removed the fault
+    if error is not None:
+        psycancel.cancel(conn, timeout=30)  # end the query now
+    sqlstate = query.get(timeout=30)
     return {
+        "error": error,
         "cancel_seconds": end - start,
         "largest_gap": largest_gap(ticks, start, end),
         "sqlstate": sqlstate,
@@ -122,7 +131,8 @@ def main() -> None:
     conn = connect(args["dsn"])
     monitor = connect(args["monitor_dsn"])
     for _ in range(int(args.get("repeats", 1))):
-        print("RESULT " + json.dumps(one_round(conn, monitor, args["how"])), flush=True)
+        result = one_round(conn, monitor, args["how"], float(args.get("timeout", 30)))
+        print("RESULT " + json.dumps(result), flush=True)
     print("DONE", flush=True)
 
 

@@ -26,6 +26,8 @@ def gevent_rounds(
     how: str,
     impl: str,
     delay: float,
+    blackhole: bool = False,
+    timeout: float = 30.0,
     sslmode: str = "disable",
     repeats: int = 1,
     pythonpath: list[str] | None = None,
@@ -34,7 +36,8 @@ def gevent_rounds(
     """Run ``repeats`` cancels in a gevent child (twin ``impl``); their results.
 
     Each cancel goes through a proxy that delays every chunk by ``delay``
-    seconds each way (set only for the cancel: the session was made before).
+    seconds each way, or (``blackhole``) never answers; set only for the
+    cancel (the session was made before). ``timeout``: the cancel's.
     """
     child_env = dict(os.environ)
     child_env["PYTHONPATH"] = os.pathsep.join([*(pythonpath or []), str(ROOT)])
@@ -58,12 +61,16 @@ def gevent_rounds(
                 "monitor_dsn": server.dsn("disable"),
                 "how": how,
                 "repeats": repeats,
+                "timeout": timeout,
             }
             proc.stdin.write(json.dumps(args) + "\n")
             proc.stdin.flush()
             for line in proc.stdout:
                 if line.startswith("READY"):
-                    proxy.forward(delay)
+                    if blackhole:
+                        proxy.blackhole()
+                    else:
+                        proxy.forward(delay)
                 elif line.startswith("RESTORE"):
                     proxy.forward(0.0)
                 elif line.startswith("RESULT "):

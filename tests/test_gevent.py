@@ -62,3 +62,19 @@ def test_legacy_cancel_from_a_greenlet_keeps_the_hub_running(pg_server: ServerLi
     )
     check(results[0])
     assert results[0]["libpq_version"] < 170000  # type: ignore[operator]
+
+
+def test_timeout_still_bounds_a_cooperative_cancel(pg_server: ServerLike) -> None:
+    """A black-holed cancel ends with CancellationTimeout, the hub running meanwhile."""
+    need("gevent")
+    need("psycogreen")
+    need("psycopg2")
+    timeout = 0.3
+    [result] = gevent_rounds(
+        pg_server, how="psycancel", impl=pq.__impl__, delay=0.0, blackhole=True, timeout=timeout
+    )
+    seconds, gap = result["cancel_seconds"], result["largest_gap"]
+    assert result["error"] == "CancellationTimeout", result
+    assert seconds >= timeout, result  # not before its deadline
+    assert gap < MAX_RATIO * seconds, result
+    assert result["sqlstate"] == "57014", result  # (the second cancel, after the fault)

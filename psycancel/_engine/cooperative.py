@@ -43,8 +43,10 @@ class _WaitTimedOut(Exception):
 def gevent_hub() -> Any | None:
     """This thread's gevent hub if gevent has monkey-patched the process, else None.
 
-    None also when the caller is the hub greenlet itself (a hub callback may
-    not wait): the plain blocking wait is the only one possible there.
+    None also when this thread has no hub yet (no greenlet of it can be
+    waiting: a thread of gevent's pool, say, is not given one), and when the
+    caller is the hub greenlet itself (a hub callback may not wait): the
+    plain blocking wait is the right one there.
     """
     monkey = sys.modules.get("gevent.monkey")
     gevent = sys.modules.get("gevent")
@@ -53,8 +55,10 @@ def gevent_hub() -> Any | None:
     try:
         if not any(monkey.is_module_patched(name) for name in _PATCHED):
             return None
-        hub = gevent.get_hub()
-        if gevent.getcurrent() is hub:
+        hub_local = sys.modules.get("gevent._hub_local")
+        existing = getattr(hub_local, "get_hub_if_exists", None)
+        hub = existing() if existing is not None else gevent.get_hub()
+        if hub is None or gevent.getcurrent() is hub:
             return None
     except Exception:  # an unusual gevent: wait the plain way
         return None
