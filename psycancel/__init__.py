@@ -9,6 +9,8 @@ from __future__ import annotations
 from ._after import cancel_after
 from ._api import DEFAULT_TIMEOUT, cancel, cancel_async
 from ._canceller import Canceller
+from ._interrupt import cancel_on_interrupt
+from ._psycopg2_wait import make_psycopg2_wait_callback, psycopg2_wait_callback
 from ._typing import Cancellable, SupportsPsycancelPgconn
 from .errors import (
     CancelError,
@@ -40,4 +42,7 @@ __all__ = [
     "cancel",
     "cancel_after",
     "cancel_async",
+    "cancel_on_interrupt",
+    "make_psycopg2_wait_callback",
+    "psycopg2_wait_callback",
 ]

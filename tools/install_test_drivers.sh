@@ -2,7 +2,8 @@
 # Install the real drivers the adapter tests use into the venv given as $1.
 #
 #   * psycopg2-binary (bundles libpq 17), psycopg[binary] (bundles libpq 18),
-#     aiopg, AnyIO and Trio: into the venv itself;
+#     aiopg, AnyIO, Trio, gevent and psycogreen (the gevent tests and
+#     benchmarks/gevent_hub.py): into the venv itself;
 #   * the frameworks and pools the framework tests cancel through (SQLAlchemy 2
 #     with its asyncio extra, Django 5, psycopg_pool, and asyncpg and pg8000 for
 #     the dialects that have no libpq): into the venv itself;
@@ -22,9 +23,9 @@ py="$venv/bin/python"
 log() { printf 'install_test_drivers: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-log "drivers from wheels (psycopg2-binary, psycopg[binary], aiopg, anyio, trio)"
+log "drivers from wheels (psycopg2-binary, psycopg[binary], aiopg, anyio, trio, gevent, psycogreen)"
 "$py" -m pip install -q 'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' 'aiopg>=1.4' \
-    'anyio>=4.4' 'trio>=0.25'
+    'anyio>=4.4' 'trio>=0.25' 'gevent>=24' 'psycogreen>=1.0'
 
 log "frameworks and pools (SQLAlchemy 2, Django 5, psycopg_pool; asyncpg and pg8000: the no-libpq dialects)"
 "$py" -m pip install -q 'sqlalchemy[asyncio]>=2.0,<3' 'django>=5.0,<6' 'psycopg-pool>=3.2' \

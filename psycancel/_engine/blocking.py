@@ -9,6 +9,9 @@
   the time left.
 * Legacy: ``PQcancel`` in a worker thread (``legacy``), waited for until the
   deadline.
+* Under gevent (the program monkey-patched the process, ``cooperative``): the
+  plan runs in the calling greenlet with gevent's own waits, so that the hub
+  keeps running the other greenlets.
 
 Every path raises :class:`CancellationTimeout` once the deadline passes and
 finishes the plan's cancel object, whatever the outcome.
@@ -20,7 +23,7 @@ import concurrent.futures
 import math
 import select
 
-from . import legacy, machine, outcomes, trace
+from . import cooperative, legacy, machine, outcomes, trace
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
@@ -82,17 +85,27 @@ def _run_legacy(plan: LegacyPlan) -> None:
     wait_future(legacy.run_legacy_cancel(plan.handle), plan.deadline)
 
 
-def run_blocking(plan: Plan) -> None:
-    """Run ``plan`` in this thread until the request is processed or its deadline passes."""
+def run_blocking(plan: Plan, *, cooperate: bool = True) -> None:
+    """Run ``plan`` in this thread until the request is processed or its deadline passes.
+
+    If gevent has patched the process (and ``cooperate``, the default), in
+    this greenlet through gevent's hub (``cooperative.run_gevent``);
+    ``cooperate=False`` forces the plain blocking wait (benchmarks compare
+    the two).
+    """
+    hub = cooperative.gevent_hub() if cooperate else None
+    runner = "blocking" if hub is None else "gevent"
     started = trace.begin(plan)
     try:
-        if isinstance(plan, NewApiPlan):
+        if hub is not None:
+            cooperative.run_gevent(plan, hub)
+        elif isinstance(plan, NewApiPlan):
             _run_new_api(plan)
         else:
             _run_legacy(plan)
     except BaseException as ex:
         if started is not None:
-            trace.end(plan, started, runner="blocking", offloaded=False, error=ex)
+            trace.end(plan, started, runner=runner, offloaded=False, error=ex)
         raise
     if started is not None:
-        trace.end(plan, started, runner="blocking", offloaded=False, error=None)
+        trace.end(plan, started, runner=runner, offloaded=False, error=None)

@@ -1,0 +1,84 @@
+"""A psycopg2 wait callback whose Ctrl-C cancels through psycancel.
+
+::
+
+    import psycopg2.extensions, psycancel
+    psycopg2.extensions.set_wait_callback(psycancel.psycopg2_wait_callback)
+
+With a wait callback installed psycopg2 runs every query in non-blocking
+mode and calls the callback to wait, in Python, so a Ctrl-C reaches it.
+psycopg2's own ``extras.wait_select`` then calls ``conn.cancel()``: the
+legacy ``PQcancel``, in clear text even on a TLS connection, with no
+timeout, holding the GIL. This one sends the cancel with
+:func:`psycancel.cancel` (encrypted like the connection, bounded by
+``timeout``) and otherwise behaves like ``wait_select``: it keeps waiting
+until the server ends the query, so the connection stays usable and
+``execute`` raises psycopg2's ``QueryCanceledError``.
+
+psycopg2 is never imported: its ``POLL_*`` constants are part of its API.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Callable
+from typing import Any
+
+from ._api import cancel
+from ._engine.plan import DEFAULT_TIMEOUT, check_options
+from .errors import Error
+
+__all__ = ["make_psycopg2_wait_callback", "psycopg2_wait_callback"]
+
+POLL_OK, POLL_READ, POLL_WRITE, POLL_ERROR = 0, 1, 2, 3
+"""``psycopg2.extensions.POLL_*``."""
+
+
+def _wait(fd: int, state: int) -> None:
+    if state == POLL_READ:
+        select.select([fd], [], [])
+    else:
+        select.select([], [fd], [])
+
+
+def make_psycopg2_wait_callback(
+    *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False
+) -> Callable[[Any], None]:
+    """A psycopg2 wait callback that cancels through psycancel on Ctrl-C.
+
+    ``timeout`` bounds each cancel request and ``strict`` is the security
+    policy, as for :func:`psycancel.cancel`. On ``KeyboardInterrupt`` while a
+    query runs, the query is cancelled and waited for: ``execute`` then
+    raises ``QueryCanceledError`` and the connection stays usable (as with
+    ``psycopg2.extras.wait_select``). If the cancel itself fails (refused,
+    timed out) or the connection is still connecting, the
+    ``KeyboardInterrupt`` propagates (``from`` the cancel's error): psycopg2
+    then closes the connection, the only way out left.
+    """
+    seconds = check_options(timeout, strict)
+
+    def psycopg2_wait_callback(conn: Any) -> None:
+        """Wait for ``conn`` (psycopg2 calls it); Ctrl-C cancels the query through psycancel."""
+        cancelled = False
+        while True:
+            try:
+                state = conn.poll()
+                if state == POLL_OK:
+                    return
+                if state not in (POLL_READ, POLL_WRITE):
+                    raise conn.OperationalError(f"bad state from poll: {state}")
+                _wait(conn.fileno(), state)
+            except KeyboardInterrupt as interrupt:
+                if cancelled:
+                    continue  # a second Ctrl-C: the cancel was sent, the end is near
+                try:
+                    cancel(conn, timeout=seconds, strict=strict)
+                except Error as ex:
+                    raise interrupt from ex
+                cancelled = True
+
+    return psycopg2_wait_callback
+
+
+psycopg2_wait_callback = make_psycopg2_wait_callback()
+"""The wait callback with the default ``timeout`` (:data:`DEFAULT_TIMEOUT`) and policy."""

@@ -1,0 +1,316 @@
+"""Ctrl-C: ``cancel_on_interrupt`` and the psycopg2 wait callback, with real SIGINTs.
+
+Each scenario runs in a child process (``tests/support/interrupt_child.py``, same
+twin through ``PSYCANCEL_IMPL``) that runs ``select pg_sleep(30)``; the test
+waits until a monitor connection sees the query in ``pg_stat_activity``,
+sends the child a real SIGINT with ``os.kill``, and watches the server: with
+psycancel the query ends (cancelled: SQLSTATE 57014) and the child gets
+``KeyboardInterrupt``; without it (psycopg2's blocking ``execute``) the query
+keeps running. The time from the signal to the end of the server query is
+printed (``-s``), not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import psycancel
+from psycancel import pq
+from psycancel.pq import Libpq, PGconn
+from tests.support.active import active_sleep_query
+from tests.support.drivers import need
+from tests.support.proxy import ServerLike, TcpProxy
+from tests.support.queries import run, wait_until_active
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = Path(__file__).resolve().parents[1] / "support" / "interrupt_child.py"
+CANCEL_REQUEST = (80877102).to_bytes(4, "big")
+SSL_REQUEST = (80877103).to_bytes(4, "big")
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+
+
+class Child:
+    """The child process, started and announced (its backend runs the query)."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT)
+        env["PSYCANCEL_IMPL"] = pq.__impl__
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=str(ROOT),
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(args))
+        self.proc.stdin.close()
+        self.proc.stdin = None  # (communicate() would flush it)
+        line = self.proc.stdout.readline()
+        if not line.startswith("PID "):
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=30)
+            raise AssertionError(f"the child did not start: {line!r}\n{err}")
+        self.backend_pid = int(line.split()[1])
+        self.done = False
+
+    def interrupt(self) -> None:
+        os.kill(self.proc.pid, signal.SIGINT)
+
+    def result(self, timeout: float = 60.0) -> dict[str, Any]:
+        out, err = self.proc.communicate(timeout=timeout)
+        self.done = True
+        lines = [x for x in out.splitlines() if x.startswith("RESULT ")]
+        assert self.proc.returncode == 0 and lines, f"exit {self.proc.returncode}\n{out}\n{err}"
+        value: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+        return value
+
+    def kill(self) -> None:
+        if self.done:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def monitor(dsn_plain: str, libpq: Libpq) -> Iterator[PGconn]:
+    """A psycancel connection that watches ``pg_stat_activity``."""
+    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    try:
+        yield conn
+    finally:
+        conn.finish()
+
+
+def active(monitor: PGconn, pid: int) -> bool:
+    """Backend ``pid`` is still inside ``pg_sleep``."""
+    return bool(run(monitor, active_sleep_query(pid)).rows)
+
+
+def ended_after_signal(child: Child, monitor: PGconn, limit: float = 25.0) -> float:
+    """Send SIGINT; seconds until the server query ended (AssertionError past ``limit``)."""
+    wait_until_active(monitor, child.backend_pid)
+    start = time.monotonic()
+    child.interrupt()
+    while active(monitor, child.backend_pid):
+        assert time.monotonic() - start < limit, "the query was never cancelled"
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+CANCELED_MESSAGE = "ERROR:  canceling statement due to user request"
+"""What the server logs for SQLSTATE 57014 (its default ``log_line_prefix`` has ``[pid]``)."""
+
+
+def server_cancelled(pg_server: ServerLike, pid: int) -> bool | None:
+    """Whether the server logged backend ``pid``'s query as cancelled (None: no log here)."""
+    log = getattr(pg_server, "log_file", None)
+    if log is None:
+        return None  # an external server ($PSYCANCEL_TEST_DSN)
+    deadline = time.monotonic() + 10
+    while True:
+        found = any(
+            f"[{pid}]" in line and CANCELED_MESSAGE in line
+            for line in Path(log).read_text(errors="replace").splitlines()
+        )
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
+
+
+def interrupted(
+    args: dict[str, Any], monitor: PGconn, label: str, pg_server: ServerLike
+) -> dict[str, Any]:
+    child = Child(args)
+    try:
+        seconds = ended_after_signal(child, monitor)
+        result = child.result()
+    finally:
+        child.kill()
+    print(f"\n{label} [{pq.__impl__}]: server query ended {seconds * 1000:.0f} ms after SIGINT")
+    result["ended_after"] = seconds
+    result["server_cancelled"] = server_cancelled(pg_server, child.backend_pid)
+    return result
+
+
+def check_cancelled(result: dict[str, Any]) -> None:
+    assert result["raised"] == "KeyboardInterrupt", result
+    # The query was cancelled (57014), not finished: in the server's log, and on
+    # the KeyboardInterrupt's context when the driver raised its error before
+    # Python ran the handler (psycopg2 runs Python code while building it).
+    assert result["server_cancelled"] in (True, None), result
+    assert result["sqlstate"] in ("57014", None), result
+    assert result["usable"], result
+    assert result["handler_restored"] and result["wakeup_restored"], result
+    assert result["handler_calls"] == 1, result  # the previous handler was chained
+    assert result["forwarded_sigint"], result  # the previous wakeup fd heard of it
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+def test_psycopg2_ctrl_c_cancels_the_query(
+    pg_server: ServerLike, monitor: PGconn, sslmode: str
+) -> None:
+    need("psycopg2")
+    args = {"driver": "psycopg2", "mode": "guarded", "dsn": pg_server.dsn(sslmode)}
+    check_cancelled(
+        interrupted(args, monitor, f"psycopg2 cancel_on_interrupt {sslmode}", pg_server)
+    )
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+def test_psycopg_ctrl_c_cancels_the_query(
+    pg_server: ServerLike, monitor: PGconn, sslmode: str
+) -> None:
+    need("psycopg")
+    args = {"driver": "psycopg", "mode": "guarded", "dsn": pg_server.dsn(sslmode)}
+    check_cancelled(interrupted(args, monitor, f"psycopg cancel_on_interrupt {sslmode}", pg_server))
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+def test_pgconn_ctrl_c_cancels_the_query(
+    pg_server: ServerLike, monitor: PGconn, libpq: Libpq, sslmode: str
+) -> None:
+    args = {"driver": "pgconn", "mode": "guarded", "dsn": pg_server.dsn(sslmode)}
+    args["libpq"] = libpq.path
+    check_cancelled(interrupted(args, monitor, f"PGconn cancel_on_interrupt {sslmode}", pg_server))
+
+
+def test_psycopg2_without_it_the_query_keeps_running(dsn_plain: str, monitor: PGconn) -> None:
+    """For comparison: psycopg2's blocking execute ignores Ctrl-C until the query ends."""
+    need("psycopg2")
+    child = Child({"driver": "psycopg2", "mode": "bare", "dsn": dsn_plain})
+    try:
+        wait_until_active(monitor, child.backend_pid)
+        child.interrupt()
+        watched_until = time.monotonic() + 2.0
+        while time.monotonic() < watched_until:
+            assert active(monitor, child.backend_pid), "the query ended after the SIGINT"
+            assert child.proc.poll() is None, "the child ended after the SIGINT"
+            time.sleep(0.05)
+        run(monitor, f"select pg_cancel_backend({child.backend_pid})")  # end it from here
+        result = child.result()
+    finally:
+        child.kill()
+    # Only once the query ended (cancelled by the monitor) did Python see the Ctrl-C.
+    assert result["raised"] == "KeyboardInterrupt", result
+
+
+def through_proxy(pg_server: ServerLike) -> TcpProxy:
+    return TcpProxy(pg_server.host, pg_server.port).start()
+
+
+def first_bytes_of_cancel(proxy: TcpProxy) -> bytes:
+    """The first 8 bytes the child sent on the proxy's last connection (the cancel's)."""
+    conns = proxy.connections
+    assert len(conns) >= 2, "no cancel connection went through the proxy"
+    return conns[-1].client_bytes[:8]
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+def test_psycopg2_wait_callback_ctrl_c(
+    pg_server: ServerLike, monitor: PGconn, sslmode: str
+) -> None:
+    """psycancel's wait callback: the query is cancelled, encrypted when the session is."""
+    need("psycopg2")
+    with through_proxy(pg_server) as proxy:
+        args = {"driver": "psycopg2", "mode": "wait_callback", "dsn": proxy.dsn(pg_server, sslmode)}
+        result = interrupted(args, monitor, f"psycopg2 psycopg2_wait_callback {sslmode}", pg_server)
+        first = first_bytes_of_cancel(proxy)
+    # Like wait_select: the Ctrl-C becomes the driver's QueryCanceledError, connection kept.
+    assert result["raised"] == "QueryCanceled", result
+    assert result["sqlstate"] == "57014" and result["usable"], result
+    assert first[4:8] == (SSL_REQUEST if sslmode == "require" else CANCEL_REQUEST), first
+
+
+def test_psycopg2_wait_select_cancels_in_clear_text(pg_server: ServerLike, monitor: PGconn) -> None:
+    """For comparison: psycopg2's wait_select sends a clear-text PQcancel on a TLS session."""
+    need("psycopg2")
+    with through_proxy(pg_server) as proxy:
+        args = {"driver": "psycopg2", "mode": "wait_select", "dsn": proxy.dsn(pg_server, "require")}
+        result = interrupted(args, monitor, "psycopg2 wait_select require", pg_server)
+        first = first_bytes_of_cancel(proxy)
+    assert result["raised"] == "QueryCanceled", result
+    assert first[4:8] == CANCEL_REQUEST, first  # the cancel key in clear text
+
+
+# -- in this process: no signal is sent ---------------------------------------------------
+
+
+def wakeup_fd() -> int:
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd)
+    return fd
+
+
+def test_handler_and_wakeup_fd_restored(dsn_plain: str, libpq: Libpq) -> None:
+    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    before_handler, before_fd = signal.getsignal(signal.SIGINT), wakeup_fd()
+    try:
+        guard = psycancel.cancel_on_interrupt(conn)
+        with guard:
+            assert signal.getsignal(signal.SIGINT) != before_handler
+            assert wakeup_fd() not in (before_fd, -1)
+            assert run(conn, "select 1").rows == (("1",),)
+        assert not guard.fired
+        with pytest.raises(ZeroDivisionError), psycancel.cancel_on_interrupt(conn):
+            1 / 0  # noqa: B018
+    finally:
+        conn.finish()
+    assert signal.getsignal(signal.SIGINT) == before_handler
+    assert wakeup_fd() == before_fd
+    with pytest.raises(RuntimeError, match="single use"), guard:
+        pass
+
+
+def test_closed_connection_installs_nothing(dsn_plain: str, libpq: Libpq) -> None:
+    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn.finish()
+    before = signal.getsignal(signal.SIGINT)
+    with psycancel.cancel_on_interrupt(conn):
+        assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_outside_the_main_thread_is_an_error(dsn_plain: str, libpq: Libpq) -> None:
+    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            with psycancel.cancel_on_interrupt(conn):
+                pass
+        except BaseException as ex:
+            errors.append(ex)
+
+    try:
+        thread = threading.Thread(target=body)
+        thread.start()
+        thread.join(30)
+    finally:
+        conn.finish()
+    assert len(errors) == 1 and isinstance(errors[0], psycancel.InterfaceError), errors
+    assert "main thread" in str(errors[0])
+
+
+def test_arguments_checked() -> None:
+    with pytest.raises(ValueError):
+        psycancel.cancel_on_interrupt(object(), timeout=0)
+    with pytest.raises(TypeError):
+        psycancel.cancel_on_interrupt(object(), strict=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        psycancel.make_psycopg2_wait_callback(timeout=-1)
