@@ -123,6 +123,8 @@ def _link_options(prefix: Path | None) -> dict[str, Any]:
 
 
 def _extensions() -> list[object]:
+    if os.environ.get("PSYCANCEL_DISCOVERING_REQUIRES"):
+        return []  # only listing requirements (the build backend): Cython may be missing yet
     bundle = _bundle_prefix()
     if _flag("PSYCANCEL_NO_EXT"):
         if bundle is not None:

@@ -62,16 +62,39 @@ def _with_cython(requires: list[str], needed: bool) -> list[str]:
     return [*requires, CYTHON_REQUIREMENT] if needed else list(requires)
 
 
+DISCOVERING = "PSYCANCEL_DISCOVERING_REQUIRES"
+"""Set while setuptools runs setup.py only to list requirements: setup.py then
+describes no extension, since Cython, which describing one may need, is what
+is being asked for (a fresh checkout with PSYCANCEL_REQUIRE_EXT=1 failed here)."""
+
+
+def _discovering(hook: Any, config_settings: dict[str, Any] | None) -> list[str]:
+    previous = os.environ.get(DISCOVERING)
+    os.environ[DISCOVERING] = "1"
+    try:
+        requires: list[str] = hook(config_settings)
+        return requires
+    finally:
+        if previous is None:
+            del os.environ[DISCOVERING]
+        else:
+            os.environ[DISCOVERING] = previous
+
+
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:
     """setuptools' requirements, plus Cython when the ``.pyx`` must be compiled."""
-    return _with_cython(_orig.get_requires_for_build_wheel(config_settings), cython_needed())
+    return _with_cython(
+        _discovering(_orig.get_requires_for_build_wheel, config_settings), cython_needed()
+    )
 
 
 def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
     """As :func:`get_requires_for_build_wheel`, for ``pip install -e``."""
-    return _with_cython(_orig.get_requires_for_build_editable(config_settings), cython_needed())
+    return _with_cython(
+        _discovering(_orig.get_requires_for_build_editable, config_settings), cython_needed()
+    )
 
 
 def get_requires_for_build_sdist(config_settings: dict[str, Any] | None = None) -> list[str]:
     """setuptools' requirements and Cython: the sdist ships a freshly generated ``_pq.c``."""
-    return _with_cython(_orig.get_requires_for_build_sdist(config_settings), True)
+    return _with_cython(_discovering(_orig.get_requires_for_build_sdist, config_settings), True)
