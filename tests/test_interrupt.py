@@ -191,6 +191,14 @@ def test_pgconn_ctrl_c_cancels_the_query(
     check_cancelled(interrupted(args, monitor, f"PGconn cancel_on_interrupt {sslmode}", pg_server))
 
 
+def test_pgconn_legacy_libpq_ctrl_c_cancels_the_query(
+    dsn_plain: str, monitor: PGconn, legacy_libpq: Libpq, pg_server: ServerLike
+) -> None:
+    """libpq < 17: the helper sends the legacy PQcancel (plain session: no policy issue)."""
+    args = {"driver": "pgconn", "mode": "guarded", "dsn": dsn_plain, "libpq": legacy_libpq.path}
+    check_cancelled(interrupted(args, monitor, "PGconn legacy cancel_on_interrupt", pg_server))
+
+
 def test_psycopg2_without_it_the_query_keeps_running(dsn_plain: str, monitor: PGconn) -> None:
     """For comparison: psycopg2's blocking execute ignores Ctrl-C until the query ends."""
     need("psycopg2")
