@@ -20,7 +20,7 @@ from psycancel.pq import Libpq
 from .drivers_helpers import ROOT
 from .drivers_helpers import need as _need
 
-FORBIDDEN = ["psycopg2", "psycopg", "aiopg", "anyio", "trio", "sniffio"]
+FORBIDDEN = ["psycopg2", "psycopg", "aiopg", "anyio", "trio", "sniffio", "gevent", "psycogreen"]
 
 PRELUDE = """
 import json, sys

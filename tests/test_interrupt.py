@@ -322,3 +322,24 @@ def test_arguments_checked() -> None:
         psycancel.cancel_on_interrupt(object(), strict=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         psycancel.make_psycopg2_wait_callback(timeout=-1)
+
+
+def test_blocking_paths_import_no_driver_nor_gevent(dsn_plain: str, libpq: Libpq) -> None:
+    """cancel(), cancel_on_interrupt and the wait callback import neither psycopg2 nor gevent."""
+    code = f"""
+import sys, psycancel
+from psycancel.pq import Libpq, PGconn
+conn = PGconn.connect({dsn_plain!r}, libpq=Libpq.load({libpq.path!r}))
+psycancel.cancel(conn, timeout=10)
+with psycancel.cancel_on_interrupt(conn, timeout=10):
+    pass
+psycancel.make_psycopg2_wait_callback(timeout=5)
+conn.finish()
+print(sorted(m for m in ("psycopg2", "psycopg", "gevent", "psycogreen") if m in sys.modules))
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PSYCANCEL_IMPL=pq.__impl__)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
