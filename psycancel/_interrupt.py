@@ -88,6 +88,7 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         self._conn = conn
         self._state = _NEW
         self._plan: Plan | None = None
+        self._plan_lock = threading.Lock()
         self._fired = False
         self._error: BaseException | None = None
         self._deferred: FrameType | None = None
@@ -143,9 +144,14 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         with contextlib.suppress(OSError):
             os.write(self._previous_fd, data)
 
+    def _take_plan(self) -> Plan | None:
+        with self._plan_lock:
+            plan, self._plan = self._plan, None
+        return plan
+
     def _fire(self) -> None:
         self._fired = True
-        plan, self._plan = self._plan, None
+        plan = self._take_plan()
         if plan is None:
             return
         try:
@@ -210,7 +216,7 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
                 thread.join(min(left, MAX_WAIT))
             if thread.is_alive() and self._error is None:
                 self._error = outcomes.timed_out(self._timeout)
-        plan, self._plan = self._plan, None
+        plan = self._take_plan()
         if plan is not None:
             plan.discard()  # never fired
         if self._state == _ACTIVE:

@@ -191,6 +191,14 @@ def test_pgconn_ctrl_c_cancels_the_query(
     check_cancelled(interrupted(args, monitor, f"PGconn cancel_on_interrupt {sslmode}", pg_server))
 
 
+def test_pgconn_legacy_libpq_ctrl_c_cancels_the_query(
+    dsn_plain: str, monitor: PGconn, legacy_libpq: Libpq, pg_server: ServerLike
+) -> None:
+    """libpq < 17: the helper sends the legacy PQcancel (plain session: no policy issue)."""
+    args = {"driver": "pgconn", "mode": "guarded", "dsn": dsn_plain, "libpq": legacy_libpq.path}
+    check_cancelled(interrupted(args, monitor, "PGconn legacy cancel_on_interrupt", pg_server))
+
+
 def test_psycopg2_without_it_the_query_keeps_running(dsn_plain: str, monitor: PGconn) -> None:
     """For comparison: psycopg2's blocking execute ignores Ctrl-C until the query ends."""
     need("psycopg2")
@@ -314,3 +322,24 @@ def test_arguments_checked() -> None:
         psycancel.cancel_on_interrupt(object(), strict=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         psycancel.make_psycopg2_wait_callback(timeout=-1)
+
+
+def test_blocking_paths_import_no_driver_nor_gevent(dsn_plain: str, libpq: Libpq) -> None:
+    """cancel(), cancel_on_interrupt and the wait callback import neither psycopg2 nor gevent."""
+    code = f"""
+import sys, psycancel
+from psycancel.pq import Libpq, PGconn
+conn = PGconn.connect({dsn_plain!r}, libpq=Libpq.load({libpq.path!r}))
+psycancel.cancel(conn, timeout=10)
+with psycancel.cancel_on_interrupt(conn, timeout=10):
+    pass
+psycancel.make_psycopg2_wait_callback(timeout=5)
+conn.finish()
+print(sorted(m for m in ("psycopg2", "psycopg", "gevent", "psycogreen") if m in sys.modules))
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PSYCANCEL_IMPL=pq.__impl__)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -19,7 +19,7 @@ from psycancel.pq import Libpq
 from tests.support.drivers import ROOT
 from tests.support.drivers import need as _need
 
-FORBIDDEN = ["psycopg2", "psycopg", "aiopg", "anyio", "trio", "sniffio"]
+FORBIDDEN = ["psycopg2", "psycopg", "aiopg", "anyio", "trio", "sniffio", "gevent", "psycogreen"]
 
 PRELUDE = """
 import json, sys
