@@ -453,3 +453,28 @@ def test_cancel_after_asyncpg_session_fails_at_the_exit(pg_server: Any) -> None:
             await eng.dispose()
 
     asyncio.run(main())
+
+
+class _OwnSession:
+    """A framework's object implementing the hook as docs/drivers.md suggests."""
+
+    def __init__(self, driver_connection: Any) -> None:
+        self.driver_connection = driver_connection
+
+    def __psycancel_pgconn__(self) -> Any:
+        return psycancel.Canceller(self.driver_connection).__psycancel_pgconn__()
+
+
+def test_framework_hook_delegating_to_a_canceller(fdsn: str, monitor: Monitor) -> None:
+    conn = psycopg.connect(fdsn, autocommit=True)
+    try:
+        own = _OwnSession(conn)
+        query = Background(lambda: conn.execute(SLEEP))
+        monitor.wait_sleeping(conn.info.backend_pid)
+        psycancel.cancel(own)
+        assert sqlstate(query.error()) == CANCELED
+        assert conn.execute("select 1").fetchone() == (1,)
+        conn.close()
+        psycancel.cancel(own)  # closed: nothing to cancel
+    finally:
+        conn.close()
