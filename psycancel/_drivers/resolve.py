@@ -27,17 +27,26 @@ ADAPTERS: tuple[Adapter, ...] = psycopg2.ADAPTERS + aiopg.ADAPTERS + psycopg.ADA
 """Every class psycancel recognises, family by family."""
 
 
+_adapter_of: dict[type, Adapter] = {}
+"""The row that last matched each class (a cache: the row is checked again on use)."""
+
+
 def as_pgconn(conn: object) -> PGconn | None:
     """The ``PGconn`` behind ``conn``, None if it is closed; :class:`InterfaceError` otherwise."""
     if conn is None:
         raise InterfaceError("expected a connection, got None")
     if isinstance(conn, _pgconn_classes()):
         return open_pgconn(conn)  # type: ignore[arg-type]
-    hook = getattr(type(conn), PROTOCOL, None)
+    cls = type(conn)
+    hook = getattr(cls, PROTOCOL, None)
     if hook is not None:
         return from_protocol(conn, hook(conn))
+    adapter = _adapter_of.get(cls)
+    if adapter is not None and adapter.matches(conn):  # re-checked: exact semantics
+        return adapter.pgconn(conn)
     for adapter in ADAPTERS:
         if adapter.matches(conn):
+            _adapter_of[cls] = adapter
             return adapter.pgconn(conn)
     raise InterfaceError(
         f"cannot cancel a {describe(conn)}: expected a psycancel.pq.PGconn, a psycopg2, "
