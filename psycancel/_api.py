@@ -51,9 +51,7 @@ async def cancel_async(
     measurements behind this rule). Timeouts, errors and cleanup are the same
     in every mode.
     """
-    plan = prepare_cancel(
-        conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2
-    )
+    plan = prepare_cancel(conn, timeout=timeout, strict=strict, offload=offload, stacklevel=2)
     if plan is None:
         return
     if running_asyncio():

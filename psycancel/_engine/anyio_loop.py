@@ -77,9 +77,7 @@ async def wait_future_anyio(done: concurrent.futures.Future[None], deadline: Dea
     deadline on its own).
     """
     if not done.done():
-        finished = await anyio.to_thread.run_sync(
-            _outcome, done, deadline, abandon_on_cancel=True
-        )
+        finished = await anyio.to_thread.run_sync(_outcome, done, deadline, abandon_on_cancel=True)
         if not finished:
             raise deadline.expired(legacy=True)
     done.result()  # re-raise the worker's error, if any
