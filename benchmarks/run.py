@@ -10,7 +10,7 @@ Sections (all against one throwaway PostgreSQL 18 with TLS, on loopback):
    the raw floor (a hand-written CancelRequest over a socket, with and
    without TLS);
 2. event-loop stall (largest gap between ticks of a busy coroutine) and total
-   time while N concurrent TLS cancels run;
+   time while N concurrent TLS cancels run (also asyncpg's cancel);
 3. the legacy path (libpq < 17): loop stall with 10 concurrent cancels
    through a proxy adding 10 ms each way;
 4. the GIL: main-thread progress while a thread runs a blocking cancel
@@ -172,6 +172,31 @@ def bench_latency(env: Env, samples: int, repeat: int) -> dict[str, dict[str, fl
 # ------------------------------------------------------------------ 2. loop stall
 
 
+def asyncpg_dsn(env: Env, sslmode: str) -> str:
+    """The throwaway server's address in asyncpg's URL form."""
+    return f"postgresql://postgres@{env.server.host}:{env.server.port}/postgres?sslmode={sslmode}"
+
+
+async def asyncpg_cancel(conn: Any) -> None:
+    """The cancel request asyncpg sends when a query's ``timeout`` expires.
+
+    ``Connection._cancel`` runs ``connect_utils._cancel`` (a new connection,
+    TLS when the session has it, the CancelRequest, wait for EOF) and then
+    waits for the cancelled query's end; with no query running, only the first
+    part applies, which is what is called here (private API: asyncpg has no
+    public call that only cancels).
+    """
+    from asyncpg import connect_utils
+
+    await connect_utils._cancel(
+        loop=asyncio.get_running_loop(),
+        addr=conn._addr,
+        params=conn._params,
+        backend_pid=conn._protocol.backend_pid,
+        backend_secret=conn._protocol.backend_secret,
+    )
+
+
 async def _stall(make_cancels: Callable[[], Awaitable[object]]) -> tuple[float, float]:
     async with Ticker() as ticker:
         t0 = time.perf_counter()
@@ -179,6 +204,9 @@ async def _stall(make_cancels: Callable[[], Awaitable[object]]) -> tuple[float, 
         total = time.perf_counter() - t0
     return ticker.max_gap * 1000, total * 1000
 
+
+ASYNCPG = "asyncpg (its timeout's cancel)"
+"""asyncpg's cancel: what ``fetch(..., timeout=)`` sends (asyncio streams, Python ssl)."""
 
 FLOOR = "floor: the same cancels in another process"
 """The stall a loop sees when none of the cancels' work runs in its process."""
@@ -192,6 +220,7 @@ def bench_stall(
     ``pin``: the loop thread gets CPU 0 to itself; the server and every other
     thread share the other CPUs (see :func:`_common.pinned`).
     """
+    import asyncpg
     import psycopg
 
     dsn = env.server.dsn("require")
@@ -200,6 +229,7 @@ def bench_stall(
     async def main() -> dict[str, dict[int, dict[str, float]]]:
         conns = {t: [pgconn(t, dsn, env.libpq_path) for _ in range(pool)] for t in TWINS}
         pg3 = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(pool)]
+        apg = [await asyncpg.connect(asyncpg_dsn(env, "require")) for _ in range(pool)]
         for t in TWINS:  # start the offload threads before any pinning
             await psycancel.cancel_async(conns[t][0], offload=True)
 
@@ -211,10 +241,13 @@ def bench_stall(
         def theirs(n: int) -> Callable[[], Awaitable[object]]:
             return lambda: asyncio.gather(*(pg3[i % pool].cancel_safe() for i in range(n)))
 
+        def asyncpgs(n: int) -> Callable[[], Awaitable[object]]:
+            return lambda: asyncio.gather(*(asyncpg_cancel(apg[i % pool]) for i in range(n)))
+
         names = [
             f"psycancel-{t}{' offload' if off else ''}" for t in TWINS for off in (False, True)
         ]
-        names += ["psycopg cancel_safe", FLOOR]
+        names += ["psycopg cancel_safe", ASYNCPG, FLOOR]
         raw: dict[str, dict[int, dict[str, list[float]]]] = {
             name: {n: {"stall": [], "total": [], "idle_total": []} for n in sizes} for name in names
         }
@@ -227,6 +260,7 @@ def bench_stall(
                             runs[f"psycancel-{t}"] = ours(t, False, n)
                             runs[f"psycancel-{t} offload"] = ours(t, True, n)
                         runs["psycopg cancel_safe"] = theirs(n)
+                        runs[ASYNCPG] = asyncpgs(n)
                         runs[FLOOR] = lambda n=n: elsewhere(n)
                         for name, make in runs.items():
                             stall, total = await _stall(make)
@@ -242,6 +276,8 @@ def bench_stall(
                 c.finish()
         for a in pg3:
             await a.close()
+        for b in apg:
+            await b.close()
         return {
             name: {n: {k: median(v) for k, v in per.items()} for n, per in by_n.items()}
             for name, by_n in raw.items()

@@ -10,7 +10,8 @@
 
 If the block is still running after ``seconds``, a cancel request is sent for
 ``conn`` (a thread timer for ``with``; a loop timer and a non-blocking cancel
-for ``async with`` under asyncio). The code in the block is never interrupted
+for ``async with`` under asyncio, offloaded for a TLS session as
+``cancel_async``'s default does). The code in the block is never interrupted
 or cancelled: the driver receives the server's "query cancelled" error as
 usual, and the block turns it into :class:`QueryTimeout`, raised ``from`` it.
 
@@ -425,8 +426,9 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         try:
             plan = self._take_plan()
             if plan is not None:
-                # In the loop thread, as a cancel of the block's own task would be.
-                await run_asyncio(plan, offloaded=False)
+                # cancel_async's default rule: offloaded for a TLS session (the
+                # handshake's CPU work off the loop thread), inline otherwise.
+                await run_asyncio(plan, offloaded=None)
         except Exception as ex:
             self._error = ex
 

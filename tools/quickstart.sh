@@ -86,6 +86,7 @@ PYTHON="$python" bash tools/build_wheel.sh
 
 log "benchmarks, smoke form (correctness only, no timing assertions)"
 .venv/bin/python benchmarks/run.py --quick >/dev/null
+.venv/bin/python benchmarks/app.py --quick >/dev/null
 
 log "memory checking of the compiled twin (valgrind, short form)"
 PYTHON=.venv/bin/python bash tools/valgrind.sh --short

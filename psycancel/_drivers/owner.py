@@ -16,7 +16,9 @@ already, is the same mapped library. Before trusting the answer we check that
 the file is loaded and that its ``PQlibVersion`` *is* that address: if
 anything disagrees we raise :class:`InterfaceError` and never guess.
 
-Results are cached per extension module (and per library file).
+Results are cached per extension module (by its ``__file__`` as given, then
+as resolved: a loaded extension is never replaced in a process) and per
+library file.
 """
 
 from __future__ import annotations
@@ -110,10 +112,15 @@ def libpq_of_extension(module: ModuleType) -> Libpq:
     file = getattr(module, "__file__", None)
     if not isinstance(file, str) or not _is_extension_file(file):
         raise InterfaceError(f"{name} is not a compiled extension module (file: {file!r})")
+    with _lock:
+        cached = _by_module.get(file)
+    if cached is not None:
+        return cached  # before realpath: its lstat calls cost ~50 us per cancel
     key = os.path.realpath(file)
     with _lock:
         cached = _by_module.get(key)
     if cached is not None:
+        _by_module.setdefault(file, cached)
         return cached
     handle = _open_loaded(key)
     if handle is None:
@@ -126,7 +133,8 @@ def libpq_of_extension(module: ModuleType) -> Libpq:
         )
     lib = _libpq_at(address, f"the extension module {name}")
     with _lock:
-        _by_module.setdefault(key, lib)
+        lib = _by_module.setdefault(key, lib)
+        _by_module.setdefault(file, lib)
     return lib
 
 

@@ -396,9 +396,7 @@ def native_engine(native: NativeDriver) -> OffloadEngine:
     return reactor._engine
 
 
-async def run_offloaded(
-    cc: PGcancelConn, native: NativeDriver | None, deadline: Deadline
-) -> None:
+async def run_offloaded(cc: PGcancelConn, native: NativeDriver | None, deadline: Deadline) -> None:
     """Start ``cc`` and drive it in a reactor thread; the reactor finishes ``cc``.
 
     ``native``: the twin's C driver (its engine does the work), or None (the

@@ -59,7 +59,6 @@ CANCEL_CONN: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
-
 class Functions:
     """The typed function pointers of one libpq (attributes named as in C)."""
 
