@@ -26,6 +26,7 @@ ARGS: dict[str, Any] = json.loads(sys.stdin.read() or "{}")
 SLEEP = "select pg_sleep(30)"
 
 import psycancel  # noqa: E402
+from tests.support.sqlstate import pgcode  # noqa: E402
 
 handler_calls: list[int] = []
 
@@ -40,17 +41,6 @@ own_reader, own_writer = socket.socketpair()
 own_writer.setblocking(False)
 own_reader.setblocking(False)
 signal.set_wakeup_fd(own_writer.fileno())
-
-
-def sqlstate_of(exc: BaseException | None) -> str | None:
-    for _ in range(5):
-        if exc is None:
-            return None
-        code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
-        if code:
-            return str(code)
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def announce(pid: int) -> None:
@@ -167,7 +157,7 @@ def main() -> None:
         forwarded = b""
     result = {
         "raised": type(exc).__name__ if exc is not None else None,
-        "sqlstate": sqlstate_of(exc),
+        "sqlstate": pgcode(exc),
         "elapsed": elapsed,
         "usable": usable(driver, conn),
         "handler_restored": signal.getsignal(signal.SIGINT) is own_handler,
