@@ -509,7 +509,9 @@ def check(key: str, n: int, s: dict[str, Any]) -> list[str]:
         problems.append(f"{s['fast_errors']} /fast errors")
     if key != "close" and s["still_running"]:
         problems.append(f"{s['still_running']} slow queries still running on the server")
-    if key == "close" and s["still_running"] != n:
+    # No cancel: the server runs the queries on; unless the pool could not refill
+    # before they ended (their backends held the server's slots: max_connections).
+    if key == "close" and s["still_running"] != n and s["whole_ms"] < 1000 * 10:
         problems.append(f"no cancel: {s['still_running']} slow queries left running, not {n}")
     return problems
 
