@@ -20,7 +20,8 @@ import anyio
 import anyio.to_thread
 
 from . import legacy, machine, trace
-from .machine import READ, CancelSteps
+from .blocking import WRITES_AT_ONCE, wait_fd
+from .machine import READ, WRITE, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
 __all__ = ["run_anyio", "wait_anyio", "wait_future_anyio"]
@@ -39,10 +40,20 @@ def _fd_waiters() -> tuple[Callable[[int], Awaitable[Any]], Callable[[int], Awai
 
 
 async def wait_anyio(steps: CancelSteps, deadline: Deadline) -> None:
-    """Run ``steps`` in the current AnyIO task until done or ``deadline``."""
+    """Run ``steps`` in the current AnyIO task until done or ``deadline``.
+
+    As in the asyncio runner, the first :data:`WRITES_AT_ONCE` write waits
+    are checked at once with a zero-timeout ``poll`` and skip the event loop
+    when they are over already.
+    """
     wait_readable, wait_writable = _fd_waiters()
+    at_once = WRITES_AT_ONCE
     try:
         for fd, event in steps:
+            if event == WRITE and at_once > 0:
+                at_once -= 1
+                if deadline.remaining() > 0 and wait_fd(fd, event, 0):
+                    continue
             while True:  # in slices of at most MAX_WAIT
                 wait = deadline.next_wait()
                 if wait <= 0:

@@ -15,50 +15,91 @@ from __future__ import annotations
 import asyncio
 
 from . import legacy, machine, offload, trace
-from .machine import READ, CancelSteps
+from .blocking import WRITES_AT_ONCE, wait_fd
+from .machine import READ, WRITE, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
 __all__ = ["run_asyncio", "wait_asyncio"]
 
 
-def _wake(fut: asyncio.Future[bool], ready: bool) -> None:
-    if not fut.done():
-        fut.set_result(ready)
+class _Waiter:
+    """One cancel's waits on the loop: the future of the current one, and one timer.
 
+    The timer is armed once for the whole cancel (at the deadline, or
+    :data:`~psycancel._engine.plan.MAX_WAIT` from now if that is sooner) and
+    re-armed only when it fires early, rather than once per wait: a cancel
+    waits two or more times and a timer costs the loop a heap push and a
+    cancelled entry to skip.
+    """
 
-async def _wait_ready(
-    loop: asyncio.AbstractEventLoop, fd: int, event: int, deadline: Deadline
-) -> None:
-    """Wait until ``fd`` is ready for ``event``, in slices; raise once ``deadline`` passed."""
-    while True:
-        wait = deadline.next_wait()
-        if wait <= 0:
-            raise deadline.expired()
-        fut: asyncio.Future[bool] = loop.create_future()
-        timer = loop.call_later(wait, _wake, fut, False)
-        if event == READ:
-            loop.add_reader(fd, _wake, fut, True)
-        else:
-            loop.add_writer(fd, _wake, fut, True)
-        try:
-            ready = await fut
-        finally:
-            timer.cancel()
+    __slots__ = ("deadline", "fut", "loop", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: Deadline) -> None:
+        self.loop = loop
+        self.deadline = deadline
+        self.fut: asyncio.Future[bool] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def wake(self, ready: bool) -> None:
+        fut = self.fut
+        if fut is not None and not fut.done():
+            fut.set_result(ready)
+
+    def _expire(self) -> None:
+        self.timer = None
+        self.wake(False)
+
+    async def ready(self, fd: int, event: int) -> None:
+        """Wait until ``fd`` is ready for ``event``; raise once the deadline passed."""
+        loop = self.loop
+        while True:
+            wait = self.deadline.next_wait()
+            if wait <= 0:
+                raise self.deadline.expired()
+            if self.timer is None:
+                self.timer = loop.call_later(wait, self._expire)
+            self.fut = fut = loop.create_future()
             if event == READ:
-                loop.remove_reader(fd)
+                loop.add_reader(fd, self.wake, True)
             else:
-                loop.remove_writer(fd)
-        if ready:
-            return
+                loop.add_writer(fd, self.wake, True)
+            try:
+                ready = await fut
+            finally:
+                self.fut = None
+                if event == READ:
+                    loop.remove_reader(fd)
+                else:
+                    loop.remove_writer(fd)
+            if ready:
+                return
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 async def wait_asyncio(steps: CancelSteps, deadline: Deadline) -> None:
-    """Run ``steps`` on the running asyncio loop until done or ``deadline``."""
-    loop = asyncio.get_running_loop()
+    """Run ``steps`` on the running asyncio loop until done or ``deadline``.
+
+    A write-readiness wait (the connect ``PQcancelStart`` began, a request to
+    send) is usually over already: the first :data:`WRITES_AT_ONCE` of them
+    are checked at once with a zero-timeout ``poll`` and cost no round trip
+    through the loop then. Read waits (the server's answer) and any wait not
+    over at once go through the loop (``add_reader``/``add_writer``).
+    """
+    waiter = _Waiter(asyncio.get_running_loop(), deadline)
+    at_once = WRITES_AT_ONCE
     try:
         for fd, event in steps:
-            await _wait_ready(loop, fd, event, deadline)
+            if event == WRITE and at_once > 0:
+                at_once -= 1
+                if deadline.remaining() > 0 and wait_fd(fd, event, 0):
+                    continue
+            await waiter.ready(fd, event)
     finally:
+        waiter.close()
         steps.close()
 
 

@@ -27,11 +27,19 @@ from . import cooperative, legacy, machine, outcomes, trace
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
-__all__ = ["run_blocking", "wait_blocking", "wait_future"]
+__all__ = ["WRITES_AT_ONCE", "run_blocking", "wait_blocking", "wait_fd", "wait_future"]
 
 
-def _wait_fd(fd: int, event: int, seconds: float) -> bool:
-    """Block until ``fd`` is ready for ``event``; False if ``seconds`` pass."""
+WRITES_AT_ONCE = 8
+"""How many write-readiness waits of one cancel the event-loop runners check at
+once (a zero-timeout ``poll``) before asking the loop: a socket that is
+connected and has room to send is writable at once, and a round trip through
+the loop for it costs the loop's other tasks. Bounded, so that a cancel never
+runs steps back to back without letting the loop run for long."""
+
+
+def wait_fd(fd: int, event: int, seconds: float) -> bool:
+    """Block until ``fd`` is ready for ``event``; False if ``seconds`` pass (0: just look)."""
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(fd, select.POLLIN if event == READ else select.POLLOUT)
@@ -50,7 +58,7 @@ def wait_blocking(steps: CancelSteps, deadline: Deadline) -> None:
                 wait = deadline.next_wait()
                 if wait <= 0:
                     raise deadline.expired()
-                if _wait_fd(fd, event, wait):
+                if wait_fd(fd, event, wait):
                     break
     finally:
         steps.close()

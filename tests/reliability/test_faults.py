@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 import psycancel
+from psycancel._engine import anyio_loop as _anyio_loop
+from psycancel._engine import asyncio_loop as _asyncio_loop
 from psycancel._engine import offload as _offload
 from psycancel.pq import Libpq, PGconn
 from testing import ThrowawayServer
@@ -287,7 +289,12 @@ def test_task_cancelled_at_stage(
     libpq: Libpq,
     created: list[Any],
     stage_spy: Callable[[], StageSpy],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Every wait through the event loop, so that each stage has one to stop at
+    # (by default a write wait that is over at once is not awaited: see below).
+    monkeypatch.setattr(_asyncio_loop, "WRITES_AT_ONCE", 0)
+    monkeypatch.setattr(_anyio_loop, "WRITES_AT_ONCE", 0)
     spy = stage_spy()
     px = proxy()
     conn = PGconn.connect(variant_dsn(px, pg_server, variant), libpq=libpq)
@@ -296,16 +303,52 @@ def test_task_cancelled_at_stage(
         # (on bare loopback the TLS handshake sometimes completes in one poll).
         px.forward(delay=0.02)
         before = sockets_to(px.port)
-        if mode.startswith("asyncio"):
-            asyncio.run(cancel_asyncio_task_at(conn, spy, stage, mode == "asyncio-offload"))
-        else:
-            import trio
-
-            trio.run(cancel_trio_task_at, conn, spy, stage)
+        run_task_cancelled_at(mode, conn, spy, stage)
         assert spy.stages[-1] == stage, spy.stages  # it stopped exactly there
         assert spy.stages.count(stage) == 1
         assert sockets_to(px.port) == before
         assert_session_works(conn, px, request_sent=stage == "eof")
+    finally:
+        conn.finish()
+    assert_all_finished(created)
+
+
+def run_task_cancelled_at(mode: str, conn: PGconn, spy: StageSpy, stage: str) -> None:
+    if mode.startswith("asyncio"):
+        asyncio.run(cancel_asyncio_task_at(conn, spy, stage, mode == "asyncio-offload"))
+    else:
+        import trio
+
+        trio.run(cancel_trio_task_at, conn, spy, stage)
+
+
+@pytest.mark.parametrize("mode", ["asyncio-inline", "trio"])
+@pytest.mark.parametrize("stage", ["connect", "write"])
+def test_task_cancelled_in_a_write_that_was_over_at_once(
+    mode: str,
+    stage: str,
+    pg_server: Any,
+    proxy: MakeProxy,
+    libpq: Libpq,
+    created: list[Any],
+    stage_spy: Callable[[], StageSpy],
+) -> None:
+    """A write wait over at once is not awaited: the cancellation lands at the next wait.
+
+    Plain, through a proxy on loopback: the connect and the send are over at
+    once, so the task is cancelled where it first yields to the loop, waiting
+    for the server's answer, with the request sent; nothing is left behind.
+    """
+    spy = stage_spy()
+    px = proxy()
+    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
+    try:
+        px.forward(delay=0.02)
+        before = sockets_to(px.port)
+        run_task_cancelled_at(mode, conn, spy, stage)
+        assert spy.stages == ["connect", "write", "eof"], spy.stages
+        assert sockets_to(px.port) == before
+        assert_session_works(conn, px, request_sent=True)
     finally:
         conn.finish()
     assert_all_finished(created)
