@@ -20,8 +20,8 @@ import anyio
 import anyio.to_thread
 
 from . import legacy, machine, trace
-from .blocking import WRITES_AT_ONCE, wait_fd
-from .machine import READ, WRITE, CancelSteps
+from .blocking import loop_waits
+from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
 __all__ = ["run_anyio", "wait_anyio", "wait_future_anyio"]
@@ -42,18 +42,12 @@ def _fd_waiters() -> tuple[Callable[[int], Awaitable[Any]], Callable[[int], Awai
 async def wait_anyio(steps: CancelSteps, deadline: Deadline) -> None:
     """Run ``steps`` in the current AnyIO task until done or ``deadline``.
 
-    As in the asyncio runner, the first :data:`WRITES_AT_ONCE` write waits
-    are checked at once with a zero-timeout ``poll`` and skip the event loop
-    when they are over already.
+    As in the asyncio runner, only the waits that are not over at once
+    (:func:`~.blocking.loop_waits`) go through the event loop.
     """
     wait_readable, wait_writable = _fd_waiters()
-    at_once = WRITES_AT_ONCE
     try:
-        for fd, event in steps:
-            if event == WRITE and at_once > 0:
-                at_once -= 1
-                if deadline.remaining() > 0 and wait_fd(fd, event, 0):
-                    continue
+        for fd, event in loop_waits(steps, deadline):
             while True:  # in slices of at most MAX_WAIT
                 wait = deadline.next_wait()
                 if wait <= 0:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 
 from . import legacy, machine, offload, trace
-from .blocking import WRITES_AT_ONCE, wait_fd
-from .machine import READ, WRITE, CancelSteps
+from .blocking import loop_waits
+from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
 __all__ = ["run_asyncio", "wait_asyncio"]
@@ -83,20 +83,12 @@ class _Waiter:
 async def wait_asyncio(steps: CancelSteps, deadline: Deadline) -> None:
     """Run ``steps`` on the running asyncio loop until done or ``deadline``.
 
-    A write-readiness wait (the connect ``PQcancelStart`` began, a request to
-    send) is usually over already: the first :data:`WRITES_AT_ONCE` of them
-    are checked at once with a zero-timeout ``poll`` and cost no round trip
-    through the loop then. Read waits (the server's answer) and any wait not
-    over at once go through the loop (``add_reader``/``add_writer``).
+    The waits that are not over at once (:func:`~.blocking.loop_waits`) go
+    through the loop (``add_reader``/``add_writer``).
     """
     waiter = _Waiter(asyncio.get_running_loop(), deadline)
-    at_once = WRITES_AT_ONCE
     try:
-        for fd, event in steps:
-            if event == WRITE and at_once > 0:
-                at_once -= 1
-                if deadline.remaining() > 0 and wait_fd(fd, event, 0):
-                    continue
+        for fd, event in loop_waits(steps, deadline):
             await waiter.ready(fd, event)
     finally:
         waiter.close()

@@ -22,12 +22,20 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import select
+from collections.abc import Iterator
 
 from . import cooperative, legacy, machine, outcomes, trace
-from .machine import READ, CancelSteps
+from .machine import READ, WRITE, CancelSteps, Wait
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 
-__all__ = ["WRITES_AT_ONCE", "run_blocking", "wait_blocking", "wait_fd", "wait_future"]
+__all__ = [
+    "WRITES_AT_ONCE",
+    "loop_waits",
+    "run_blocking",
+    "wait_blocking",
+    "wait_fd",
+    "wait_future",
+]
 
 
 WRITES_AT_ONCE = 8
@@ -48,6 +56,25 @@ def wait_fd(fd: int, event: int, seconds: float) -> bool:
     rlist, wlist = ([fd], []) if event == READ else ([], [fd])
     ready = select.select(rlist, wlist, rlist + wlist, seconds)
     return any(ready)
+
+
+def loop_waits(steps: CancelSteps, deadline: Deadline) -> Iterator[Wait]:
+    """The waits of ``steps`` that an event loop must do, for the event-loop runners.
+
+    A write-readiness wait (the connect ``PQcancelStart`` began, a request to
+    send) is usually over already: the first :data:`WRITES_AT_ONCE` of them
+    are checked at once with a zero-timeout ``poll`` and, when over, the
+    machine is resumed without a round trip through the loop. Read waits
+    (the server's answer) and any wait not over at once are yielded. The
+    caller closes ``steps``.
+    """
+    at_once = WRITES_AT_ONCE
+    for fd, event in steps:
+        if event == WRITE and at_once > 0:
+            at_once -= 1
+            if deadline.remaining() > 0 and wait_fd(fd, event, 0):
+                continue
+        yield fd, event
 
 
 def wait_blocking(steps: CancelSteps, deadline: Deadline) -> None:

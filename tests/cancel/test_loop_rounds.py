@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel._engine import asyncio_loop, plan
+from psycancel._engine import blocking, plan
 from psycancel.pq import Libpq, PGconn
 from tests.support.fds import loop_fds
 from tests.support.queries import QUERY_CANCELED, drain, sleeping
@@ -70,11 +70,17 @@ async def _recorded(conn: Any, **kwargs: Any) -> dict[str, int]:
     return {**rec.calls, "timers": rec.timers}
 
 
-def test_plain_cancel_waits_once_through_the_loop(dsn_plain: str, libpq: Libpq) -> None:
-    """Loopback: the connect and the send are over at once; the loop waits for the answer."""
-    with sleeping(dsn_plain, libpq) as conn:
+def _cancel_recorded(dsn: str, libpq: Libpq) -> dict[str, int]:
+    """Cancel a running query inline, recording the loop calls; it must end 57014."""
+    with sleeping(dsn, libpq) as conn:
         calls = asyncio.run(_recorded(conn, timeout=10))
         assert drain(conn).sqlstate == QUERY_CANCELED
+    return calls
+
+
+def test_plain_cancel_waits_once_through_the_loop(dsn_plain: str, libpq: Libpq) -> None:
+    """Loopback: the connect and the send are over at once; the loop waits for the answer."""
+    calls = _cancel_recorded(dsn_plain, libpq)
     # Before: two writers (the connect, the send), a reader, a timer for each.
     assert calls["add_writer"] == 0, calls
     assert calls["add_reader"] == 1, calls
@@ -83,9 +89,7 @@ def test_plain_cancel_waits_once_through_the_loop(dsn_plain: str, libpq: Libpq) 
 
 def test_tls_cancel_arms_one_timer(dsn_tls: str, libpq: Libpq) -> None:
     """However many waits the TLS handshake takes, the deadline is one timer."""
-    with sleeping(dsn_tls, libpq) as conn:
-        calls = asyncio.run(_recorded(conn, timeout=10))
-        assert drain(conn).sqlstate == QUERY_CANCELED
+    calls = _cancel_recorded(dsn_tls, libpq)
     assert calls["add_reader"] + calls["add_writer"] >= 2, calls  # the handshake's waits
     assert calls["timers"] == 1, calls
 
@@ -94,10 +98,8 @@ def test_writes_checked_at_once_are_bounded(
     monkeypatch: pytest.MonkeyPatch, dsn_plain: str, libpq: Libpq
 ) -> None:
     """With no write checked at once, every wait goes through the loop again."""
-    monkeypatch.setattr(asyncio_loop, "WRITES_AT_ONCE", 0)
-    with sleeping(dsn_plain, libpq) as conn:
-        calls = asyncio.run(_recorded(conn, timeout=10))
-        assert drain(conn).sqlstate == QUERY_CANCELED
+    monkeypatch.setattr(blocking, "WRITES_AT_ONCE", 0)
+    calls = _cancel_recorded(dsn_plain, libpq)
     # The connect, the request's send, the server's answer.
     assert calls["add_writer"] == 2, calls
     assert calls["add_reader"] == 1, calls

@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel._engine import anyio_loop as _anyio_loop
-from psycancel._engine import asyncio_loop as _asyncio_loop
+from psycancel._engine import blocking as _blocking
 from psycancel._engine import offload as _offload
 from psycancel.pq import Libpq, PGconn
 from testing import ThrowawayServer
@@ -293,33 +292,43 @@ def test_task_cancelled_at_stage(
 ) -> None:
     # Every wait through the event loop, so that each stage has one to stop at
     # (by default a write wait that is over at once is not awaited: see below).
-    monkeypatch.setattr(_asyncio_loop, "WRITES_AT_ONCE", 0)
-    monkeypatch.setattr(_anyio_loop, "WRITES_AT_ONCE", 0)
+    monkeypatch.setattr(_blocking, "WRITES_AT_ONCE", 0)
     spy = stage_spy()
     px = proxy()
-    conn = PGconn.connect(variant_dsn(px, pg_server, variant), libpq=libpq)
+    run_task_cancelled_at(
+        mode, px, variant_dsn(px, pg_server, variant), libpq, spy, stage, stage == "eof"
+    )
+    assert spy.stages[-1] == stage, spy.stages  # it stopped exactly there
+    assert spy.stages.count(stage) == 1
+    assert_all_finished(created)
+
+
+def run_task_cancelled_at(
+    mode: str,
+    px: TcpProxy,
+    dsn: str,
+    libpq: Libpq,
+    spy: StageSpy,
+    stage: str,
+    request_sent: bool,
+) -> None:
+    """Cancel the task of a ``cancel_async`` at ``stage``; nothing may be left behind."""
+    conn = PGconn.connect(dsn, libpq=libpq)
     try:
         # A little latency, so that no stage can be skipped by a fast server
         # (on bare loopback the TLS handshake sometimes completes in one poll).
         px.forward(delay=0.02)
         before = sockets_to(px.port)
-        run_task_cancelled_at(mode, conn, spy, stage)
-        assert spy.stages[-1] == stage, spy.stages  # it stopped exactly there
-        assert spy.stages.count(stage) == 1
+        if mode.startswith("asyncio"):
+            asyncio.run(cancel_asyncio_task_at(conn, spy, stage, mode == "asyncio-offload"))
+        else:
+            import trio
+
+            trio.run(cancel_trio_task_at, conn, spy, stage)
         assert sockets_to(px.port) == before
-        assert_session_works(conn, px, request_sent=stage == "eof")
+        assert_session_works(conn, px, request_sent=request_sent)
     finally:
         conn.finish()
-    assert_all_finished(created)
-
-
-def run_task_cancelled_at(mode: str, conn: PGconn, spy: StageSpy, stage: str) -> None:
-    if mode.startswith("asyncio"):
-        asyncio.run(cancel_asyncio_task_at(conn, spy, stage, mode == "asyncio-offload"))
-    else:
-        import trio
-
-        trio.run(cancel_trio_task_at, conn, spy, stage)
 
 
 @pytest.mark.parametrize("mode", ["asyncio-inline", "trio"])
@@ -341,16 +350,10 @@ def test_task_cancelled_in_a_write_that_was_over_at_once(
     """
     spy = stage_spy()
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
-    try:
-        px.forward(delay=0.02)
-        before = sockets_to(px.port)
-        run_task_cancelled_at(mode, conn, spy, stage)
-        assert spy.stages == ["connect", "write", "eof"], spy.stages
-        assert sockets_to(px.port) == before
-        assert_session_works(conn, px, request_sent=True)
-    finally:
-        conn.finish()
+    run_task_cancelled_at(
+        mode, px, px.dsn(pg_server, sslmode="disable"), libpq, spy, stage, request_sent=True
+    )
+    assert spy.stages == ["connect", "write", "eof"], spy.stages
     assert_all_finished(created)
 
 
