@@ -436,12 +436,18 @@ async def run_offloaded(cc: PGcancelConn, native: NativeDriver | None, deadline:
     """
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
+    abandoned = False  # the task was cancelled: nobody reads an outcome any more
 
     def settle(outcome: BaseException | None) -> None:
+        # An aborted job (or any outcome nobody waits for) cancels the future:
+        # a future holding an exception that is never read is logged by
+        # asyncio ("Future exception was never retrieved") when collected.
         if fut.done():
             return
         if outcome is None:
             fut.set_result(None)
+        elif abandoned or isinstance(outcome, asyncio.CancelledError):
+            fut.cancel()
         else:
             fut.set_exception(outcome)
 
@@ -471,4 +477,7 @@ async def run_offloaded(cc: PGcancelConn, native: NativeDriver | None, deadline:
                     "cancellation; it is left to the reactor",
                     ABORT_GRACE,
                 )
+        abandoned = True
+        if fut.done() and not fut.cancelled():
+            fut.exception()  # read: the task's cancellation is what propagates
         raise
