@@ -1,34 +1,64 @@
-"""``cancel_after``: a client-side statement timeout that keeps the connection.
+"""``cancel_after``: a client-side statement deadline, bounded whatever the network does.
 
 ::
 
-    with psycancel.cancel_after(conn, 2.0):          # blocking drivers
+    with psycancel.cancel_after(conn, 2.0, timeout=3.0):          # blocking drivers
         cur.execute("select slow()")
 
-    async with psycancel.cancel_after(aconn, 2.0):   # async drivers
+    async with psycancel.cancel_after(aconn, 2.0, timeout=3.0):   # async drivers
         await cur.execute("select slow()")
 
-If the block is still running after ``seconds``, a cancel request is sent for
-``conn`` (a thread timer for ``with``; a loop timer and a non-blocking cancel
-for ``async with`` under asyncio, offloaded for a TLS session as
-``cancel_async``'s default does). The code in the block is never interrupted
-or cancelled: the driver receives the server's "query cancelled" error as
-usual, and the block turns it into :class:`QueryTimeout`, raised ``from`` it.
+The guarantee. A block that is still running ``seconds`` after it was
+entered gets a cancel request sent for ``conn`` (encrypted like the session;
+bounded by ``timeout``). Then:
 
-Guarantee: **after the block exits, no cancel from it is in flight.** If the
-timer fired, leaving the block waits until the server has processed the
-cancel request (the cancel connection reached EOF: the postmaster has already
-signalled the backend). A cancel that reaches an idle backend is dropped by
-the server, so the next query on the connection can never be hit by it. The
-wait is bounded by ``timeout``; if the cancel could not be completed (refused,
-timed out), the block raises that error (:class:`CancelError`,
-:class:`CancellationTimeout`) instead of returning, because then the
-guarantee cannot be given (if the block raised an exception of its own, that
-one propagates, with a note about the cancel's failure on Python >= 3.11).
+* the query ends because of it: the driver raises its "query cancelled"
+  error (SQLSTATE 57014), the block raises :class:`QueryTimeout` ``from`` it,
+  and the connection stays usable;
+* the query has not ended ``timeout`` seconds after the cancel was sent, or
+  the cancel failed or timed out sooner (network down, server gone, a
+  pooler that lost the request): the connection's socket is *shut down*
+  (``shutdown(2)``, never closed: the driver owns the descriptor). The
+  blocked driver call returns at once with the driver's connection error,
+  and the block raises :class:`QueryTimeout` with ``connection_broken`` True.
+  The driver sees its connection as broken, as pools do (psycopg_pool,
+  SQLAlchemy's disconnect detection, Django's ``close_if_unusable_or_obsolete``).
 
-Thread rule: the cancel object is created when the block is entered, in the
-thread (or task) that owns the connection; only that prepared object is used
-by the timer (libpq allows using a ``PGcancelConn`` from another thread).
+So a block ends by ``seconds + timeout`` (plus the time the driver takes to
+notice a shut socket: microseconds) in every failure mode.
+``break_connection=False`` restores the older behaviour: the cancel is
+bounded, the query is not (a black-holed connection then blocks for as long
+as the operating system keeps it open).
+
+After the block exits, no cancel from it is in flight: if the timer fired,
+leaving the block waits until the server has processed the request (the
+cancel connection reached EOF), so it can never hit the next query on the
+connection; a broken connection has no next query, and its block does not
+wait for a cancel still in flight past the bound.
+
+Task cancellation (``async with``): a task cancelled inside the block (an
+``asyncio`` cancellation, an AnyIO or Trio cancel scope) before the timer
+fired sends the cancel before the cancellation propagates, so that the query
+does not run on on the server after its client gave up; the cancel is
+waited for (bounded by ``timeout``, fenced as above) and its failure is
+logged at WARNING, never raised over the cancellation.
+:func:`cancel_on_cancellation` does that alone, with no deadline.
+
+Thread rule: the cancel object and the socket's fence are made when the
+block is entered, in the thread (or task) that owns the connection; only
+those prepared objects are used later from other threads (libpq allows using
+a ``PGcancelConn`` from another thread; the fence checks that the descriptor
+still names the same socket before shutting it down).
+
+Timers: ``with`` blocks share one timer thread for the whole process (a
+block that ends in time costs a heap entry, no thread); a fired block's
+cancel runs in a thread of its own. ``async with`` under asyncio uses a loop
+timer and a non-blocking cancel (offloaded for an encrypted session, as
+``cancel_async`` does); the break uses the shared timer thread, so that it
+happens even while the loop is busy. Inside ``async with`` a call that
+blocks the loop cannot be interrupted by the loop's timer: exiting such a
+block after its deadline without having fired warns (``RuntimeWarning``:
+use ``with``).
 
 Frameworks: ``conn`` may be an SQLAlchemy ``Session``/``AsyncSession`` or a
 Django connection. The connection it holds when the block is entered is
@@ -48,26 +78,35 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import warnings
 from types import TracebackType
+from typing import Any
 
 from ._drivers.adapter import Unwatch
 from ._drivers.resolve import resolve
-from ._engine import blocking, outcomes
+from ._engine import blocking, outcomes, timers
 from ._engine.async_library import running_asyncio
 from ._engine.asyncio_loop import run_asyncio
+from ._engine.breaker import SocketFence
 from ._engine.plan import DEFAULT_TIMEOUT, MAX_WAIT, Plan, check_options, check_seconds, rearmed
-from ._procedure import prepare_cancel
+from ._engine.trace import logger
+from ._procedure import prepare_fenced
 from ._typing import Cancellable
 from .errors import CancelError, QueryTimeout
 
-__all__ = ["QUERY_CANCELED", "cancel_after"]
+__all__ = ["QUERY_CANCELED", "cancel_after", "cancel_on_cancellation"]
 
 QUERY_CANCELED = "57014"
 """SQLSTATE of a cancelled query (``query_canceled``)."""
 
-_NEW, _ARMED, _FIRING, _DISARMED = "new", "armed", "firing", "disarmed"
+_NEW, _ARMED, _FIRING, _DONE = "new", "armed", "firing", "done"
 _GRACE = 1.0
-"""Seconds a fired timer thread may take past the cancel's own deadline to end."""
+"""Seconds a fired cancel may take past its own deadline to end (a legacy ``PQcancel``
+has no timeout of its own), when the connection was not broken."""
+_BROKEN_GRACE = 0.05
+"""Seconds a block whose connection was broken waits past the bound for its cancel."""
+_LATE = 0.25
+"""Seconds past ``seconds`` after which an unfired ``async with`` block warns."""
 _MAX_CHAIN = 16
 """How many exceptions of a chain are looked at for the driver's "query cancelled"."""
 
@@ -145,37 +184,50 @@ def _query_canceled(exc: BaseException | None) -> BaseException | None:
     return context if _has_sqlstate(context) else None
 
 
-def _wait_event(event: threading.Event, seconds: float) -> bool:
-    """``event.wait(seconds)`` for any finite ``seconds`` (in slices of MAX_WAIT)."""
-    end = time.monotonic() + seconds
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            return event.is_set()
-        if event.wait(min(left, MAX_WAIT)):
-            return True
+def _is_cancellation(exc: BaseException | None) -> bool:
+    """True if ``exc`` is the cancellation of the running task (asyncio, AnyIO, Trio)."""
+    if exc is None:
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    if not running_asyncio():
+        import anyio
+
+        return isinstance(exc, anyio.get_cancelled_exc_class())
+    return False
 
 
 class cancel_after:  # lower case: used like a function, as in ``with cancel_after(...)``
-    """Cancel the query running on ``conn`` if the block lasts over ``seconds``.
+    """Bound the query running on ``conn``: cancel it after ``seconds``, break it after ``timeout``.
 
-    A context manager, synchronous (``with``: the timer is a thread, for
-    blocking drivers such as psycopg2) or asynchronous (``async with``: an
-    event-loop timer and a non-blocking cancel; under Trio a thread timer).
-    When it fired, the driver's query-cancelled error (SQLSTATE 57014) is
-    re-raised as :class:`QueryTimeout` ``from`` it; a block that finishes in
-    time is untouched. After the block exits, no cancel from it is in flight
-    (see the module documentation for the exact guarantee).
+    A context manager, synchronous (``with``: for blocking drivers such as
+    psycopg2; one timer thread serves every block of the process) or
+    asynchronous (``async with``: an event-loop timer and a non-blocking
+    cancel; under Trio the shared timer thread). See the module
+    documentation for the full guarantee; in short:
 
-    ``timeout`` bounds the cancel request itself and ``strict`` is the
-    security policy of :func:`psycancel.cancel`; with a libpq < 17 on an
-    encrypted connection the policy is applied when the block is entered
+    * in time: the block is untouched;
+    * after ``seconds`` the cancel is sent; the query ends with the driver's
+      "query cancelled" error (SQLSTATE 57014): :class:`QueryTimeout` is
+      raised ``from`` it, the connection stays usable;
+    * if the query has not ended ``timeout`` seconds later, or the cancel
+      failed before: the connection's socket is shut down, the driver's
+      call returns with its connection error, and :class:`QueryTimeout` is
+      raised with ``connection_broken=True`` (the connection is broken; pools
+      discard it). ``break_connection=False``: never break (the cancel's
+      failure is raised at the exit instead, as before 0.2).
+
+    ``timeout`` bounds the cancel request and ``strict`` is the security
+    policy of :func:`psycancel.cancel`; with a libpq < 17 on an encrypted
+    connection the policy is applied when the block is entered
     (:class:`InsecureCancelWarning`, or :class:`InsecureCancelError` with
-    ``strict=True``). Single use: enter it once. The timer fires once.
+    ``strict=True``). A task cancelled inside ``async with`` before the
+    deadline sends the cancel first (see :func:`cancel_on_cancellation`).
+    Single use: enter it once. The timer fires once.
 
     Use ``with`` around blocking calls: inside ``async with`` under asyncio
     the timer is a loop timer, which cannot fire while a blocking call holds
-    the loop.
+    the loop (such a block warns at its exit).
     """
 
     def __init__(
@@ -185,41 +237,55 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         *,
         timeout: float = DEFAULT_TIMEOUT,
         strict: bool = False,
+        break_connection: bool = True,
     ) -> None:
-        self._seconds = check_seconds(seconds, "seconds")
+        self._seconds: float | None = check_seconds(seconds, "seconds")
         self._timeout = check_options(timeout, strict)
+        if not isinstance(break_connection, bool):
+            raise TypeError(
+                f"break_connection must be a bool, got {type(break_connection).__name__}"
+            )
         self._conn = conn
         self._strict = strict
+        self._break_connection = break_connection
         self._lock = threading.Lock()
         self._state = _NEW
+        self._entered_at = 0.0
         self._fired = False
         self._fired_at = 0.0
+        self._broken = False
         self._error: BaseException | None = None
         self._plan: Plan | None = None
+        self._fence: SocketFence | None = None
         self._sent = False
         self._unwatch: Unwatch | None = None
         self._watch_error: Exception | None = None
-        # thread timer
-        self._disarm = threading.Event()
-        self._thread: threading.Thread | None = None
-        # asyncio timer
+        self._entry: timers.TimerEntry | None = None
+        self._break_entry: timers.TimerEntry | None = None
+        # a fired cancel runs in a thread (``with``, Trio; done: _sent_done) or a task
+        self._sent_done = threading.Event()
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def seconds(self) -> float:
-        """The time limit of the block."""
+    def seconds(self) -> float | None:
+        """The time limit of the block (None for :func:`cancel_on_cancellation`)."""
         return self._seconds
 
     @property
     def fired(self) -> bool:
-        """True once the timer has fired (a cancel request was, or is being, sent)."""
+        """True once the deadline passed (a cancel request was, or is being, sent)."""
         return self._fired
+
+    @property
+    def connection_broken(self) -> bool:
+        """True once the deadline broke the connection (its socket was shut down)."""
+        return self._broken
 
     # -- shared -------------------------------------------------------------------
 
     def _prepare(self) -> bool:
-        """Make the plan now, in the thread that owns the connection.
+        """Make the plan and the socket's fence now, in the thread that owns the connection.
 
         False when there is nothing to cancel (a closed connection, a
         framework object holding no connection and acquiring none later): the
@@ -228,9 +294,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         """
         if self._state != _NEW:
             raise RuntimeError("cancel_after() objects are single use: make a new one")
+        self._state = _DONE  # whatever happens next, never entered twice
         watch = resolve(self._conn).watch
-        # Frames above prepare_cancel: _prepare, __enter__/__aenter__, the caller.
-        self._plan = prepare_cancel(
+        # Frames above prepare_fenced: _prepare, __enter__/_aenter(/__aenter__), the caller.
+        self._plan, self._fence = prepare_fenced(
             self._conn, timeout=self._timeout, strict=self._strict, stacklevel=3
         )
         if watch is not None:
@@ -241,20 +308,23 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 self._release()
                 raise
         if self._plan is None and self._unwatch is None:
-            self._state = _DISARMED
             return False
+        self._entered_at = time.monotonic()
         return True
 
     def _acquired(self, conn: object) -> None:
         """The watched framework object acquired ``conn`` (its thread): prepare its cancel."""
         try:
-            plan = prepare_cancel(conn, timeout=self._timeout, strict=self._strict, stacklevel=2)
+            plan, fence = prepare_fenced(
+                conn, timeout=self._timeout, strict=self._strict, stacklevel=2
+            )
         except Exception as ex:  # not raised inside the framework's code: at the block's exit
             self._watch_error = ex
-            plan = None
+            plan, fence = None, None
         with self._lock:
             if self._state == _ARMED:
                 plan, self._plan = self._plan, plan
+                self._fence = fence
         if plan is not None:
             plan.discard()
 
@@ -264,6 +334,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         with self._lock:
             if self._state == _ARMED:
                 plan, self._plan = self._plan, None
+                self._fence = None
         if plan is not None:
             plan.discard()
 
@@ -278,45 +349,99 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         if error is not None and exc is None:
             raise error
 
-    def _take_plan(self) -> Plan | None:
-        """The prepared plan, with its deadline starting now (the timer fired)."""
-        plan, self._plan = self._plan, None
-        if plan is None:
-            return None  # the watched session held no connection when the timer fired
-        self._sent = True
-        return rearmed(plan)
-
     def _release(self) -> None:
-        """Free the prepared plan's cancel object (only when the timer never fired)."""
+        """Free the prepared plan's cancel object (only when it was never sent)."""
         plan, self._plan = self._plan, None
+        self._fence = None
         if plan is not None:
             plan.discard()
 
-    def _fire(self) -> bool:
-        """Move ARMED -> FIRING; False if the block was disarmed first."""
+    def _fire(self) -> Plan | None:
+        """ARMED -> FIRING (the deadline passed): the plan to send now, rearmed.
+
+        None if the block was left first, or holds no connection now (a
+        watched session between transactions). Schedules the break.
+        """
         with self._lock:
             if self._state != _ARMED:
-                return False
+                return None
             self._state = _FIRING
             self._fired = True
             self._fired_at = time.monotonic()
-            return True
+            plan, self._plan = self._plan, None
+            if plan is None:
+                return None
+            self._sent = True
+            if self._break_connection:
+                self._break_entry = timers.call_at(
+                    self._fired_at + self._timeout, self._break_at_bound
+                )
+            return rearmed(plan)
 
-    def _disarm_or_fired(self) -> bool:
-        """At exit: disarm the timer unless it fired already; True if it fired."""
+    def _break_at_bound(self) -> None:
+        self._break(f"had not ended {self._timeout:g} s after its cancel was sent")
+
+    def _break(self, why: str) -> None:
+        """Shut the connection's socket down if the block still runs (any thread)."""
         with self._lock:
-            fired = self._state == _FIRING
-            if not fired:
-                self._state = _DISARMED
-        self._disarm.set()
+            if self._state != _FIRING or self._broken or not self._break_connection:
+                return
+            fence = self._fence
+            self._broken = fence is not None and fence.shutdown()
+        if self._broken:
+            logger.warning(
+                "psycancel.cancel_after(%g s): the query %s: its connection was broken "
+                "(socket shut down) so that the block ends on time",
+                self._seconds,
+                why,
+            )
+        else:
+            logger.warning(
+                "psycancel.cancel_after(%g s): the query %s, and its connection could not "
+                "be broken (its socket is gone)",
+                self._seconds,
+                why,
+            )
+
+    def _cancel_failed(self, error: BaseException) -> None:
+        """The fired cancel failed: remember it, say so, break the connection now."""
+        self._error = error
+        if self._break_connection:
+            self._break(f"could not be cancelled ({error!r})")
+        else:
+            logger.warning(
+                "psycancel.cancel_after(%g s): the cancel failed (%r); the query may still "
+                "be running (break_connection=False)",
+                self._seconds,
+                error,
+            )
+
+    def _leave(self, *, keep_plan: bool = False) -> str:
+        """At exit: no more firing or breaking. The state the block was in.
+
+        An unsent plan is freed, unless ``keep_plan`` (a cancelled task's block sends it).
+        """
+        with self._lock:
+            state = self._state
+            self._state = _DONE
+            entries = (self._entry, self._break_entry)
+        for entry in entries:
+            if entry is not None:
+                entry.cancel()
         if self._handle is not None:
             self._handle.cancel()
-        if not fired:
+        if state != _FIRING and not keep_plan:
             self._release()
-        return fired
+        return state
+
+    def _wait_bound(self) -> float:
+        """When leaving stops waiting for a fired cancel (monotonic time)."""
+        if self._broken:
+            return self._fired_at + self._timeout + _BROKEN_GRACE
+        return self._fired_at + self._timeout + _GRACE
 
     def _outcome(self, exc: BaseException | None) -> None:
-        """After a fired timer's cancel completed: map or report."""
+        """After a fired block: map the block's exception, or report the cancel's failure."""
         canceled = _query_canceled(exc) if self._sent else None
         if canceled is not None:
             raise QueryTimeout(
@@ -324,60 +449,77 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 f"than {self._seconds:g} s"
             ) from canceled
         error = self._error
+        if self._broken:
+            if exc is None:
+                logger.warning(
+                    "psycancel.cancel_after(%g s): the block completed, but its connection "
+                    "was broken at the deadline: it cannot be used any more",
+                    self._seconds,
+                )
+                return
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, a task's cancellation...
+                _note(exc, "psycancel.cancel_after: the deadline broke the connection")
+                return
+            raise QueryTimeout(
+                f"the query ran for more than {self._seconds:g} s and did not end within "
+                f"{self._timeout:g} s of its cancel: psycancel.cancel_after broke the "
+                "connection to end the block on time (the connection cannot be used any more)",
+                connection_broken=True,
+            ) from (error if error is not None else exc)
         if error is None:
             return  # the query ended just before the cancel reached the server
         if exc is not None:
             # The block failed on its own; keep its error, mention ours.
-            add_note = getattr(exc, "add_note", None)  # Python >= 3.11
-            if add_note is not None:
-                add_note(f"psycancel.cancel_after: the timeout's cancel also failed: {error!r}")
+            _note(exc, f"psycancel.cancel_after: the timeout's cancel also failed: {error!r}")
             return
         raise error
 
-    # -- thread timer (``with``, and ``async with`` outside asyncio) -----------------
+    # -- ``with``: the shared timer thread ----------------------------------------
 
-    def _start_thread(self) -> None:
-        self._state = _ARMED
+    def _arm_timer(self) -> None:
+        """ARMED, with the process's timer thread calling :meth:`_on_deadline`."""
+        assert self._seconds is not None
+        with self._lock:
+            self._state = _ARMED
+            self._entry = timers.call_at(self._entered_at + self._seconds, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        """The timer thread: the deadline passed; send the cancel from a thread of its own."""
+        plan = self._fire()
+        if plan is None:
+            return
         thread = threading.Thread(
-            target=self._thread_main, name="psycancel-cancel-after", daemon=True
+            target=self._send_blocking, args=(plan,), name="psycancel-cancel-after", daemon=True
         )
         try:
             thread.start()
-        except BaseException:
-            self._state = _DISARMED
-            self._release()
-            raise
-        self._thread = thread
+        except BaseException as ex:  # no thread to be had: the block hears of it
+            plan.discard()
+            self._cancel_failed(ex)
+            self._sent_done.set()
 
-    def _thread_main(self) -> None:
-        if _wait_event(self._disarm, self._seconds) or not self._fire():
-            return
+    def _send_blocking(self, plan: Plan) -> None:
         try:
-            self._send_blocking()
-        except BaseException as ex:  # whatever ends the cancel, the block hears of it
-            self._error = ex
-
-    def _send_blocking(self) -> None:
-        plan = self._take_plan()
-        if plan is not None:
             blocking.run_blocking(plan)
+        except BaseException as ex:  # whatever ends the cancel, the block hears of it
+            self._cancel_failed(ex)
+        finally:
+            self._sent_done.set()
 
     def _join_thread(self) -> None:
-        """Wait for the fired timer thread's cancel to complete (bounded)."""
-        thread = self._thread
-        assert thread is not None
-        # The new API's waiter gives up by itself at its deadline; a legacy
-        # PQcancel has no timeout, so it is waited for until that deadline only.
-        end = self._fired_at + self._timeout + _GRACE
-        while thread.is_alive() and (left := end - time.monotonic()) > 0:
-            thread.join(min(left, MAX_WAIT))
-        if thread.is_alive():
+        """Wait for the fired cancel to complete (bounded), wherever it runs."""
+        if not self._sent:
+            return
+        end = self._wait_bound()
+        while not self._sent_done.is_set() and (left := end - time.monotonic()) > 0:
+            self._sent_done.wait(min(left, MAX_WAIT))
+        if not self._sent_done.is_set() and self._error is None and not self._broken:
             self._error = outcomes.timed_out(self._timeout, legacy=True)
 
     def __enter__(self) -> cancel_after:
         try:
             if self._prepare():
-                self._start_thread()
+                self._arm_timer()
         except BaseException:
             self._stop_watching()
             raise
@@ -390,12 +532,12 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         tb: TracebackType | None,
     ) -> None:
         self._stop_watching()
-        if self._thread is not None and self._disarm_or_fired():
+        if self._leave() == _FIRING:
             self._join_thread()
             self._outcome(exc)
         self._watch_failure(exc)
 
-    # -- asyncio timer (``async with``) -------------------------------------------
+    # -- ``async with`` -------------------------------------------------------------
 
     async def __aenter__(self) -> cancel_after:
         try:
@@ -409,33 +551,39 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             import anyio.to_thread  # noqa: F401  (needed at exit: fail early if missing)
 
             if self._prepare():
-                self._start_thread()
+                if self._seconds is None:
+                    with self._lock:
+                        self._state = _ARMED
+                else:
+                    self._arm_timer()
             return self
         if not self._prepare():
             return self
         loop = asyncio.get_running_loop()
-        self._state = _ARMED
-        self._handle = loop.call_later(self._seconds, self._fire_asyncio, loop)
+        with self._lock:
+            self._state = _ARMED
+        if self._seconds is not None:
+            self._handle = loop.call_later(self._seconds, self._fire_asyncio, loop)
         return self
 
     def _fire_asyncio(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._fire():
-            self._task = loop.create_task(self._send_asyncio())
+        plan = self._fire()
+        if plan is not None:
+            self._task = loop.create_task(self._send_asyncio(plan))
 
-    async def _send_asyncio(self) -> None:
+    async def _send_asyncio(self, plan: Plan) -> None:
         try:
-            plan = self._take_plan()
-            if plan is not None:
-                # cancel_async's default rule: offloaded for a TLS session (the
-                # handshake's CPU work off the loop thread), inline otherwise.
-                await run_asyncio(plan, offloaded=None)
+            # cancel_async's default rule: offloaded for an encrypted session (the
+            # handshake's CPU work off the loop thread), inline otherwise.
+            await run_asyncio(plan, offloaded=None)
         except Exception as ex:
-            self._error = ex
+            self._cancel_failed(ex)
 
     async def _join_task(self) -> None:
         """Wait for the fired cancel task, even if this task is cancelled meanwhile."""
         task = self._task
-        assert task is not None
+        if task is None:
+            return
         interrupted: asyncio.CancelledError | None = None
         while not task.done():
             try:
@@ -448,6 +596,53 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         if interrupted is not None:
             raise interrupted
 
+    async def _cancel_cancelled(self) -> None:
+        """The task was cancelled in the block before its deadline: cancel its query first."""
+        with self._lock:
+            plan, self._plan = self._plan, None
+            self._fence = None
+        if plan is None:
+            return
+        plan = rearmed(plan)
+        error: BaseException | None = None
+        if running_asyncio():
+            task = asyncio.get_running_loop().create_task(run_asyncio(plan, offloaded=None))
+            self._task = task
+            await self._join_task()  # never abandoned: the cancel must not outlive the block
+            if task.done() and not task.cancelled():
+                error = task.exception()
+        else:
+            import anyio
+
+            from ._engine.anyio_loop import run_anyio
+
+            with anyio.CancelScope(shield=True):
+                try:
+                    await run_anyio(plan)
+                except Exception as ex:
+                    error = ex
+        if error is not None:
+            logger.warning(
+                "psycancel: the task was cancelled during a query, and the query's cancel "
+                "failed (%r): the query may still be running on the server",
+                error,
+            )
+
+    def _warn_if_late(self, exc: BaseException | None) -> None:
+        """An unfired block that outlived its deadline: its loop timer could not run."""
+        if self._seconds is None or self._handle is None or exc is not None:
+            return
+        late = time.monotonic() - self._entered_at - self._seconds
+        if late > _LATE:
+            warnings.warn(
+                f"psycancel.cancel_after({self._seconds:g}): the block ran {late:.2f} s past "
+                "its deadline without being cancelled: something blocked the event loop, so "
+                "its timer could not fire; use a plain `with cancel_after(...)` around "
+                "blocking calls",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -457,15 +652,58 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._stop_watching()
         if self._state == _NEW:
             return
-        if not self._disarm_or_fired():
+        cancelled = _is_cancellation(exc)
+        if self._leave(keep_plan=cancelled) != _FIRING:
+            if cancelled:
+                await self._cancel_cancelled()
+                return
+            self._warn_if_late(exc)
             self._watch_failure(exc)
             return
-        if self._thread is not None:
+        if self._task is not None:
+            await self._join_task()
+        elif self._sent:
             import anyio.to_thread
 
             # Not abandoned on cancellation: leaving early would break the guarantee.
             await anyio.to_thread.run_sync(self._join_thread)
-        else:
-            await self._join_task()
         self._outcome(exc)
         self._watch_failure(exc)
+
+
+class cancel_on_cancellation(cancel_after):
+    """Send a cancel for ``conn``'s query when the task running the block is cancelled.
+
+    ``async with`` only. A task cancelled inside the block (an asyncio
+    cancellation, a client that disconnected, ``asyncio.timeout``, a
+    ``TaskGroup`` sibling failing, an AnyIO or Trio cancel scope) would
+    otherwise leave its query running on the server: the driver stops
+    waiting, the server never hears of it (aiopg closes its connection,
+    others leave it busy). Here the cancel is sent first (encrypted, bounded
+    by ``timeout``, ``strict`` as for :func:`psycancel.cancel`), waited for,
+    and the cancellation then propagates unchanged; a failure of the cancel
+    is logged at WARNING. No deadline: for one, use :class:`cancel_after`,
+    which does the same on cancellation.
+    """
+
+    def __init__(
+        self, conn: Cancellable, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False
+    ) -> None:
+        super().__init__(conn, 1.0, timeout=timeout, strict=strict)
+        self._seconds = None
+
+    def __enter__(self) -> Any:
+        raise TypeError(
+            "cancel_on_cancellation() is for async with: a synchronous block is never "
+            "cancelled as a task is (use cancel_after, or cancel_on_interrupt for Ctrl-C)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<psycancel.cancel_on_cancellation of {type(self._conn).__qualname__}>"
+
+
+def _note(exc: BaseException, text: str) -> None:
+    """Add ``text`` as a note on ``exc`` (Python >= 3.11; nothing before)."""
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(text)

@@ -10,11 +10,13 @@ runner of ``psycancel._engine`` then runs the plan.
 from __future__ import annotations
 
 from ._drivers.resolve import as_pgconn
+from ._engine.breaker import SocketFence, capture_socket
 from ._engine.plan import Deadline, Plan, check_options, make_plan
 from .errors import InterfaceError
+from .pq import PGconn
 from .pq.enums import ConnStatus
 
-__all__ = ["check_offload", "prepare_cancel"]
+__all__ = ["check_offload", "prepare_cancel", "prepare_fenced"]
 
 
 def check_offload(offload: bool | None) -> None:
@@ -41,9 +43,30 @@ def prepare_cancel(
     libpq cannot prepare the request, and applies the legacy security policy
     (``stacklevel`` 1: the caller of this function). The deadline starts now.
     """
-    deadline = Deadline.after(check_options(timeout, strict))
+    check_options(timeout, strict)
     check_offload(offload)
+    return _plan(as_pgconn(conn), timeout=timeout, strict=strict, stacklevel=stacklevel + 1)
+
+
+def prepare_fenced(
+    conn: object, *, timeout: float, strict: bool, stacklevel: int
+) -> tuple[Plan | None, SocketFence | None]:
+    """:func:`prepare_cancel`, plus the fence of the connection's socket (a deadline's break).
+
+    Both are made now, in the calling thread (the one that owns the
+    connection); (None, None) when there is nothing to cancel.
+    """
+    check_options(timeout, strict)
     pgconn = as_pgconn(conn)
+    plan = _plan(pgconn, timeout=timeout, strict=strict, stacklevel=stacklevel + 1)
+    if plan is None or pgconn is None:
+        return None, None
+    return plan, capture_socket(pgconn)
+
+
+def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: int) -> Plan | None:
+    """The plan for the resolved ``pgconn`` (see :func:`prepare_cancel`)."""
+    deadline = Deadline.after(check_options(timeout, strict))
     if pgconn is None:
         return None
     try:

@@ -51,9 +51,33 @@ class InsecureCancelWarning(UserWarning):
 
 
 class QueryTimeout(Error, TimeoutError):
-    """The query ran past a :func:`psycancel.cancel_after` limit and was cancelled.
+    """The query ran past a :func:`psycancel.cancel_after` limit.
 
-    Raised ``from`` the driver's own "query cancelled" error (SQLSTATE 57014),
-    which stays available as ``__cause__``. The connection remains usable
-    (roll back first if a transaction was open).
+    Two cases, told apart by :attr:`connection_broken`:
+
+    * False: the cancel ended the query. Raised ``from`` the driver's own
+      "query cancelled" error (SQLSTATE 57014), which stays available as
+      ``__cause__``. The connection remains usable (roll back first if a
+      transaction was open).
+    * True: the query had not ended ``timeout`` seconds after the cancel was
+      sent (the cancel failed, timed out, or the server never acted on it), so
+      psycancel shut the connection's socket down to end the block on time.
+      ``__cause__`` is the cancel's own error when it had one (else the
+      driver's error); ``__context__`` is the driver's connection error. The
+      connection is broken: close it (pools discard it by themselves).
     """
+
+    connection_broken: bool = False
+    """True when the deadline had to break the connection (see above)."""
+
+    def __init__(self, *args: object, connection_broken: bool = False) -> None:
+        super().__init__(*args)
+        self.connection_broken = connection_broken
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_query_timeout, (self.args, self.connection_broken))
+
+
+def _query_timeout(args: tuple[object, ...], connection_broken: bool) -> QueryTimeout:
+    """Unpickle a :class:`QueryTimeout` (keeps :attr:`~QueryTimeout.connection_broken`)."""
+    return QueryTimeout(*args, connection_broken=connection_broken)

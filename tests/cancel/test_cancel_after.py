@@ -410,8 +410,9 @@ def test_task_cancelled_while_leaving_still_waits(
 def test_cancel_that_cannot_complete_is_reported(
     mode: str, pg_server: Any, proxy: Any, created: list[PGcancelConn]
 ) -> None:
-    """The cancel connection is black-holed: the query runs to its end; the
-    block then raises CancellationTimeout (no guarantee can be given)."""
+    """``break_connection=False``: the cancel connection is black-holed, the
+    query runs to its end; the block then raises CancellationTimeout (no
+    guarantee can be given) and the connection is still usable."""
     px = proxy()
     dsn = px.dsn(pg_server, sslmode="disable")
     query = "select pg_sleep(1.2), 1"
@@ -422,7 +423,7 @@ def test_cancel_that_cannot_complete_is_reported(
         try:
             px.blackhole()
             t0 = time.monotonic()
-            timer = psycancel.cancel_after(conn, 0.05, timeout=0.4)
+            timer = psycancel.cancel_after(conn, 0.05, timeout=0.4, break_connection=False)
             with pytest.raises(psycancel.CancellationTimeout), timer:
                 driver.execute(conn, query)
             elapsed = time.monotonic() - t0
@@ -438,7 +439,9 @@ def test_cancel_that_cannot_complete_is_reported(
                 px.blackhole()
                 t0 = time.monotonic()
                 with pytest.raises(psycancel.CancellationTimeout):
-                    async with psycancel.cancel_after(conn, 0.05, timeout=0.4):
+                    async with psycancel.cancel_after(
+                        conn, 0.05, timeout=0.4, break_connection=False
+                    ):
                         await adriver.execute(conn, query)
                 elapsed = time.monotonic() - t0
                 assert await adriver.execute(conn, "select 2") == [(2,)]
@@ -451,21 +454,88 @@ def test_cancel_that_cannot_complete_is_reported(
     assert len(created) == 1 and created[0].closed
 
 
-def test_block_error_keeps_priority_over_a_failed_cancel(pg_server: Any, proxy: Any) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_cancel_that_cannot_complete_breaks_the_connection(
+    mode: str, pg_server: Any, proxy: Any, created: list[PGcancelConn]
+) -> None:
+    """The default: the cancel connection is black-holed, so at ``seconds +
+    timeout`` the session's socket is shut down; the block ends then with
+    QueryTimeout(connection_broken=True), caused by the CancellationTimeout."""
+    px = proxy()
+    dsn = px.dsn(pg_server, sslmode="disable")
+    query = "select pg_sleep(5), 1"
+
+    if mode == "sync":
+        driver = Sync("psycopg2")
+        conn = driver.connect(dsn)
+        try:
+            px.blackhole()
+            t0 = time.monotonic()
+            with pytest.raises(psycancel.QueryTimeout) as info:
+                with psycancel.cancel_after(conn, 0.05, timeout=0.4):
+                    driver.execute(conn, query)
+            elapsed = time.monotonic() - t0
+            assert conn.closed != 0
+        finally:
+            conn.close()
+    else:
+
+        async def main() -> tuple[float, Any]:
+            adriver = Async("psycopg")
+            conn = await adriver.connect(dsn)
+            try:
+                px.blackhole()
+                t0 = time.monotonic()
+                with pytest.raises(psycancel.QueryTimeout) as info:
+                    async with psycancel.cancel_after(conn, 0.05, timeout=0.4):
+                        await adriver.execute(conn, query)
+                elapsed = time.monotonic() - t0
+                assert conn.broken
+                return elapsed, info
+            finally:
+                await adriver.close(conn)
+
+        elapsed, info = arun(main)
+    assert info.value.connection_broken
+    assert isinstance(info.value.__cause__, psycancel.CancellationTimeout)
+    assert elapsed < 0.05 + 0.4 + 0.5, elapsed
+    assert len(created) == 1 and created[0].closed
+
+
+@pytest.mark.parametrize("break_connection", [True, False])
+def test_block_error_keeps_priority_over_a_failed_cancel(
+    pg_server: Any, proxy: Any, break_connection: bool
+) -> None:
+    """An error the block raises itself, after its query: with
+    ``break_connection=False`` it is kept, the cancel's failure noted on it;
+    by default the connection was broken, so QueryTimeout is raised (the
+    block's error is its context)."""
     px = proxy()
     driver = Sync("psycopg2")
     conn = driver.connect(px.dsn(pg_server, sslmode="disable"))
+    timer = psycancel.cancel_after(conn, 0.05, timeout=0.2, break_connection=break_connection)
+    raised: BaseException | None = None
     try:
         px.blackhole()
-        timer = psycancel.cancel_after(conn, 0.05, timeout=0.2)
-        with pytest.raises(KeyError) as info, timer:
-            driver.execute(conn, "select pg_sleep(0.5)")
+        with timer:
+            try:
+                driver.execute(conn, "select pg_sleep(0.5)")
+            except psycopg2.OperationalError:
+                assert break_connection
             raise KeyError("mine")
-        notes = getattr(info.value, "__notes__", [])
-        if hasattr(info.value, "add_note"):
-            assert any("CancellationTimeout" in n for n in notes)
+    except (KeyError, psycancel.QueryTimeout) as ex:
+        raised = ex
     finally:
         conn.close()
+    assert timer.connection_broken == break_connection
+    if break_connection:
+        assert isinstance(raised, psycancel.QueryTimeout) and raised.connection_broken
+        assert isinstance(raised.__context__, KeyError)
+        assert isinstance(raised.__cause__, psycancel.CancellationTimeout)
+    else:
+        assert isinstance(raised, KeyError)
+        if hasattr(raised, "add_note"):
+            assert any("CancellationTimeout" in n for n in getattr(raised, "__notes__", []))
 
 
 # =====================================================================================

@@ -4,7 +4,9 @@
 a target. Its mode (``forward``, ``blackhole``, ``reset``) and ``delay`` can be
 switched at run time; a switch applies to the connections accepted after it,
 so an already established session keeps working while its cancel request
-(a new connection) meets the fault. ``close()`` stops listening and closes
+(a new connection) meets the fault. :meth:`TcpProxy.freeze` is the exception:
+a black hole for every connection, established ones included (nothing is
+forwarded either way any more, nothing is closed), as when a network drops. ``close()`` stops listening and closes
 every connection, so that new connections are refused (``ECONNREFUSED``).
 """
 
@@ -227,6 +229,9 @@ class ProxyConnection:
                 wait = due - time.monotonic()
                 if wait > 0 and self._stopping.wait(wait):
                     return
+                while self._proxy.frozen.is_set():  # a black hole: hold everything
+                    if self._stopping.wait(0.1):
+                        return
                 if data is None:
                     # EOF from src: pass the half-close on.
                     with contextlib.suppress(OSError):
@@ -262,6 +267,8 @@ class TcpProxy:
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._port: int | None = None
+        self.frozen = threading.Event()
+        """Set by :meth:`freeze`: no connection forwards anything any more."""
 
     # -- modes
 
@@ -282,6 +289,16 @@ class TcpProxy:
     def reset(self) -> None:
         """Accept new connections and reset them (RST) on their first bytes."""
         self._mode = "reset"
+
+    def freeze(self) -> None:
+        """Black-hole everything from now on, established connections included.
+
+        Both directions stop: bytes are still read (so senders do not block)
+        but never delivered; nothing is closed or reset. New connections are
+        accepted and black-holed.
+        """
+        self._mode = "blackhole"
+        self.frozen.set()
 
     # -- information
 
