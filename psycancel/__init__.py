@@ -6,7 +6,7 @@ threads, bounded by a timeout. See the README for the full story.
 
 from __future__ import annotations
 
-from ._after import cancel_after
+from ._after import cancel_after, cancel_on_cancellation
 from ._api import DEFAULT_TIMEOUT, cancel, cancel_async
 from ._canceller import Canceller
 from ._interrupt import cancel_on_interrupt
@@ -42,6 +42,7 @@ __all__ = [
     "cancel",
     "cancel_after",
     "cancel_async",
+    "cancel_on_cancellation",
     "cancel_on_interrupt",
     "make_psycopg2_wait_callback",
     "psycopg2_wait_callback",

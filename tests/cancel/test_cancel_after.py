@@ -471,9 +471,9 @@ def test_cancel_that_cannot_complete_breaks_the_connection(
         try:
             px.blackhole()
             t0 = time.monotonic()
-            with pytest.raises(psycancel.QueryTimeout) as info:
-                with psycancel.cancel_after(conn, 0.05, timeout=0.4):
-                    driver.execute(conn, query)
+            timer = psycancel.cancel_after(conn, 0.05, timeout=0.4)
+            with pytest.raises(psycancel.QueryTimeout) as info, timer:
+                driver.execute(conn, query)
             elapsed = time.monotonic() - t0
             assert conn.closed != 0
         finally:

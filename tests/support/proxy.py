@@ -6,8 +6,9 @@ switched at run time; a switch applies to the connections accepted after it,
 so an already established session keeps working while its cancel request
 (a new connection) meets the fault. :meth:`TcpProxy.freeze` is the exception:
 a black hole for every connection, established ones included (nothing is
-forwarded either way any more, nothing is closed), as when a network drops. ``close()`` stops listening and closes
-every connection, so that new connections are refused (``ECONNREFUSED``).
+forwarded either way any more, nothing is closed), as when a network drops.
+``close()`` stops listening and closes every connection, so that new
+connections are refused (``ECONNREFUSED``).
 """
 
 from __future__ import annotations
