@@ -301,6 +301,12 @@ class TcpProxy:
         self._mode = "blackhole"
         self.frozen.set()
 
+    def thaw(self) -> None:
+        """Undo :meth:`freeze`: forward again (held bytes are delivered, new
+        connections are forwarded)."""
+        self.frozen.clear()
+        self._mode = "forward"
+
     # -- information
 
     @property
