@@ -13,6 +13,8 @@ framework, sync and async, plain and TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -77,9 +79,9 @@ def freeze_when_sleeping(watcher: Monitor, px: TcpProxy, pid: int) -> threading.
 def next_block_works_elsewhere(dsn: str) -> None:
     """Another connection's ``cancel_after`` still cancels its query (and keeps it)."""
     with psycopg.connect(dsn, autocommit=True) as other:
-        with pytest.raises(psycancel.QueryTimeout) as info:
-            with psycancel.cancel_after(other, 0.1, timeout=5):
-                other.execute("select pg_sleep(5)")
+        timer = psycancel.cancel_after(other, 0.1, timeout=5)
+        with pytest.raises(psycancel.QueryTimeout) as info, timer:
+            other.execute("select pg_sleep(5)")
         assert not info.value.connection_broken
         assert other.execute("select 1").fetchone() == (1,)
 
@@ -229,9 +231,9 @@ def test_black_hole_sync(
     try:
         freezer = freeze_when_sleeping(watcher, px, pid)
         t0 = time.monotonic()
-        with pytest.raises(psycancel.QueryTimeout) as info:
-            with psycancel.cancel_after(client.conn, SECONDS, timeout=TIMEOUT) as block:
-                client.execute(SLEEP)
+        block = psycancel.cancel_after(client.conn, SECONDS, timeout=TIMEOUT)
+        with pytest.raises(psycancel.QueryTimeout) as info, block:
+            client.execute(SLEEP)
         elapsed = time.monotonic() - t0
         freezer.join(5)
         assert px.frozen.is_set()
@@ -447,10 +449,9 @@ def test_cancel_lost_after_success_still_bounded(
     px.target_port = sink.port
     try:
         t0 = time.monotonic()
-        with pytest.raises(psycancel.QueryTimeout) as info:
-            with psycancel.cancel_after(conn, SECONDS, timeout=TIMEOUT):
-                with conn.cursor() as cur:
-                    cur.execute(SLEEP)
+        timer = psycancel.cancel_after(conn, SECONDS, timeout=TIMEOUT)
+        with pytest.raises(psycancel.QueryTimeout) as info, timer, conn.cursor() as cur:
+            cur.execute(SLEEP)
         elapsed = time.monotonic() - t0
         assert info.value.connection_broken
         assert info.value.__cause__ is not None  # the driver's error: the cancel "succeeded"
@@ -468,8 +469,6 @@ class _AcceptAndClose:
     that got a CancelRequest with a key it does not know."""
 
     def __init__(self) -> None:
-        import socket
-
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(8)
@@ -487,12 +486,8 @@ class _AcceptAndClose:
                 client.recv(64)
 
     def close(self) -> None:
-        import socket
-
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
         self._thread.join(5)
 
@@ -509,10 +504,9 @@ def test_opt_out_leaves_the_connection_alone(pg_server: ServerLike, proxy: Any) 
     conn.autocommit = True
     try:
         px.blackhole()  # cancels are black-holed; the session still works
-        with pytest.raises(psycancel.CancellationTimeout):
-            with psycancel.cancel_after(conn, 0.05, timeout=0.3, break_connection=False):
-                with conn.cursor() as cur:
-                    cur.execute("select pg_sleep(0.8)")
+        timer = psycancel.cancel_after(conn, 0.05, timeout=0.3, break_connection=False)
+        with pytest.raises(psycancel.CancellationTimeout), timer, conn.cursor() as cur:
+            cur.execute("select pg_sleep(0.8)")
         assert not conn.closed
     finally:
         conn.close()
