@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Install the system services some tests start themselves (Debian packages):
+# Install the system services and tools some tests use themselves (Debian packages):
 #   pgbouncer  - tests/drivers/test_pgbouncer.py (started by the test, on loopback)
 #   valgrind   - tools/valgrind.sh (memory checking of the compiled twin)
-# Nothing is enabled or started as a system service. Idempotent.
+#   iproute2   - tests/support/netns.py: `ip netns`, veth pairs (a path to the
+#                test server through a network namespace the test creates)
+#   iptables   - tests/support/netns.py: the kernel black hole (DROP rules, only
+#                inside that namespace). Debian 12's default backend (nft) is
+#                used; tests/support/netns.py falls back to iptables-legacy when
+#                the kernel has no nf_tables.
+# Nothing is enabled or started as a system service, and no firewall rule is
+# added here. Idempotent.
 set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+has() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 need=()
-command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
-command -v valgrind >/dev/null || need+=(valgrind)
+has pgbouncer || need+=(pgbouncer)
+has valgrind || need+=(valgrind)
+has ip || need+=(iproute2)
+has iptables || need+=(iptables)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     as_root apt-get update -qq
