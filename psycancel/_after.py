@@ -265,7 +265,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         # a fired cancel runs in a thread (``with``, Trio; done: _sent_done) or a task
         self._sent_done = threading.Event()
         self._handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -606,11 +606,11 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         plan = rearmed(plan)
         error: BaseException | None = None
         if running_asyncio():
-            task = asyncio.get_running_loop().create_task(run_asyncio(plan, offloaded=None))
+            task = asyncio.get_running_loop().create_task(_sent_or_error(plan))
             self._task = task
             await self._join_task()  # never abandoned: the cancel must not outlive the block
             if task.done() and not task.cancelled():
-                error = task.exception()
+                error = task.result()
         else:
             import anyio
 
@@ -700,6 +700,15 @@ class cancel_on_cancellation(cancel_after):
 
     def __repr__(self) -> str:
         return f"<psycancel.cancel_on_cancellation of {type(self._conn).__qualname__}>"
+
+
+async def _sent_or_error(plan: Plan) -> BaseException | None:
+    """Run ``plan`` as ``cancel_async`` would (offload rule included); its error, or None."""
+    try:
+        await run_asyncio(plan, offloaded=None)
+    except Exception as ex:
+        return ex
+    return None
 
 
 def _note(exc: BaseException, text: str) -> None:
