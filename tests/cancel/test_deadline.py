@@ -27,6 +27,8 @@ from tests.support.active import SLEEP
 from tests.support.drivers import need
 from tests.support.fds import sockets_to
 from tests.support.frameworks import Monitor
+from tests.support.netns import NetnsPath
+from tests.support.netns import netns_path as _netns_path
 from tests.support.proxy import ServerLike, TcpProxy
 
 psycopg2 = need("psycopg2")
@@ -35,6 +37,8 @@ aiopg = need("aiopg")
 psycopg_pool = need("psycopg_pool")
 sqlalchemy = need("sqlalchemy")
 sqlalchemy_asyncio = need("sqlalchemy.ext.asyncio")
+
+netns_path = _netns_path
 
 SECONDS = 0.3
 TIMEOUT = 0.6
@@ -515,3 +519,74 @@ def test_opt_out_leaves_the_connection_alone(pg_server: ServerLike, proxy: Any) 
 def test_bad_break_connection() -> None:
     with pytest.raises(TypeError, match="break_connection"):
         psycancel.cancel_after(object(), 1, break_connection="yes")  # type: ignore[arg-type]
+
+
+# =====================================================================================
+# A kernel-level black hole: iptables DROP in a network namespace the test made
+# =====================================================================================
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+@pytest.mark.parametrize("mode", ["psycopg2", "psycopg-async"])
+def test_kernel_black_hole(
+    mode: str, sslmode: str, netns_path: NetnsPath, watcher: Monitor
+) -> None:
+    """The packets are dropped by the kernel (TCP retransmits; nothing is reset)."""
+    dsn = netns_path.dsn(sslmode)
+    if mode == "psycopg2":
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        pid = conn.get_backend_pid()
+        freezer = _blackhole_when_sleeping(watcher, netns_path, pid)
+        try:
+            t0 = time.monotonic()
+            timer = psycancel.cancel_after(conn, SECONDS, timeout=TIMEOUT)
+            with pytest.raises(psycancel.QueryTimeout) as info, timer, conn.cursor() as cur:
+                cur.execute(SLEEP)
+            elapsed = time.monotonic() - t0
+            assert conn.closed
+        finally:
+            conn.close()
+            freezer.join(5)
+            terminate(watcher, pid)
+    else:
+
+        async def main() -> tuple[float, Any]:
+            aconn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            pid = aconn.info.backend_pid
+            freezer = _blackhole_when_sleeping(watcher, netns_path, pid)
+            try:
+                t0 = time.monotonic()
+                with pytest.raises(psycancel.QueryTimeout) as info:
+                    async with psycancel.cancel_after(aconn, SECONDS, timeout=TIMEOUT):
+                        await aconn.execute(SLEEP)
+                elapsed = time.monotonic() - t0
+                assert aconn.broken
+                return elapsed, info
+            finally:
+                await aconn.close()
+                freezer.join(5)
+                terminate(watcher, pid)
+
+        elapsed, info = arun(main)
+    assert netns_path.blackholed
+    assert info.value.connection_broken
+    assert isinstance(info.value.__cause__, psycancel.CancellationTimeout)
+    assert elapsed < SECONDS + TIMEOUT + MARGIN, elapsed
+    assert sockets_to(netns_path.port) == set()
+    next_block_works_elsewhere(watcher.conn.info.dsn)
+
+
+def _blackhole_when_sleeping(watcher: Monitor, path: NetnsPath, pid: int) -> threading.Thread:
+    mon = Monitor(watcher.conn.info.dsn)
+
+    def main() -> None:
+        try:
+            mon.wait_sleeping(pid)
+            path.blackhole()
+        finally:
+            mon.close()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    return thread
