@@ -263,7 +263,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._entry: timers.TimerEntry | None = None
         self._break_entry: timers.TimerEntry | None = None
         # a fired cancel runs in a thread (``with``, Trio; done: _sent_done) or a task
-        self._sent_done = threading.Event()
+        self._sent_done: threading.Event | None = None  # made when fired: Events cost
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
 
@@ -295,10 +295,11 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         if self._state != _NEW:
             raise RuntimeError("cancel_after() objects are single use: make a new one")
         self._state = _DONE  # whatever happens next, never entered twice
-        watch = resolve(self._conn).watch
+        found = resolve(self._conn)
+        watch = found.watch
         # Frames above prepare_fenced: _prepare, __enter__/_aenter(/__aenter__), the caller.
         self._plan, self._fence = prepare_fenced(
-            self._conn, timeout=self._timeout, strict=self._strict, stacklevel=3
+            found, timeout=self._timeout, strict=self._strict, stacklevel=3
         )
         if watch is not None:
             function, target = watch
@@ -316,7 +317,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         """The watched framework object acquired ``conn`` (its thread): prepare its cancel."""
         try:
             plan, fence = prepare_fenced(
-                conn, timeout=self._timeout, strict=self._strict, stacklevel=2
+                resolve(conn), timeout=self._timeout, strict=self._strict, stacklevel=2
             )
         except Exception as ex:  # not raised inside the framework's code: at the block's exit
             self._watch_error = ex
@@ -372,6 +373,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             if plan is None:
                 return None
             self._sent = True
+            self._sent_done = threading.Event()
             if self._break_connection:
                 self._break_entry = timers.call_at(
                     self._fired_at + self._timeout, self._break_at_bound
@@ -427,7 +429,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             entries = (self._entry, self._break_entry)
         for entry in entries:
             if entry is not None:
-                entry.cancel()
+                timers.cancel(entry)
         if self._handle is not None:
             self._handle.cancel()
         if state != _FIRING and not keep_plan:
@@ -496,7 +498,13 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         except BaseException as ex:  # no thread to be had: the block hears of it
             plan.discard()
             self._cancel_failed(ex)
-            self._sent_done.set()
+            self._sent_event().set()
+
+    def _sent_event(self) -> threading.Event:
+        """Set once the fired cancel's thread is done (it exists once ``_sent``)."""
+        done = self._sent_done
+        assert done is not None
+        return done
 
     def _send_blocking(self, plan: Plan) -> None:
         try:
@@ -504,16 +512,17 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         except BaseException as ex:  # whatever ends the cancel, the block hears of it
             self._cancel_failed(ex)
         finally:
-            self._sent_done.set()
+            self._sent_event().set()
 
     def _join_thread(self) -> None:
         """Wait for the fired cancel to complete (bounded), wherever it runs."""
         if not self._sent:
             return
+        done = self._sent_event()
         end = self._wait_bound()
-        while not self._sent_done.is_set() and (left := end - time.monotonic()) > 0:
-            self._sent_done.wait(min(left, MAX_WAIT))
-        if not self._sent_done.is_set() and self._error is None and not self._broken:
+        while not done.is_set() and (left := end - time.monotonic()) > 0:
+            done.wait(min(left, MAX_WAIT))
+        if not done.is_set() and self._error is None and not self._broken:
             self._error = outcomes.timed_out(self._timeout, legacy=True)
 
     def __enter__(self) -> cancel_after:

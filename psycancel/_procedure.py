@@ -9,7 +9,7 @@ runner of ``psycancel._engine`` then runs the plan.
 
 from __future__ import annotations
 
-from ._drivers.resolve import as_pgconn
+from ._drivers.resolve import Resolution, as_pgconn
 from ._engine.breaker import SocketFence, capture_socket
 from ._engine.plan import Deadline, Plan, check_options, make_plan
 from .errors import InterfaceError
@@ -49,15 +49,15 @@ def prepare_cancel(
 
 
 def prepare_fenced(
-    conn: object, *, timeout: float, strict: bool, stacklevel: int
+    found: Resolution, *, timeout: float, strict: bool, stacklevel: int
 ) -> tuple[Plan | None, SocketFence | None]:
-    """:func:`prepare_cancel`, plus the fence of the connection's socket (a deadline's break).
+    """:func:`prepare_cancel` for a resolved object, plus its socket's fence (a deadline's break).
 
     Both are made now, in the calling thread (the one that owns the
-    connection); (None, None) when there is nothing to cancel.
+    connection); (None, None) when there is nothing to cancel. ``timeout``
+    and ``strict`` were validated by the caller.
     """
-    check_options(timeout, strict)
-    pgconn = as_pgconn(conn)
+    pgconn = found.pgconn()
     plan = _plan(pgconn, timeout=timeout, strict=strict, stacklevel=stacklevel + 1)
     if plan is None or pgconn is None:
         return None, None
@@ -65,8 +65,8 @@ def prepare_fenced(
 
 
 def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: int) -> Plan | None:
-    """The plan for the resolved ``pgconn`` (see :func:`prepare_cancel`)."""
-    deadline = Deadline.after(check_options(timeout, strict))
+    """The plan for the resolved ``pgconn`` (see :func:`prepare_cancel`; arguments valid)."""
+    deadline = Deadline.after(timeout)
     if pgconn is None:
         return None
     try:

@@ -108,14 +108,14 @@ def libpq_of_extension(module: ModuleType) -> Libpq:
     :class:`InterfaceError` if ``module`` is not a loaded extension module or
     does not use a libpq.
     """
-    name = getattr(module, "__name__", repr(module))
     file = getattr(module, "__file__", None)
-    if not isinstance(file, str) or not _is_extension_file(file):
-        raise InterfaceError(f"{name} is not a compiled extension module (file: {file!r})")
     with _lock:
-        cached = _by_module.get(file)
+        cached = _by_module.get(file) if isinstance(file, str) else None
     if cached is not None:
         return cached  # before realpath: its lstat calls cost ~50 us per cancel
+    name = getattr(module, "__name__", None) or repr(module)
+    if not isinstance(file, str) or not _is_extension_file(file):
+        raise InterfaceError(f"{name} is not a compiled extension module (file: {file!r})")
     key = os.path.realpath(file)
     with _lock:
         cached = _by_module.get(key)

@@ -24,10 +24,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any, TypeAlias
 
 from .plan import MAX_WAIT
 
-__all__ = ["TimerEntry", "call_at", "pending"]
+__all__ = ["TimerEntry", "call_at", "cancel", "pending"]
 
 _logger = logging.getLogger("psycancel")
 
@@ -35,24 +36,12 @@ _REBUILD_MIN = 1024
 """Dead entries tolerated in the heap before a rebuild is considered."""
 
 
-class TimerEntry:
-    """One scheduled callback; :meth:`cancel` makes it dead (idempotent, any thread)."""
+TimerEntry: TypeAlias = list[Any]
+"""One scheduled callback: ``[when, seq, callback, dead]`` (see :func:`cancel`); a list
+because it is made, and compared in the heap, fastest (``seq`` is unique: the
+callbacks are never compared)."""
 
-    __slots__ = ("callback", "dead", "seq", "when")
-
-    def __init__(self, when: float, seq: int, callback: Callable[[], object]) -> None:
-        self.when = when
-        self.seq = seq
-        self.callback = callback
-        self.dead = False
-
-    def __lt__(self, other: TimerEntry) -> bool:
-        return (self.when, self.seq) < (other.when, other.seq)
-
-    def cancel(self) -> None:
-        """Never run the callback (if it has not started yet)."""
-        if not self.dead:
-            _TIMERS.kill(self)
+_WHEN, _SEQ, _CALLBACK, _DEAD = 0, 1, 2, 3
 
 
 class _Timers:
@@ -62,7 +51,8 @@ class _Timers:
         self._reset()
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._heap: list[TimerEntry] = []
         self._dead = 0
         self._seq = itertools.count()
@@ -71,27 +61,28 @@ class _Timers:
         self._thread: threading.Thread | None = None
 
     def call_at(self, when: float, callback: Callable[[], object]) -> TimerEntry:
-        with self._cond:
-            entry = TimerEntry(when, next(self._seq), callback)
+        with self._lock:  # (the condition's lock: held, so notify() is allowed)
+            entry = [when, next(self._seq), callback, False]
             heapq.heappush(self._heap, entry)
-            if self._thread is None:
-                self._start()
-            elif when < self._wake_at:
-                self._cond.notify()
+            if when < self._wake_at:
+                if self._thread is None:
+                    self._start()
+                else:
+                    self._cond.notify()
             if self._dead > _REBUILD_MIN and self._dead > len(self._heap) // 2:
-                self._heap = [e for e in self._heap if not e.dead]
+                self._heap = [e for e in self._heap if not e[_DEAD]]
                 heapq.heapify(self._heap)
                 self._dead = 0
             return entry
 
     def kill(self, entry: TimerEntry) -> None:
-        with self._cond:
-            if not entry.dead:
-                entry.dead = True
+        with self._lock:
+            if not entry[_DEAD]:
+                entry[_DEAD] = True
                 self._dead += 1
 
     def pending(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._heap) - self._dead
 
     def _start(self) -> None:
@@ -102,7 +93,7 @@ class _Timers:
     def _due(self) -> TimerEntry | None:
         """The next entry to run now (lock held); None after waiting for the next one."""
         heap = self._heap
-        while heap and heap[0].dead:
+        while heap and heap[0][_DEAD]:
             heapq.heappop(heap)
             self._dead -= 1
         if not heap:
@@ -111,23 +102,23 @@ class _Timers:
             return None
         now = time.monotonic()
         head = heap[0]
-        if head.when <= now:
+        if head[_WHEN] <= now:
             heapq.heappop(heap)
-            head.dead = True  # ran: a later cancel() is a no-op
+            head[_DEAD] = True  # ran: a later cancel() is a no-op
             return head
-        self._wake_at = head.when
-        self._cond.wait(min(head.when - now, MAX_WAIT))
+        self._wake_at = head[_WHEN]
+        self._cond.wait(min(head[_WHEN] - now, MAX_WAIT))
         self._wake_at = float("inf")
         return None
 
     def _run(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 entry = self._due()
             if entry is None:
                 continue
             try:
-                entry.callback()
+                entry[_CALLBACK]()
             except BaseException:  # one block's failure must not stop the others' timers
                 _logger.exception("psycancel timer callback failed")
 
@@ -141,6 +132,12 @@ if hasattr(os, "register_at_fork"):
 def call_at(when: float, callback: Callable[[], object]) -> TimerEntry:
     """Run ``callback()`` in the timer thread at ``when`` (``time.monotonic()`` seconds)."""
     return _TIMERS.call_at(when, callback)
+
+
+def cancel(entry: TimerEntry) -> None:
+    """Never run ``entry``'s callback (if it has not started yet); idempotent, any thread."""
+    if not entry[_DEAD]:
+        _TIMERS.kill(entry)
 
 
 def pending() -> int:
