@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,7 +28,7 @@ import pytest
 
 import psycancel
 from tests.support.active import SLEEP
-from tests.support.drivers import need
+from tests.support.drivers import ROOT, need
 from tests.support.fds import sockets_to
 from tests.support.frameworks import Monitor
 from tests.support.netns import NetnsPath
@@ -590,3 +594,59 @@ def _blackhole_when_sleeping(watcher: Monitor, path: NetnsPath, pid: int) -> thr
     thread = threading.Thread(target=main, daemon=True)
     thread.start()
     return thread
+
+
+# =====================================================================================
+# Django (a child process per backend: Django is configured once per process)
+# =====================================================================================
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+@pytest.mark.parametrize("backend", ["psycopg", "psycopg2"])
+def test_black_hole_django(
+    backend: str, sslmode: str, pg_server: ServerLike, proxy: Any, watcher: Monitor
+) -> None:
+    need("django")
+    px: TcpProxy = proxy()
+    args = {
+        "backend": backend,
+        "dsn": px.dsn(pg_server, sslmode=sslmode),
+        "seconds": SECONDS,
+        "timeout": TIMEOUT,
+    }
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "support" / "django_deadline_child.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(ROOT),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    pid = 0
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(json.dumps(args))
+        child.stdin.close()
+        child.stdin = None  # communicate() below: nothing more to send
+        first = child.stdout.readline()
+        assert first.startswith("PID "), first + (child.stderr.read() if child.stderr else "")
+        pid = int(first.split()[1])
+        watcher.wait_sleeping(pid)
+        px.freeze()
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if pid:
+            terminate(watcher, pid)
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert child.returncode == 0 and lines, f"exit {child.returncode}\n{out}\n{err}"
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["error"] == "QueryTimeout", result
+    assert result["connection_broken"] is True, result
+    assert result["cause"] == "CancellationTimeout", result
+    assert result["context_module"].startswith("django.db"), result  # Django's OperationalError
+    assert result["elapsed"] < SECONDS + TIMEOUT + MARGIN, result
+    assert result["dropped"], result  # close_if_unusable_or_obsolete discarded it
