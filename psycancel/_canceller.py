@@ -2,12 +2,83 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+from dataclasses import dataclass
+
 from ._api import DEFAULT_TIMEOUT, cancel_blocking, cancel_nonblocking
+from ._drivers.adapter import Acquired, Released, Unwatch, Watch
+from ._drivers.protocol import describe
 from ._drivers.resolve import Resolution, resolve
 from ._typing import Cancellable
+from .errors import InterfaceError
 from .pq import PGconn
 
 __all__ = ["Canceller"]
+
+_NOTHING = Resolution(None, None, None)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a :class:`Canceller` cancels now (replaced whole, never changed in place)."""
+
+    found: Resolution
+    """The driver connection and its row (``driver`` None: nothing to cancel now)."""
+    note: str
+    """Why there is nothing, for the repr ("not connected yet", ...); "" when bound."""
+    error: Exception | None = None
+    """Resolving the connection the watched object acquired failed: raised by ``cancel``."""
+
+
+def _label(obj: object) -> str:
+    """``module.QualName`` of a framework object, with its Django alias when it has one."""
+    alias = getattr(obj, "alias", None)
+    return describe(obj) + (f" {alias!r}" if isinstance(alias, str) else "")
+
+
+class _Subscribers:
+    """``cancel_after`` blocks that follow a Canceller (its watch, as a framework's).
+
+    ``cancel_after(handle, ...)`` starts this watch at the block's entry and
+    stops it at the exit; the callbacks run in the thread where the handle's
+    framework object acquired or gave back its connection.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[int, tuple[Acquired, Released]] = {}
+
+    def add(self, acquired: Acquired, released: Released) -> Unwatch:
+        """Subscribe a block's callbacks; the result unsubscribes them (idempotent)."""
+        key = id(acquired)
+        with self._lock:
+            self._items[key] = (acquired, released)
+
+        def unwatch() -> None:
+            with self._lock:
+                self._items.pop(key, None)
+
+        return unwatch
+
+    def acquired(self, driver: object) -> None:
+        """Tell every block the driver connection the handle now holds (the owning thread)."""
+        with self._lock:
+            items = list(self._items.values())
+        for acquired, _ in items:
+            acquired(driver)
+
+    def released(self) -> None:
+        """Tell every block the handle holds nothing any more (the owning thread)."""
+        with self._lock:
+            items = list(self._items.values())
+        for _, released in items:
+            released()
+
+
+def _watch_handle(handle: Canceller, acquired: Acquired, released: Released) -> Unwatch:
+    """A ``cancel_after`` block follows a handle: told what it acquires, in the owning thread."""
+    return handle._subscribers.add(acquired, released)
 
 
 class Canceller:
@@ -17,57 +88,147 @@ class Canceller:
     framework's object (an SQLAlchemy ``Session`` or ``Connection``, a Django
     ``django.db.connection``, ...) is followed down to the driver connection it
     holds at this moment, and the libpq that owns it is found (an unsupported
-    object raises :class:`InterfaceError` here). Create it in the thread (or
-    task) that is about to run the query: framework objects are neither
-    thread-safe nor, for Django, the same connection in every thread.
+    object raises :class:`InterfaceError` here, and so does an object that can
+    never be cancelled: an SQLAlchemy session or engine of the asyncpg or
+    pg8000 dialect, even before it holds a connection). Create it in the
+    thread (or task) that is about to run the query: framework objects are
+    neither thread-safe nor, for Django, the same connection in every thread.
+
+    **Objects that connect later.** Django connects lazily and a ``Session``
+    holds a connection only inside a transaction, so the object often holds
+    none when the handle is made (a thread's first query). For those (a
+    Django ``django.db.connection`` or ``connections[alias]``, an SQLAlchemy
+    ``Session`` or ``AsyncSession``) the handle *follows* the object through
+    the framework's own events, which the framework sends in the owning
+    thread: Django's ``connection_created`` of the wrapper of the thread the
+    handle was made in (never another thread's), a session's ``after_begin``
+    (and ``after_transaction_end`` of its root transaction: the connection
+    went back to the pool, so the handle holds nothing until the next one).
+    The driver connection is thus resolved in its own thread, when it is
+    acquired, not from the cancelling thread. The handle holds its events
+    weakly: dropping it disconnects them (a ``Canceller`` that is collected
+    leaves no receiver or listener behind), and it does not keep the
+    framework's object alive, only the driver connection it holds now (a
+    Django connection closed since is kept, closed, until the wrapper
+    connects again: nothing to cancel meanwhile).
+
+    Why events, not a second look at cancel time: the cancelling thread
+    would have to read another thread's framework object (``django.db.connection``
+    is a different wrapper there), and a connection taken then may already
+    be on its way back to a pool.
 
     :meth:`cancel` and :meth:`cancel_async` may then be called from any
     thread or task, as often as needed; each has the semantics and errors of
-    :func:`psycancel.cancel` / :func:`psycancel.cancel_async` for that driver
-    connection (closed since: nothing to cancel, returns). If ``conn`` held no
-    connection when the handle was made (a session outside a transaction, an
-    unconnected Django wrapper), there is nothing to cancel and both return at
-    once. The handle keeps the driver connection alive, not the framework's
-    object; it is also accepted by ``cancel``, ``cancel_async`` and
-    ``cancel_after``.
+    :func:`psycancel.cancel` / :func:`psycancel.cancel_async` for the driver
+    connection the handle holds at that moment (closed since: nothing to
+    cancel, returns; none yet: returns at once). A handle is also accepted
+    by ``cancel``, ``cancel_async`` and ``cancel_after`` (which then follows
+    it as it follows the framework's object).
     """
 
-    __slots__ = ("_resolution",)
+    __slots__ = ("__weakref__", "_finalizer", "_holder", "_subscribers", "_target")
 
     def __init__(self, conn: Cancellable) -> None:
         found = resolve(conn)
         found.pgconn()  # the owning libpq, now: an unknown owner fails here, not later
-        self._resolution = Resolution(found.driver, found.row, None)
+        self._subscribers = _Subscribers()
+        self._finalizer: weakref.finalize[[], Canceller] | None = None
+        self._holder = "" if found.holder is None else _label(found.holder)
+        if found.driver is not None:
+            self._target = _Target(Resolution(found.driver, found.row, None), "")
+        else:
+            self._target = _Target(
+                _NOTHING, "holds no connection" if found.watch is None else "not connected yet"
+            )
+        if found.watch is not None:
+            self._follow(*found.watch)
+
+    def _follow(self, function: Watch, target: object) -> None:
+        """Start the framework's watch, with callbacks that hold this handle weakly."""
+        me = weakref.ref(self)
+
+        def acquired(conn: object) -> None:
+            handle = me()
+            if handle is not None:
+                handle._acquired(conn)
+
+        def released() -> None:
+            handle = me()
+            if handle is not None:
+                handle._released()
+
+        unwatch = function(target, acquired, released)
+        finalizer = weakref.finalize(self, unwatch)
+        finalizer.atexit = False  # at exit the framework may be half torn down
+        self._finalizer = finalizer
+        if self._holder == "":
+            self._holder = _label(target)
+
+    def _acquired(self, conn: object) -> None:
+        """The followed object acquired ``conn`` (in its own thread): hold its driver connection."""
+        try:
+            found = resolve(conn)
+            found.pgconn()
+        except Exception as ex:  # not raised inside the framework's code: by cancel()
+            self._target = _Target(_NOTHING, "its connection cannot be cancelled", ex)
+            self._subscribers.released()
+            return
+        self._target = _Target(Resolution(found.driver, found.row, None), "")
+        if found.driver is not None:
+            self._subscribers.acquired(found.driver)
+
+    def _released(self) -> None:
+        """The followed object gave its connection back: nothing to cancel until the next one."""
+        self._target = _Target(_NOTHING, "holds no connection now")
+        self._subscribers.released()
+
+    def _current(self) -> Resolution:
+        """What to cancel now; raises what resolving the acquired connection raised."""
+        target = self._target
+        if target.error is not None:
+            raise InterfaceError(
+                f"psycancel.Canceller: the connection {self._holder} acquired cannot be "
+                f"cancelled: {target.error}"
+            ) from target.error
+        return target.found
 
     @property
     def connection(self) -> object | None:
-        """The driver connection (or ``PGconn``) the handle cancels; None: it holds none."""
-        return self._resolution.driver
+        """The driver connection (or ``PGconn``) the handle cancels now; None: it holds none."""
+        return self._target.found.driver
 
     def cancel(self, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> None:
         """Cancel the connection's running query, blocking this thread: :func:`psycancel.cancel`."""
-        if self._resolution.driver is not None:
-            cancel_blocking(self._resolution.driver, timeout=timeout, strict=strict, stacklevel=2)
+        driver = self._current().driver
+        if driver is not None:
+            cancel_blocking(driver, timeout=timeout, strict=strict, stacklevel=2)
 
     async def cancel_async(
         self, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False, offload: bool | None = None
     ) -> None:
         """Cancel it without blocking the event loop: :func:`psycancel.cancel_async`."""
-        if self._resolution.driver is not None:
+        driver = self._current().driver
+        if driver is not None:
             await cancel_nonblocking(
-                self._resolution.driver,
-                timeout=timeout,
-                strict=strict,
-                offload=offload,
-                stacklevel=2,
+                driver, timeout=timeout, strict=strict, offload=offload, stacklevel=2
             )
 
     def __psycancel_pgconn__(self) -> PGconn | tuple[int, str]:
         """The driver connection's ``PGconn`` now (the driver protocol); ``(0, "")``: none."""
-        pgconn = self._resolution.pgconn()
+        pgconn = self._current().pgconn()
         return pgconn if pgconn is not None else (0, "")
 
+    def _psycancel_watch_(self) -> Watch | None:
+        """For ``cancel_after(handle)``: a watch of what this handle acquires (None: fixed)."""
+        return _watch_handle if self._finalizer is not None else None
+
     def __repr__(self) -> str:
-        driver = self._resolution.driver
-        what = "nothing" if driver is None else type(driver).__qualname__
-        return f"<psycancel.Canceller of {what}>"
+        target = self._target
+        driver = target.found.driver
+        if driver is not None:
+            what = type(driver).__qualname__
+            via = f", following {self._holder}" if self._finalizer is not None else ""
+            return f"<psycancel.Canceller of {what}{via}>"
+        if self._holder:
+            return f"<psycancel.Canceller of {self._holder}, {target.note}>"
+        return "<psycancel.Canceller of nothing>"

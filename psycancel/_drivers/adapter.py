@@ -33,7 +33,11 @@ class Adapter:
     A row does exactly one of three things: ``pgconn`` (a driver's connection:
     its borrowed ``PGconn``), ``unwrap`` (a framework's object: the object it
     holds, which is resolved in turn) or ``hint`` (an object psycancel cannot
-    cancel: why, and what to pass instead).
+    cancel: why, and what to pass instead). ``refuse`` may be added to any row.
+
+    A ``watch`` function must hold its target weakly and must not call
+    ``acquired``/``released`` after its unwatch returned: a ``Canceller``
+    keeps its watch for as long as it lives and stops it when collected.
     """
 
     module: str
@@ -48,6 +52,13 @@ class Adapter:
     """For an ``unwrap`` row whose object acquires connections later (a session)."""
     hint: str | None = None
     """For a class that cannot be cancelled: the end of the ``InterfaceError``'s message."""
+    refuse: Callable[[Any], str | None] | None = None
+    """Why this instance can never be cancelled (None: it may be), asked before anything else.
+
+    For an object whose class is fine but whose configuration is not (an
+    SQLAlchemy session or engine of a driver without libpq): the object is
+    refused at once, even when it holds no connection yet.
+    """
 
     def __post_init__(self) -> None:
         given = [f for f in (self.pgconn, self.unwrap, self.hint) if f is not None]

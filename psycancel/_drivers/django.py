@@ -4,12 +4,15 @@
 ``DatabaseWrapper`` (Django's connections are per thread): resolve it in
 the thread that runs the query (``psycancel.Canceller``), not in another one.
 A wrapper that has not connected yet holds nothing to cancel; it is never
-made to connect.
+made to connect. Its watch (``connection_created``, which Django sends in the
+wrapper's own thread when it connects) tells a ``Canceller`` or a
+``cancel_after`` block the driver connection it gets later.
 """
 
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any
 
 from .adapter import Acquired, Adapter, Released, Unwatch
@@ -31,11 +34,16 @@ def _wrapper(wrapper: Any) -> object | None:
 
 
 def _watch_wrapper(wrapper: Any, acquired: Acquired, released: Released) -> Unwatch:
-    """``connection_created``, sent in the wrapper's thread when it connects."""
+    """``connection_created``, sent in the wrapper's thread when it connects.
+
+    The receiver is connected strongly (only the signal holds it) and holds
+    the wrapper weakly; the unwatch disconnects it (idempotent).
+    """
     signal = sys.modules["django.db.backends.signals"].connection_created
+    ref = weakref.ref(wrapper)
 
     def created(sender: Any, connection: Any, **kwargs: Any) -> None:
-        if connection is wrapper:
+        if connection is ref():
             acquired(connection)
 
     signal.connect(created, weak=False)
@@ -43,6 +51,7 @@ def _watch_wrapper(wrapper: Any, acquired: Acquired, released: Released) -> Unwa
 
 
 def _watch_proxy(proxy: Any, acquired: Acquired, released: Released) -> Unwatch:
+    """The watch of the *calling thread's* wrapper: it sticks to that wrapper."""
     return _watch_wrapper(_proxy(proxy), acquired, released)
 
 

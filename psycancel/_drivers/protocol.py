@@ -17,10 +17,14 @@ from ..errors import InterfaceError
 from ..pq import PGconn, _pgconn_classes
 from .owner import libpq_of_file
 
-__all__ = ["PROTOCOL", "describe", "from_protocol", "open_pgconn"]
+__all__ = ["PROTOCOL", "WATCH", "describe", "from_protocol", "open_pgconn"]
 
 PROTOCOL = "__psycancel_pgconn__"
 """The name of the method a driver implements to be cancellable by psycancel."""
+
+WATCH = "_psycancel_watch_"
+"""psycancel's own (private) companion of :data:`PROTOCOL`: ``obj._psycancel_watch_()``
+gives a ``Watch`` of what ``obj`` acquires later, or None (``psycancel.Canceller``)."""
 
 
 def describe(obj: object) -> str:

@@ -11,7 +11,9 @@ Accepted, in this order:
    driver's connection). One module per family.
 
 A closed connection, or a framework object that holds no connection now,
-resolves to None: there is nothing to cancel. Anything else raises
+resolves to None: there is nothing to cancel. An object that can never be
+cancelled (a row's ``refuse``: an SQLAlchemy session or engine of the asyncpg
+or pg8000 dialect) raises even when it holds no connection yet. Anything else raises
 :class:`InterfaceError`, naming the way to the driver's connection when the
 object's family is known. For a driver's connection the result is
 *borrowed*: it wraps the driver's pointer with the libpq that created it and
@@ -26,7 +28,7 @@ from ..errors import InterfaceError
 from ..pq import PGconn, _pgconn_classes
 from . import aiopg, django, nolibpq, psycopg, psycopg2, sqlalchemy
 from .adapter import Adapter, Watch
-from .protocol import PROTOCOL, describe, from_protocol, open_pgconn
+from .protocol import PROTOCOL, WATCH, describe, from_protocol, open_pgconn
 
 __all__ = ["ADAPTERS", "FAMILIES", "Resolution", "as_pgconn", "resolve"]
 
@@ -56,7 +58,14 @@ class Resolution:
     row: Adapter | None
     """The driver's row (None for a ``PGconn`` or a protocol object)."""
     watch: tuple[Watch, object] | None
-    """The first watchable framework object of the chain, with its row's watch."""
+    """The innermost watchable object of the chain, with its row's watch.
+
+    Innermost: ``django.db.connection`` is watched as the calling thread's
+    wrapper, an ``AsyncSession`` as its sync ``Session``. A ``Canceller``
+    given in turn gives its own watch (what it acquires later).
+    """
+    holder: object | None = None
+    """When :attr:`driver` is None: the framework object that held nothing (for messages)."""
 
     def pgconn(self) -> PGconn | None:
         """The ``PGconn`` of :attr:`driver` now, None if there is none or it is closed."""
@@ -109,21 +118,27 @@ def resolve(conn: object) -> Resolution:
     obj: object = conn
     for _ in range(MAX_DEPTH):
         if isinstance(obj, _pgconn_classes()) or getattr(type(obj), PROTOCOL, None) is not None:
+            follow = getattr(type(obj), WATCH, None)
+            function = follow(obj) if follow is not None else None
+            if function is not None:
+                watch = (function, obj)
             return Resolution(obj, None, watch)
         row = _row(obj)
         if row is None:
             raise _unsupported(obj, path)
+        if row.refuse is not None and (why := row.refuse(obj)) is not None:
+            raise InterfaceError(f"cannot cancel {why}{_through(path)}")
         if row.pgconn is not None:
             return Resolution(obj, row, watch)
         if row.hint is not None:
             raise InterfaceError(f"cannot cancel {row.hint}{_through(path)}")
         assert row.unwrap is not None
-        if watch is None and row.watch is not None:
+        if row.watch is not None:
             watch = (row.watch, obj)
         path.append(obj)
         inner = row.unwrap(obj)
         if inner is None:
-            return Resolution(None, None, watch)
+            return Resolution(None, None, watch, obj)
         obj = inner
     raise InterfaceError(
         f"cannot cancel a {describe(conn)}: more than {MAX_DEPTH} objects wrap one another"

@@ -5,19 +5,74 @@ connection (``PoolProxiedConnection.driver_connection``: psycopg2's or
 psycopg's connection, also under the asyncio dialect), which the driver rows
 then resolve. Nothing here reconnects, begins a transaction or checks a
 connection out: an object that holds no connection now has nothing to cancel.
+
+A session, connection or engine of a dialect whose driver has no libpq
+(asyncpg, pg8000) is refused at once (``refuse``), even before it holds a
+connection: it could never be cancelled, and saying so after its query ran
+would lose the query's result.
 """
 
 from __future__ import annotations
 
 import sys
+import weakref
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import InterfaceError
 from .adapter import Acquired, Adapter, Released, Unwatch
+from .nolibpq import WHY, why_not
 
 __all__ = ["ADAPTERS", "FAMILIES"]
 
 _FAMILY = "SQLAlchemy"
+
+
+def _driver_of(bind: Any) -> object:
+    """The dialect's driver name of an Engine, AsyncEngine, Connection or AsyncConnection."""
+    engine = getattr(bind, "sync_engine", None) or getattr(bind, "engine", bind)
+    engine = getattr(engine, "sync_engine", None) or engine
+    return getattr(getattr(engine, "dialect", None), "driver", None)
+
+
+def _refused(what: str, binds: Iterable[Any]) -> str | None:
+    """Why ``what`` can never be cancelled: every bind it has uses a driver without libpq."""
+    drivers = {_driver_of(bind) for bind in binds}
+    reasons = [why_not(driver) for driver in drivers]
+    if not reasons or None in reasons:
+        return None  # unbound (nothing known yet), or a bind that may be cancelled
+    names = " and ".join(sorted(str(driver) for driver in drivers))
+    return f"an SQLAlchemy {what} of the {names} dialect: " + "; ".join(
+        sorted(str(reason) for reason in reasons)
+    )
+
+
+def _refuse_bind(kind: str) -> Any:
+    """A ``refuse`` for an engine or connection of class ``kind``: its own dialect."""
+
+    def refuse(obj: Any) -> str | None:
+        return _refused(kind, [obj])
+
+    return refuse
+
+
+def _session_binds(session: Any) -> list[Any]:
+    """The engines or connections a ``Session`` may run on (its bind, its per-mapper binds)."""
+    binds = [session.bind] if session.bind is not None else []
+    binds.extend(getattr(session, "_Session__binds", {}).values())
+    return binds
+
+
+def _refuse_session(session: Any) -> str | None:
+    return _refused(type(session).__name__, _session_binds(session))
+
+
+def _refuse_scoped(scoped: Any) -> str | None:
+    """A ``scoped_session``: its session factory's binds (whether or not a session exists)."""
+    kw = getattr(scoped.session_factory, "kw", {})
+    binds = [kw["bind"]] if kw.get("bind") is not None else []
+    binds.extend((kw.get("binds") or {}).values())
+    return _refused("scoped_session", binds)
 
 
 def _connection(conn: Any) -> object | None:
@@ -62,8 +117,13 @@ def _session(session: Any) -> object | None:
 
 
 def _watch_session(session: Any, acquired: Acquired, released: Released) -> Unwatch:
-    """Session events, in the session's thread: a connection begun, the transaction ended."""
+    """Session events, in the session's thread: a connection begun, the transaction ended.
+
+    The listeners live on the session (as long as it does, or until unwatched)
+    and the unwatch holds the session weakly: watching keeps nothing alive.
+    """
     event = sys.modules["sqlalchemy.event"]
+    ref = weakref.ref(session)
 
     def after_begin(session: Any, transaction: Any, connection: Any) -> None:
         acquired(connection)
@@ -77,9 +137,12 @@ def _watch_session(session: Any, acquired: Acquired, released: Released) -> Unwa
         event.listen(session, name, fn)
 
     def unwatch() -> None:
+        target = ref()
+        if target is None:
+            return  # gone, and its listeners with it
         for name, fn in listeners:
-            if event.contains(session, name, fn):
-                event.remove(session, name, fn)
+            if event.contains(target, name, fn):
+                event.remove(target, name, fn)
 
     return unwatch
 
@@ -117,16 +180,38 @@ _ADAPTED = (
 )
 
 ADAPTERS = (
-    Adapter("sqlalchemy.engine.base", "Connection", unwrap=_connection),
+    Adapter(
+        "sqlalchemy.engine.base",
+        "Connection",
+        unwrap=_connection,
+        refuse=_refuse_bind("Connection"),
+    ),
     Adapter("sqlalchemy.pool.base", "PoolProxiedConnection", unwrap=_pool_connection),
-    Adapter("sqlalchemy.orm.session", "Session", unwrap=_session, watch=_watch_session),
-    Adapter("sqlalchemy.orm.scoping", "scoped_session", unwrap=_scoped_session),
-    Adapter("sqlalchemy.ext.asyncio.engine", "AsyncConnection", unwrap=_async_connection),
+    Adapter(
+        "sqlalchemy.orm.session",
+        "Session",
+        unwrap=_session,
+        watch=_watch_session,
+        refuse=_refuse_session,
+    ),
+    Adapter(
+        "sqlalchemy.orm.scoping",
+        "scoped_session",
+        unwrap=_scoped_session,
+        refuse=_refuse_scoped,
+    ),
+    Adapter(
+        "sqlalchemy.ext.asyncio.engine",
+        "AsyncConnection",
+        unwrap=_async_connection,
+        refuse=_refuse_bind("AsyncConnection"),
+    ),
     Adapter(
         "sqlalchemy.ext.asyncio.session",
         "AsyncSession",
         unwrap=_async_session,
         watch=_watch_via(_async_session),
+        refuse=lambda asession: _refused("AsyncSession", _session_binds(asession.sync_session)),
     ),
     Adapter(
         "sqlalchemy.dialects.postgresql.psycopg",
@@ -136,21 +221,21 @@ ADAPTERS = (
     Adapter(
         "sqlalchemy.dialects.postgresql.asyncpg",
         "AsyncAdapt_asyncpg_connection",
-        hint="an SQLAlchemy AsyncAdapt_asyncpg_connection: asyncpg implements the PostgreSQL "
-        "protocol itself and has no libpq, so psycancel cannot cancel through it (use the "
-        "postgresql+psycopg dialect)",
+        hint=f"an SQLAlchemy AsyncAdapt_asyncpg_connection: {WHY['asyncpg']}",
     ),
     Adapter(
         "sqlalchemy.engine.base",
         "Engine",
         hint="an SQLAlchemy Engine: an engine runs no query itself; pass the Connection "
         "(or Session) that runs it",
+        refuse=_refuse_bind("Engine"),
     ),
     Adapter(
         "sqlalchemy.ext.asyncio.engine",
         "AsyncEngine",
         hint="an SQLAlchemy AsyncEngine: an engine runs no query itself; pass the "
         "AsyncConnection (or AsyncSession) that runs it",
+        refuse=_refuse_bind("AsyncEngine"),
     ),
 )
 """SQLAlchemy's objects, by the module that defines each class (2.0 and 2.1)."""

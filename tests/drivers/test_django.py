@@ -3,7 +3,9 @@
 Each backend runs in a child process of its own (``tests/support/django_child.py``):
 Django is configured once per process and picks its driver at import. The
 child runs the real Django against the test server; every query ends with
-SQLSTATE 57014 and its connection runs a query afterwards.
+SQLSTATE 57014 and its connection runs a query afterwards. Among them: the
+README's example, verbatim, on a thread's first query (Django connects
+lazily: the ``Canceller`` follows the wrapper of the thread it was made in).
 """
 
 from __future__ import annotations
@@ -94,3 +96,45 @@ def test_cancel_after_raises_query_timeout_caused_by_djangos_error(
 def test_an_unconnected_wrapper_is_nothing_to_cancel(outcome: dict[str, Any]) -> None:
     assert outcome["unconnected"] is True
     assert outcome["unconnected_connection"] is True  # and psycancel did not connect it
+
+
+def test_the_readme_example_cancels_a_threads_first_query(outcome: dict[str, Any]) -> None:
+    """README.md's example, verbatim: Canceller(connection) before Django connected."""
+    part = outcome["readme"]
+    assert part["pid_seen"], part  # the query did run on the server
+    assert part["error_module"].startswith("django.db"), part
+    assert part["error"] == "OperationalError", part
+    assert part["pgcode"] == QUERY_CANCELED, part
+    assert not part["still_running"], part
+    assert part["seconds"] < 30, part  # the timer's 5 s, not slow_report()'s 60 s
+
+
+def test_a_canceller_made_before_connecting_sticks_to_its_thread(
+    outcome: dict[str, Any],
+) -> None:
+    part = outcome["lazy"]
+    assert part["repr_before"].endswith("DatabaseWrapper 'default', not connected yet>"), part
+    assert "following django.db.backends.postgresql.base.DatabaseWrapper" in part["repr_after"]
+    assert part["held_after_other_thread_connected"] is False, part  # not this thread's
+    assert part["error"] == "OperationalError", part
+    assert part["pgcode"] == QUERY_CANCELED, part
+    assert not part["still_running"], part
+
+
+def test_a_canceller_follows_the_wrapper_to_its_next_connection(
+    outcome: dict[str, Any],
+) -> None:
+    part = outcome["reconnect"]
+    assert part["kept_until_reconnect"] and part["moved"], part
+    assert part["pgcode"] == QUERY_CANCELED, part
+
+
+def test_a_dropped_canceller_leaves_no_signal_receiver(outcome: dict[str, Any]) -> None:
+    part = outcome["receivers"]
+    assert part["during"] == part["before"] + 1, part
+    assert part["collected"], part
+    assert part["after"] == part["before"], part
+
+
+def test_cancel_after_a_canceller_made_before_connecting(outcome: dict[str, Any]) -> None:
+    assert outcome["cancel_after_handle"] == {"raised": "QueryTimeout", "pgcode": QUERY_CANCELED}

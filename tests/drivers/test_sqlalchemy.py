@@ -3,7 +3,8 @@
 Real SQLAlchemy, real drivers (psycopg2 and psycopg dialects), the real
 server, plain and TLS; each query ends with SQLSTATE 57014 and its connection
 (or session) is used again afterwards. The asyncpg and pg8000 dialects have
-no libpq: an ``InterfaceError`` says so.
+no libpq: an ``InterfaceError`` says so, before any query (a session that
+holds no connection yet is followed: ``test_canceller_lazy.py``).
 """
 
 from __future__ import annotations
@@ -429,8 +430,8 @@ def test_cancel_after_async_session(fdsn: str) -> None:
     asyncio.run(main())
 
 
-def test_cancel_after_asyncpg_session_fails_at_the_exit(pg_server: Any) -> None:
-    """A session that acquires an asyncpg connection in the block: the error, at the exit."""
+def test_cancel_after_asyncpg_session_fails_at_entry(pg_server: Any) -> None:
+    """A session of the asyncpg dialect can never be cancelled: refused before its query."""
     params = parse_conninfo(pg_server.dsn_plain)
 
     async def main() -> None:
@@ -444,11 +445,15 @@ def test_cancel_after_asyncpg_session_fails_at_the_exit(pg_server: Any) -> None:
                 ssl=False,
             ),
         )
+        ran = False
         try:
             async with sa_asyncio.AsyncSession(eng) as asession:
-                with pytest.raises(psycancel.InterfaceError, match="asyncpg"):
+                with pytest.raises(psycancel.InterfaceError, match="asyncpg's own timeout"):
                     async with psycancel.cancel_after(asession, 5):
-                        assert (await asession.execute(text("select 1"))).scalar() == 1
+                        ran = True
+                        await asession.execute(text("select 1"))
+                assert not ran  # the block never started: its result is not lost
+                assert (await asession.execute(text("select 1"))).scalar() == 1
         finally:
             await eng.dispose()
 

@@ -13,15 +13,30 @@ scenario and prints ``RESULT <json>``:
 * ``trap``: the main thread cancels through *its own* ``django.db.connection``
   (unconnected there): nothing is sent, the query runs on;
 * ``cancel_after``: ``with cancel_after(django.db.connection, 0.3)`` around the query;
-* ``unconnected``: a thread's wrapper that never connected: nothing to cancel.
+* ``unconnected``: a thread's wrapper that never connected: nothing to cancel;
+* ``readme``: the README's Django example, executed verbatim (taken from
+  README.md) in a fresh thread, whose first query it is: the query ends with
+  57014 after the example's 5 s timer;
+* ``lazy``: ``Canceller(connection)`` made in a thread before it connected,
+  while this thread connects its own wrapper: the handle sticks to its
+  thread's wrapper and cancels that thread's first query;
+* ``reconnect``: a handle made while connected follows the wrapper's next
+  connection after ``connection.close()``;
+* ``receivers``: ``connection_created`` receivers before, while and after a
+  handle lives (dropped and collected);
+* ``cancel_after_handle``: ``cancel_after(Canceller(connection))`` on a
+  thread's first query.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 ARGS: dict[str, Any] = json.loads(sys.stdin.read() or "{}")
@@ -33,6 +48,7 @@ from django.conf import settings  # noqa: E402
 
 from testing.conninfo import parse_conninfo  # noqa: E402
 from tests.support.active import SLEEP, active_sleep_query, poll_until_active  # noqa: E402
+from tests.support.drivers import ROOT  # noqa: E402
 from tests.support.sqlstate import pgcode  # noqa: E402
 
 params = parse_conninfo(ARGS["dsn"])
@@ -178,4 +194,181 @@ t.start()
 t.join(30)
 result["unconnected"] = out.get("unconnected")
 result["unconnected_connection"] = out.get("unconnected_connection")
+
+
+def readme_example() -> str:
+    """The README's Django example: its imports and ``def report()``, as written there."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = text.split("```python\n")[1:]
+    block = next(b.split("```")[0] for b in blocks if "Canceller(connection)" in b)
+    lines = block.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("def report("))
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end].startswith(" ")):
+        end += 1
+    return "\n".join(lines[:end]) + "\n"
+
+
+def outcome(error: BaseException | None) -> dict[str, Any]:
+    return {
+        "error": type(error).__qualname__ if error else None,
+        "error_module": type(error).__module__ if error else None,
+        "pgcode": pgcode(error),
+    }
+
+
+def in_thread(func: Callable[[], Any], timeout: float = 60) -> dict[str, Any]:
+    """Run ``func`` in a fresh thread (whose Django connection is new), closing it after."""
+    out: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            out["value"] = func()
+        except BaseException as ex:
+            out["error"] = ex
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the thread's query was never cancelled"
+    return out
+
+
+# readme: the example as the README prints it, on a thread's first query
+monitor.cursor().execute(
+    "create or replace function slow_report() returns void language sql as 'select pg_sleep(60)'"
+)
+namespace: dict[str, Any] = {}
+exec(compile(readme_example(), "README.md", "exec"), namespace)
+found: list[int] = []
+
+
+def watch_readme() -> None:
+    poll_until_active(rows, tag="slow_report()", timeout=30)
+    sql = (
+        "select pid from pg_stat_activity where wait_event = 'PgSleep' "
+        "and query = 'select slow_report()'"
+    )
+    found.extend(row[0] for row in rows(sql))
+
+
+started = time.monotonic()
+watcher = threading.Thread(target=watch_readme, daemon=True)
+watcher.start()
+done = in_thread(namespace["report"])
+watcher.join(30)
+result["readme"] = dict(
+    outcome(done.get("error")),
+    seconds=time.monotonic() - started,
+    pid_seen=bool(found),
+    still_running=bool(found) and still_running(found[0]),
+)
+
+
+# lazy: made before its thread connected; this thread connects its own meanwhile
+made, go = threading.Event(), threading.Event()
+lazy: dict[str, Any] = {}
+
+
+def lazy_query() -> None:
+    lazy["handle"] = psycancel.Canceller(connection)
+    lazy["repr_before"] = repr(lazy["handle"])
+    made.set()
+    assert go.wait(30)
+    with connection.cursor() as cur:
+        cur.execute("select pg_backend_pid()")
+        lazy["pid"] = cur.fetchone()[0]
+        lazy["repr_after"] = repr(lazy["handle"])
+        cur.execute(SLEEP)
+
+
+query = threading.Thread(target=lambda: lazy.update(in_thread(lazy_query)), daemon=True)
+query.start()
+assert made.wait(30)
+connection.ensure_connection()  # this thread's own wrapper connects (connection_created here)
+lazy["held_after_other_thread_connected"] = lazy["handle"].connection is not None
+connection.close()
+go.set()
+while "pid" not in lazy and query.is_alive():
+    time.sleep(0.01)
+poll_until_active(rows, lazy["pid"])
+lazy["handle"].cancel(timeout=10)
+query.join(30)
+result["lazy"] = dict(
+    outcome(lazy.get("error")),
+    repr_before=lazy["repr_before"],
+    repr_after=lazy["repr_after"],
+    held_after_other_thread_connected=lazy["held_after_other_thread_connected"],
+    still_running=still_running(lazy["pid"]),
+)
+
+
+# reconnect: a handle made while connected follows the next connection
+def reconnect() -> dict[str, Any]:
+    with connection.cursor() as cur:
+        cur.execute("select 1")
+    handle = psycancel.Canceller(connection)
+    first = handle.connection
+    connection.close()
+    kept = handle.connection is first  # closed: nothing to cancel until it reconnects
+    pid: list[int] = []
+
+    def cancel_when_sleeping() -> None:
+        while not pid:
+            time.sleep(0.01)
+        poll_until_active(rows, pid[0])
+        handle.cancel(timeout=10)
+
+    canceller = threading.Thread(target=cancel_when_sleeping, daemon=True)
+    canceller.start()
+    try:
+        with connection.cursor() as cur:
+            cur.execute("select pg_backend_pid()")
+            pid.append(cur.fetchone()[0])
+            cur.execute(SLEEP)
+    except BaseException as ex:
+        canceller.join(30)  # its reference to the handle is gone before the next scenario
+        return dict(outcome(ex), kept_until_reconnect=kept, moved=handle.connection is not first)
+    return {"error": None}
+
+
+result["reconnect"] = in_thread(reconnect).get("value")
+
+
+# receivers: a handle adds one connection_created receiver, dropping it removes it
+def receivers() -> dict[str, Any]:
+    from django.db.backends.signals import connection_created
+
+    gc.collect()  # earlier scenarios' handles that only a collection frees
+    before = len(connection_created.receivers)
+    handle = psycancel.Canceller(connection)
+    during = len(connection_created.receivers)
+    ref = weakref.ref(handle)
+    del handle
+    gc.collect()
+    return {
+        "before": before,
+        "during": during,
+        "after": len(connection_created.receivers),
+        "collected": ref() is None,
+    }
+
+
+result["receivers"] = in_thread(receivers).get("value")
+
+
+# cancel_after_handle: cancel_after(Canceller(connection)) on a thread's first query
+def timed_handle() -> dict[str, Any]:
+    try:
+        handle = psycancel.Canceller(connection)
+        with psycancel.cancel_after(handle, 0.3, timeout=10), connection.cursor() as cur:
+            cur.execute(SLEEP)
+    except psycancel.QueryTimeout as ex:
+        return {"raised": "QueryTimeout", "pgcode": pgcode(ex.__cause__)}
+    return {"raised": None}
+
+
+result["cancel_after_handle"] = in_thread(timed_handle).get("value")
 print("RESULT " + json.dumps(result), flush=True)
