@@ -11,8 +11,9 @@ heap is rebuilt without them when they outnumber the live ones (long
 
 Callbacks run in the timer thread and must return quickly (start a thread,
 shut a socket down); an exception from one is logged, never fatal to the
-thread. After ``fork`` the child starts with no entries and no thread (one
-is started again on its first use).
+thread. The service is made on first use, not at import (gevent: see
+:func:`_timers`). After ``fork`` the child starts with no entries and no
+thread (one is started again on its first use).
 """
 
 from __future__ import annotations
@@ -123,23 +124,51 @@ class _Timers:
                 _logger.exception("psycancel timer callback failed")
 
 
-_TIMERS = _Timers()
+_service: _Timers | None = None
+"""The process's timer service, made on first use (see :func:`_timers`)."""
+_service_lock = threading.Lock()
+
+
+def _timers() -> _Timers:
+    """The timer service, made on first use rather than at import.
+
+    So that its lock, condition and thread come from the ``threading`` module
+    as it is when the first block runs: a program that imports psycancel and
+    only then calls gevent's ``patch_all()`` gets greenlet-friendly ones (a
+    real lock waited on by a greenlet would freeze the hub).
+    """
+    global _service
+    service = _service
+    if service is None:
+        with _service_lock:
+            if _service is None:
+                _service = _Timers()
+            service = _service
+    return service
+
+
+def _after_fork_in_child() -> None:
+    """The child of a ``fork`` has no timer thread: start afresh on its first use."""
+    global _service, _service_lock
+    _service = None
+    _service_lock = threading.Lock()
+
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_TIMERS._reset)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def call_at(when: float, callback: Callable[[], object]) -> TimerEntry:
     """Run ``callback()`` in the timer thread at ``when`` (``time.monotonic()`` seconds)."""
-    return _TIMERS.call_at(when, callback)
+    return _timers().call_at(when, callback)
 
 
 def cancel(entry: TimerEntry) -> None:
     """Never run ``entry``'s callback (if it has not started yet); idempotent, any thread."""
     if not entry[_DEAD]:
-        _TIMERS.kill(entry)
+        _timers().kill(entry)
 
 
 def pending() -> int:
     """How many live entries wait (for tests and leak checks)."""
-    return _TIMERS.pending()
+    return _timers().pending()
