@@ -383,11 +383,15 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
     def _break_at_bound(self) -> None:
         self._break(f"had not ended {self._timeout:g} s after its cancel was sent")
 
-    def _break(self, why: str) -> None:
-        """Shut the connection's socket down if the block still runs (any thread)."""
+    def _break(self, why: str) -> bool:
+        """Shut the connection's socket down if the block still runs (any thread).
+
+        True if this call did it (or found no socket to shut) and logged so;
+        False if there was nothing to do (left, broken already, or opted out).
+        """
         with self._lock:
             if self._state != _FIRING or self._broken or not self._break_connection:
-                return
+                return False
             fence = self._fence
             self._broken = fence is not None and fence.shutdown()
         if self._broken:
@@ -404,19 +408,25 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 self._seconds,
                 why,
             )
+        return True
 
     def _cancel_failed(self, error: BaseException) -> None:
         """The fired cancel failed: remember it, say so, break the connection now."""
         self._error = error
-        if self._break_connection:
-            self._break(f"could not be cancelled ({error!r})")
+        if self._break(f"could not be cancelled ({error!r})"):
+            return
+        if self._broken:
+            what = "the connection was broken already"
+        elif self._break_connection:
+            what = "the block had ended"
         else:
-            logger.warning(
-                "psycancel.cancel_after(%g s): the cancel failed (%r); the query may still "
-                "be running (break_connection=False)",
-                self._seconds,
-                error,
-            )
+            what = "the query may still be running (break_connection=False)"
+        logger.warning(
+            "psycancel.cancel_after(%g s): the cancel failed (%r); %s",
+            self._seconds,
+            error,
+            what,
+        )
 
     def _leave(self, *, keep_plan: bool = False) -> str:
         """At exit: no more firing or breaking. The state the block was in.

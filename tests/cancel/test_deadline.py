@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 import psycancel
+from psycancel.pq import Libpq, PGconn
 from tests.support.active import SLEEP
 from tests.support.drivers import ROOT, need
 from tests.support.fds import sockets_to
@@ -650,3 +652,43 @@ def test_black_hole_django(
     assert result["context_module"].startswith("django.db"), result  # Django's OperationalError
     assert result["elapsed"] < SECONDS + TIMEOUT + MARGIN, result
     assert result["dropped"], result  # close_if_unusable_or_obsolete discarded it
+
+
+# =====================================================================================
+# libpq < 17: the legacy PQcancel, which has no timeout of its own
+# =====================================================================================
+
+
+def test_black_hole_legacy_libpq(
+    pg_server: ServerLike,
+    proxy: Any,
+    legacy_libpq: Libpq,
+    watcher: Monitor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The legacy cancel blocks in its worker against the black hole; the
+    block still ends at the bound (the worker ends when the OS gives up).
+    psycancel's own client returns an error result rather than raising: the
+    block completes, and the broken connection is logged at WARNING."""
+    px: TcpProxy = proxy()
+    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=legacy_libpq)
+    pid = conn.backend_pid
+    try:
+        conn.send_query(SLEEP)
+        watcher.wait_sleeping(pid)
+        px.freeze()
+        t0 = time.monotonic()
+        timer = psycancel.cancel_after(conn, SECONDS, timeout=TIMEOUT)
+        with caplog.at_level(logging.WARNING, logger="psycancel"), timer:
+            result = conn.get_result()
+        elapsed = time.monotonic() - t0
+        assert result is not None and result.message, result
+        assert timer.connection_broken
+        assert elapsed < SECONDS + TIMEOUT + MARGIN, elapsed
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("could not be cancelled" in m or "the cancel failed" in m for m in messages)
+        assert any("its connection was broken (socket shut down)" in m for m in messages)
+        assert any("block completed, but its connection was broken" in m for m in messages)
+    finally:
+        conn.finish()
+        terminate(watcher, pid)
