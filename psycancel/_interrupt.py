@@ -1,4 +1,4 @@
-"""``cancel_on_interrupt``: Ctrl-C cancels the query of a blocking call.
+"""``cancel_on_interrupt``: Ctrl-C (or SIGTERM...) cancels the query of a blocking call.
 
 ::
 
@@ -12,130 +12,405 @@ for the query too, and the query keeps running on the server until it
 finishes (psycopg2 issue 333).
 
 How it works: on entry the cancel object is made (in the thread that owns the
-connection, as for :func:`psycancel.cancel_after`), a socket pair becomes the
-process's ``signal.set_wakeup_fd`` and a helper thread waits on it. The C
-level of Python's signal handling writes the signal number there the moment
-SIGINT arrives, whatever the main thread is doing, which wakes the helper: it
-sends the encrypted, bounded cancel (the new API, or the legacy policy). The
-query ends with SQLSTATE 57014, the driver call returns, and the Python
-handler (ours) runs the previous one (``default_int_handler``: raises
-``KeyboardInterrupt``). Bytes of other signals, and SIGINT's, are passed on
-to the previous wakeup fd (asyncio's, for example).
+connection, as for :func:`psycancel.cancel_after`), the connection's socket
+is noted (``psycancel._engine.breaker``), a socket pair becomes the process's
+``signal.set_wakeup_fd`` and a watcher thread waits on it. The C level of
+Python's signal handling writes the signal number there the moment a handled
+signal arrives, whatever the main thread is doing, which wakes the watcher:
+it sends the encrypted, bounded cancel (the new API, or the legacy policy)
+from a cancel thread. The query ends with SQLSTATE 57014, the driver call
+returns, and the previous handler runs (``default_int_handler``: raises
+``KeyboardInterrupt``). Bytes of other signals, and of ours, are passed on to
+the previous wakeup fd (asyncio's, for example).
 
-On exit the previous SIGINT handler and wakeup fd are restored, and no cancel
-from the block is in flight any more (a fired cancel is waited for, bounded
-by ``timeout``). A SIGINT that arrives while the block is being entered or
+The bound: the block must end within ``timeout`` of the first signal. When
+the cancel fails or times out while the block still runs, when a second
+handled signal arrives while it still runs, or when it still runs ``timeout``
+seconds after the first signal, the watcher *breaks* the connection: it
+shuts the socket down (never closes it: the driver owns the descriptor), so
+the blocked driver call returns at once with the driver's connection error,
+and logs a WARNING on the ``psycancel`` logger. ``break_connection=False``
+keeps the connection whatever happens (and the block may then stay blocked
+as long as the query runs).
+
+Holding the signal: with the bound on, the Python-level handler does not call
+the previous one while the cancel is in flight, nor right after a break: a
+``KeyboardInterrupt`` raised inside psycopg 3's wait would make psycopg send
+a cancel of its own first (5 s against a dead network), and one raised while
+psycopg2 builds its error would replace that error. The held signal is handed
+to the previous handler at the block's exit (then with the driver's error as
+context), or re-delivered to the main thread (``pthread_kill``) once the
+cancel completed, or shortly after a break once the driver has seen it, so
+that a block running Python code is interrupted too. The watcher knows the
+bytes of those re-deliveries and neither passes them on nor counts them as a
+second signal.
+
+``SIG_DFL`` as the previous handler: the signal's default action (SIGTERM:
+the process ends) happens only once the cancel has completed or the
+connection was broken (bounded by ``timeout``), so that the query is
+cancelled on the server before the process dies.
+
+On exit the previous handlers and wakeup fd are restored, and no cancel from
+the block is in flight any more (a fired cancel is waited for, bounded by
+``timeout``), unless the connection was broken: a cancel still in flight then
+ends by its own deadline in its thread (it can only reach the query of that
+dead session). A signal that arrives while the block is being entered or
 left is held until the context manager's own work is done, then handed to
 the previous handler, so that the restoring is never cut short.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from types import CodeType, FrameType, TracebackType
 from typing import Any
 
+from ._drivers.resolve import as_pgconn
 from ._engine import blocking, outcomes
+from ._engine.breaker import SocketFence, capture_socket
+from ._engine.machine import READ
 from ._engine.plan import DEFAULT_TIMEOUT, MAX_WAIT, Plan, check_options, rearmed
 from ._procedure import prepare_cancel
 from ._typing import Cancellable
 from .errors import InterfaceError
 
-__all__ = ["cancel_on_interrupt"]
+__all__ = ["cancel_on_interrupt", "check_signals"]
+
+_logger = logging.getLogger("psycancel")
 
 _NEW, _ACTIVE, _DONE = "new", "active", "done"
-_STOP = b"\x00"
-"""What ``__exit__`` writes to stop the helper (no signal has number 0)."""
-_SIGINT_BYTE = bytes([signal.SIGINT & 0xFF])
+"""The block: not entered yet; handlers installed; entered and left (or a no-op)."""
+
+_QUIET, _CANCELLING, _BROKEN, _RELEASED = "quiet", "cancelling", "broken", "released"
+"""The watcher's phase: no signal yet; cancel sent (or done, its signals still held);
+connection broken (held until the driver noticed); signals are handed on at once."""
+
+_STOP = 0x00
+"""What ``__exit__`` writes to stop the watcher (no signal has number 0)."""
+_WAKE = 0xFF
+"""What the cancel thread writes when it is done (no signal has number 255)."""
 _GRACE = 1.0
-"""Seconds past the cancel's own timeout that leaving the block waits for the helper."""
+"""Seconds past the cancel's own timeout that leaving the block waits for it."""
+_SETTLE_WAIT = 0.25
+"""Seconds held signals wait, once the cancel completed or the connection was broken,
+for the driver to raise its error (the block then hands them on at its exit, with
+that error as context) before they are delivered again to the main thread (a
+block running Python code)."""
+_NOTICED_DELAY = 0.05
+"""Seconds held signals wait after the driver dropped the broken socket (its error
+is being raised: let it leave the driver before the signal is delivered again)."""
+_NOTICE_POLL = 0.01
+"""How often the watcher looks whether the driver dropped the broken socket."""
+
+_UNCATCHABLE = frozenset(
+    s for s in (getattr(signal, "SIGKILL", None), getattr(signal, "SIGSTOP", None)) if s
+)
 
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def check_signals(signals: Iterable[int]) -> tuple[int, ...]:
+    """Validate ``cancel_on_interrupt``'s ``signals``: distinct, catchable signal numbers.
+
+    ``TypeError`` for something that is not an iterable of ints (a single
+    signal, a name, a bool); ``ValueError`` for an empty list, a number that
+    is no signal of this platform, SIGKILL or SIGSTOP (they cannot be
+    caught), or a signal given twice.
+    """
+    if isinstance(signals, (int, str, bytes)) or not isinstance(signals, Iterable):
+        raise TypeError(
+            "signals must be an iterable of signal numbers, e.g. "
+            f"(signal.SIGINT, signal.SIGTERM), got {type(signals).__name__}"
+        )
+    valid = signal.valid_signals()
+    found: list[int] = []
+    for value in signals:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"signals must hold signal numbers, got {type(value).__name__}")
+        signum = int(value)
+        if signum not in valid:
+            raise ValueError(f"{value!r} is not a signal number of this platform")
+        if signum in _UNCATCHABLE:
+            raise ValueError(f"{_name(signum)} cannot be caught: it cannot cancel a query")
+        if signum in found:
+            raise ValueError(f"{_name(signum)} is given twice in signals")
+        found.append(signum)
+    if not found:
+        raise ValueError("signals must name at least one signal")
+    return tuple(found)
+
+
+def _fence_of(conn: object) -> SocketFence | None:
+    """The fence of ``conn``'s socket, captured now (in the thread that owns it)."""
+    pgconn = as_pgconn(conn)
+    return None if pgconn is None else capture_socket(pgconn)
+
+
+@contextlib.contextmanager
+def _signals_blocked(signals: tuple[int, ...]) -> Iterator[None]:
+    """Block ``signals`` in this thread meanwhile: threads started here inherit the mask.
+
+    The kernel gives a process-directed signal to any thread that does not
+    block it; given to the watcher, it would not interrupt a system call of
+    the main thread (a ``time.sleep``), as it does in a program without
+    psycancel's threads. Pending meanwhile, a signal is delivered at the end.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover (not POSIX)
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _deliver(thread_id: int, signum: int) -> None:
+    """Re-deliver ``signum`` to the main thread (a real signal: it interrupts a sleep)."""
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(thread_id, signum)
+    else:  # pragma: no cover (not POSIX)
+        _thread.interrupt_main(signal.Signals(signum))
+
+
 class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...``
-    """Make Ctrl-C (SIGINT) cancel the query running on ``conn`` during the block.
+    """Make Ctrl-C (SIGINT, or the ``signals`` given) cancel the query running on ``conn``.
 
     A context manager for blocking code in the main thread: while the block
-    runs, a SIGINT sends an encrypted, bounded cancel request for ``conn``
-    (``timeout`` and ``strict`` as for :func:`psycancel.cancel`) from a
-    helper thread, even though the main thread is blocked inside libpq; the
-    driver then reports the cancelled query (SQLSTATE 57014) and
-    ``KeyboardInterrupt`` is raised as usual (by the previous handler: a
-    handler of the program's own is called instead; with ``SIG_IGN`` nothing
-    is raised, the driver's error stays). One cancel per block: the first
-    SIGINT sends it.
+    runs, the first of ``signals`` (default: SIGINT only; e.g. ``(signal.SIGINT,
+    signal.SIGTERM)`` so that a service being stopped ends its query) sends
+    an encrypted, bounded cancel request for ``conn`` (``timeout`` and
+    ``strict`` as for :func:`psycancel.cancel`) from a helper thread, even
+    though the main thread is blocked inside libpq; the driver then reports
+    the cancelled query (SQLSTATE 57014) and the signal's previous handler is
+    called: ``KeyboardInterrupt`` as usual for SIGINT, a handler of the
+    program's own is called instead, ``SIG_IGN`` does nothing (the driver's
+    error stays), and ``SIG_DFL`` does the signal's default action once the
+    cancel has completed (SIGTERM: the process ends, its query cancelled on
+    the server first). One cancel per block: the first signal sends it.
 
-    On exit the previous SIGINT handler and wakeup fd are restored, and a
-    fired cancel is waited for (bounded by ``timeout``); if it failed, its
-    error (:class:`CancelError`, :class:`CancellationTimeout`) is raised, or
-    noted on the block's own exception. Raises :class:`InterfaceError`
-    outside the main thread (Python delivers signals to the main thread
-    only). Single use; a closed connection makes it a no-op.
+    The bound (``break_connection=True``, the default): the block ends within
+    ``timeout`` seconds of the first signal even when the network or the
+    server does not answer. If the cancel fails or times out, if a second
+    signal arrives, or if the block still runs ``timeout`` seconds after the
+    first signal, the connection's socket is shut down (never closed): the
+    blocked driver call fails at once with the driver's connection error,
+    the previous handler then runs (``KeyboardInterrupt``, with that error as
+    its context when the handler runs at the block's exit), a WARNING is
+    logged on the ``psycancel`` logger, and :attr:`connection_broken` is
+    True. The connection is then unusable (psycopg2 ``closed == 2``, psycopg
+    ``broken``): close it; pools discard it. ``break_connection=False``
+    restores the old behaviour: the connection is never broken, and the
+    block stays blocked as long as the query runs when the cancel cannot
+    end it.
+
+    On exit the previous handlers and wakeup fd are restored, and a fired
+    cancel is waited for (bounded by ``timeout``) unless the connection was
+    broken; if it failed, its error (:class:`CancelError`,
+    :class:`CancellationTimeout`) is raised, or noted on the block's own
+    exception. Raises :class:`InterfaceError` outside the main thread
+    (Python delivers signals to the main thread only), ``TypeError`` /
+    ``ValueError`` for invalid arguments (see :func:`check_signals`). Single
+    use; a closed connection makes it a no-op.
     """
 
     def __init__(
-        self, conn: Cancellable, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False
+        self,
+        conn: Cancellable,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        strict: bool = False,
+        signals: Iterable[int] = (signal.SIGINT,),
+        break_connection: bool = True,
     ) -> None:
         self._timeout = check_options(timeout, strict)
+        self._signals = check_signals(signals)
+        if not isinstance(break_connection, bool):
+            raise TypeError(
+                f"break_connection must be a bool, got {type(break_connection).__name__}"
+            )
         self._strict = strict
         self._conn = conn
+        self._bound = break_connection
         self._state = _NEW
+        # Shared by the main thread (its handler), the watcher and the cancel thread.
+        # Re-entrant: a signal handler may run while the main thread holds it.
+        self._lock = threading.RLock()
+        self._running = False
+        self._phase = _QUIET
+        self._held: dict[int, FrameType | None] = {}
         self._plan: Plan | None = None
-        self._plan_lock = threading.Lock()
-        self._fired = False
+        self._sockets_closed = False
+        self._settled = threading.Event()
+        self._broken: str | None = None
         self._error: BaseException | None = None
-        self._deferred: FrameType | None = None
-        self._deferred_signal = False
-        self._previous: Handler = None
+        # Main thread only.
+        self._deferred: dict[int, FrameType | None] = {}
+        self._previous: dict[int, Handler] = {}
+        self._installed: list[int] = []
         self._previous_fd = -1
+        self._main_id = 0
+        self._fence: SocketFence | None = None
         self._reader: socket.socket | None = None
         self._writer: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        # Watcher only (and the cancel thread's result, read once it has ended).
+        self._fired = False
+        self._fired_at = 0.0
+        self._first_signal = 0
+        self._canceller: threading.Thread | None = None
+        self._cancel_error: BaseException | None = None
+        self._cancel_done = False
+        """Set by the cancel thread when the request is done (before its wake byte)."""
+        self._cancel_seen = False
+        self._deadline: float | None = None
+        self._release_at: float | None = None
+        self._broken_at = 0.0
+        self._echoes: dict[int, int] = {}
 
     @property
     def fired(self) -> bool:
-        """True once a SIGINT during the block sent (or is sending) the cancel request."""
+        """True once a signal during the block sent (or is sending) the cancel request."""
         return self._fired
 
-    # -- the signal's two halves --------------------------------------------------
+    @property
+    def connection_broken(self) -> bool:
+        """True if the bound shut the connection's socket down (the connection is unusable)."""
+        return self._broken is not None
 
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+    @property
+    def signals(self) -> tuple[int, ...]:
+        """The signals that cancel the query (as given, validated)."""
+        return self._signals
+
+    # -- the main thread's handler -----------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         """The Python-level handler (main thread, between bytecodes)."""
         if self._state == _ACTIVE and _inside(self, frame):
             # Entering or leaving: hold it until the restoring is done.
-            self._deferred_signal = True
-            self._deferred = frame
+            self._deferred.setdefault(signum, frame)
             return
-        _chain(self._previous, signum, frame)
+        self._dispatch(signum, frame)
+
+    def _dispatch(self, signum: int, frame: FrameType | None) -> None:
+        """Hold the signal while the cancel is in flight (the bound), else hand it on."""
+        if self._bound:
+            with self._lock:
+                if self._running and self._phase != _RELEASED:
+                    # The watcher hands it on (or __exit__ does): see the module doc.
+                    self._held.setdefault(signum, frame)
+                    return
+        self._chain(signum, frame)
+
+    def _chain(self, signum: int, frame: FrameType | None) -> None:
+        """Do what the handler before ours would have done."""
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_IGN:
+            return
+        elif previous is None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a handler Python does not know: as Python's default
+        else:
+            self._default_action(signum)
+
+    def _default_action(self, signum: int) -> None:
+        """The signal's default action (SIGTERM: the process ends), after the cancel."""
+        self._wait_settled()
+        signal.signal(signum, signal.SIG_DFL)
+        try:
+            signal.raise_signal(signum)  # ends the process, unless ignored or stopped
+        finally:
+            if self._state == _ACTIVE:  # still in the block: ours again
+                signal.signal(signum, self._on_signal)
+
+    def _wait_settled(self) -> None:
+        """Wait (bounded) until the cancel completed or the connection was broken."""
+        thread = self._thread
+        end = time.monotonic() + self._timeout + _GRACE
+        while thread is not None and thread.is_alive() and not self._settled.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self._settled.wait(min(left, MAX_WAIT))
+
+    # -- the watcher thread ------------------------------------------------------
 
     def _watch(self) -> None:
-        """The helper thread: woken by the wakeup fd, sends the cancel on SIGINT."""
+        """Woken by the wakeup fd: fires the cancel, enforces the bound, re-delivers."""
         reader = self._reader
         assert reader is not None
-        while True:
-            try:
-                data = reader.recv(256)
-            except InterruptedError:  # (not retried by recv on every platform)
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            stop = data.find(_STOP)
-            signals = data if stop < 0 else data[:stop]
-            if signals:
-                self._forward(signals)
-            if _SIGINT_BYTE in signals and not self._fired:
-                self._fire()
-            if stop >= 0:
-                return
+        try:
+            while True:
+                data = self._read(reader, self._next_wait())
+                if data is None:
+                    return
+                stop = self._on_bytes(data)
+                self._tick()
+                if stop:
+                    return
+        finally:
+            self._end_watch()
+
+    @staticmethod
+    def _read(reader: socket.socket, wait: float | None) -> bytes | None:
+        """Bytes from the wakeup socket (b"" if ``wait`` passed first); None once closed."""
+        try:
+            if wait is not None and not blocking.wait_fd(reader.fileno(), READ, wait):
+                return b""
+            data = reader.recv(256)
+        except OSError:
+            return None
+        return data or None
+
+    def _next_wait(self) -> float | None:
+        now = time.monotonic()
+        waits = []
+        if self._deadline is not None:
+            waits.append(self._deadline - now)
+        if self._release_at is not None:
+            waits.append(min(self._release_at - now, _NOTICE_POLL))
+        if not waits:
+            return None
+        return min(max(0.0, min(waits)), MAX_WAIT)
+
+    def _on_bytes(self, data: bytes) -> bool:
+        """Handle what the wakeup socket said; True once the block is leaving."""
+        stop = False
+        forward = bytearray()
+        own: list[int] = []
+        for byte in data:
+            if byte == _STOP:
+                stop = True
+            elif byte == _WAKE:
+                continue  # the cancel thread is done: _tick looks at it
+            elif self._echoes.get(byte, 0) > 0:
+                self._echoes[byte] -= 1  # our own re-delivery of a held signal
+            else:
+                forward.append(byte)
+                if not stop and byte in self._signals:
+                    own.append(byte)
+        if forward:
+            self._forward(bytes(forward))
+        for signum in own:
+            self._on_own_signal(signum)
+        return stop
 
     def _forward(self, data: bytes) -> None:
         """Pass signal bytes on to the previous wakeup fd (best effort, as CPython does)."""
@@ -144,20 +419,161 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         with contextlib.suppress(OSError):
             os.write(self._previous_fd, data)
 
-    def _take_plan(self) -> Plan | None:
-        with self._plan_lock:
-            plan, self._plan = self._plan, None
-        return plan
+    def _on_own_signal(self, signum: int) -> None:
+        if not self._fired:
+            self._fire(signum)
+        elif self._bound:
+            self._break(
+                f"a second signal ({_name(signum)}) arrived while the block still ran",
+                "second_signal",
+            )
 
-    def _fire(self) -> None:
+    def _fire(self, signum: int) -> None:
+        """The first signal: send the cancel from a thread of its own, start the bound."""
         self._fired = True
-        plan = self._take_plan()
-        if plan is None:
+        self._fired_at = time.monotonic()
+        self._first_signal = signum
+        with self._lock:
+            plan, self._plan = self._plan, None
+            self._phase = _CANCELLING
+        if self._bound:
+            self._deadline = self._fired_at + self._timeout
+        if plan is None:  # (never: the block installs nothing without a plan)
+            self._settle()
             return
+        thread = threading.Thread(
+            target=self._send, args=(rearmed(plan),), name="psycancel-interrupt-cancel", daemon=True
+        )
         try:
-            blocking.run_blocking(rearmed(plan), cooperate=False)
+            thread.start()
+        except BaseException as ex:  # no thread to be had: the cancel failed
+            plan.discard()
+            self._cancel_error = ex
+            self._cancel_seen = True
+            self._cancelled()
+            return
+        self._canceller = thread
+
+    def _send(self, plan: Plan) -> None:
+        """The cancel thread: send the request (bounded by ``timeout``), then wake the watcher."""
+        try:
+            blocking.run_blocking(plan, cooperate=False)
         except BaseException as ex:  # whatever ends the cancel, the block hears of it
-            self._error = ex
+            self._cancel_error = ex
+        self._cancel_done = True
+        with self._lock:
+            writer = None if self._sockets_closed else self._writer
+            if writer is not None:
+                with contextlib.suppress(OSError):
+                    writer.send(bytes([_WAKE]))
+
+    def _tick(self) -> None:
+        """After every wake: the cancel's outcome, the deadline, the held signals."""
+        if self._cancel_done and not self._cancel_seen:
+            self._cancel_seen = True
+            self._cancelled()
+        now = time.monotonic()
+        if self._deadline is not None and now >= self._deadline:
+            self._deadline = None
+            self._break(
+                f"the query had not ended {self._timeout:g} s after "
+                f"{_name(self._first_signal)} (the cancel was sent)",
+                "deadline",
+            )
+        if self._release_at is not None and (now >= self._release_at or self._noticed(now)):
+            self._release()
+
+    def _noticed(self, now: float) -> bool:
+        """After a break: the driver dropped the socket (its error is on its way)."""
+        fence = self._fence
+        if fence is None or fence.same_socket():
+            return False
+        assert self._release_at is not None
+        self._release_at = min(self._release_at, now + _NOTICED_DELAY)
+        return now >= self._release_at
+
+    def _cancelled(self) -> None:
+        """The cancel thread ended: settle, or break if it failed."""
+        error = self._cancel_error
+        if error is None:
+            self._settle()
+            return
+        self._error = error
+        if self._bound:
+            self._break(f"the cancel request failed: {error!r}", "cancel_failed")
+        else:
+            self._settle()
+
+    def _break(self, reason: str, code: str) -> None:
+        """Shut the connection's socket down (the block is still running), then settle."""
+        with self._lock:
+            proceed = self._running and self._broken is None
+            before = self._phase
+            if proceed:  # first: a handler that runs as the driver fails must hold
+                self._phase = _BROKEN
+                self._broken_at = time.monotonic()
+        fence = self._fence
+        if proceed and fence is not None and fence.shutdown():
+            with self._lock:
+                self._broken = reason
+            self._deadline = None
+            _logger.warning(
+                "psycancel.cancel_on_interrupt broke the connection (its socket is shut "
+                "down, so that the blocked call returns; the connection is unusable now): %s",
+                reason,
+                extra={"psycancel_break": code},
+            )
+        elif proceed:
+            with self._lock:
+                self._phase = before
+            if fence is None:
+                _logger.warning(
+                    "psycancel.cancel_on_interrupt could not break the connection (no "
+                    "socket was found when the block was entered): %s",
+                    reason,
+                    extra={"psycancel_break": "unavailable"},
+                )
+        self._settle()
+
+    def _settle(self) -> None:
+        """The cancel completed, or the connection was broken: hand held signals on soon."""
+        self._settled.set()
+        with self._lock:
+            if self._phase == _RELEASED:
+                return
+            start = self._broken_at if self._phase == _BROKEN else time.monotonic()
+        when = start + _SETTLE_WAIT
+        self._release_at = when if self._release_at is None else min(self._release_at, when)
+
+    def _release(self) -> None:
+        """Re-deliver the held signals to the main thread (the block still runs)."""
+        self._release_at = None
+        with self._lock:
+            self._phase = _RELEASED
+            if not self._running:
+                return  # leaving: __exit__ hands them on
+            held = list(self._held)
+            self._held.clear()
+        for signum in held:
+            self._echoes[signum] = self._echoes.get(signum, 0) + 1
+            _deliver(self._main_id, signum)
+
+    def _end_watch(self) -> None:
+        """The block is leaving: wait for a fired cancel (bounded), unless it was broken."""
+        thread = self._canceller
+        if thread is None:
+            return
+        if self._broken is None:
+            end = self._fired_at + self._timeout + _GRACE
+            while thread.is_alive() and (left := end - time.monotonic()) > 0:
+                thread.join(min(left, MAX_WAIT))
+        if self._cancel_done:
+            if not self._cancel_seen:
+                self._cancel_seen = True
+                self._cancelled()  # (the block has ended: no break any more)
+        elif self._broken is None and self._error is None:
+            self._error = outcomes.timed_out(self._timeout, legacy=True)
+        self._settled.set()
 
     # -- entering and leaving -----------------------------------------------------
 
@@ -171,70 +587,108 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
                 "thread, or cancel_after() for a time limit)"
             )
         self._state = _DONE
-        self._plan = prepare_cancel(
-            self._conn, timeout=self._timeout, strict=self._strict, stacklevel=2
-        )
-        if self._plan is None:
+        plan = prepare_cancel(self._conn, timeout=self._timeout, strict=self._strict, stacklevel=2)
+        if plan is None:
             return self  # a closed connection: nothing to cancel, nothing installed
+        self._plan = plan
         try:
+            if self._bound:
+                self._fence = _fence_of(self._conn)
             self._install()
         except BaseException:
             self._uninstall()
             raise
-        self._raise_deferred()
+        try:
+            self._hand_on_deferred()
+        except BaseException as ex:  # the block will not run: no __exit__ either
+            try:
+                self._uninstall()
+            finally:
+                self._hand_on(ex)
+            raise
         return self
 
     def _install(self) -> None:
         self._reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)
+        self._main_id = threading.get_ident()
+        self._running = True
         self._thread = threading.Thread(
             target=self._watch, name="psycancel-cancel-on-interrupt", daemon=True
         )
-        self._thread.start()
-        self._previous = signal.getsignal(signal.SIGINT)
+        with _signals_blocked(self._signals):  # the watcher (and its cancel thread) inherit it
+            self._thread.start()
+        for signum in self._signals:
+            self._previous[signum] = signal.getsignal(signum)
         try:
             self._previous_fd = signal.set_wakeup_fd(self._writer.fileno())
         except ValueError as ex:  # not the main thread of the main interpreter
-            self._previous = None
             raise InterfaceError(
                 f"cancel_on_interrupt() cannot watch for signals here: {ex}"
             ) from ex
         self._state = _ACTIVE
-        signal.signal(signal.SIGINT, self._on_sigint)
+        for signum in self._signals:
+            signal.signal(signum, self._on_signal)
+            self._installed.append(signum)
 
     def _uninstall(self) -> None:
-        """Stop the helper (waiting for a fired cancel), restore the handler and fd."""
+        """Stop the watcher (waiting for a fired cancel), restore the handlers and fd."""
+        with self._lock:
+            self._running = False
         thread, writer = self._thread, self._writer
         if thread is not None and writer is not None:
             try:
-                writer.send(_STOP)
+                writer.send(bytes([_STOP]))
             except OSError:  # the buffer is full of signal bytes: close the socket instead
                 if self._reader is not None:
                     self._reader.shutdown(socket.SHUT_RDWR)
-            end = time.monotonic() + self._timeout + _GRACE
+            end = time.monotonic() + self._timeout + 2 * _GRACE
             while thread.is_alive() and (left := end - time.monotonic()) > 0:
                 thread.join(min(left, MAX_WAIT))
-            if thread.is_alive() and self._error is None:
+            if thread.is_alive() and self._error is None and self._broken is None:
                 self._error = outcomes.timed_out(self._timeout)
-        plan = self._take_plan()
+        with self._lock:
+            plan, self._plan = self._plan, None
         if plan is not None:
             plan.discard()  # never fired
         if self._state == _ACTIVE:
             signal.set_wakeup_fd(self._previous_fd)
+        with self._lock:
+            self._sockets_closed = True
         for sock in (self._reader, self._writer):
             if sock is not None:
                 sock.close()
-        if self._state == _ACTIVE:
-            self._state = _DONE
-            previous = self._previous
-            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        while self._installed:
+            signum = self._installed.pop()
+            previous = self._previous.get(signum)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._state = _DONE
 
-    def _raise_deferred(self) -> None:
-        """Hand a SIGINT held during entering or leaving to the previous handler."""
-        if self._deferred_signal:
-            frame, self._deferred, self._deferred_signal = self._deferred, None, False
-            _chain(self._previous, signal.SIGINT, frame)
+    def _hand_on_deferred(self) -> None:
+        """Handle the signals that arrived while entering, now that the block is armed."""
+        while self._deferred:
+            signum = next(iter(self._deferred))
+            frame = self._deferred.pop(signum)
+            self._dispatch(signum, frame)
+
+    def _hand_on(self, exc: BaseException | None) -> None:
+        """At exit (handlers restored): hand every held or deferred signal on, in order."""
+        with self._lock:
+            pending = dict(self._held)
+            self._held.clear()
+        for signum, frame in self._deferred.items():
+            pending.setdefault(signum, frame)
+        self._deferred.clear()
+        if isinstance(exc, KeyboardInterrupt):
+            pending.pop(signal.SIGINT, None)  # (the block's KeyboardInterrupt is that SIGINT)
+        signums = list(pending)
+        for index, signum in enumerate(signums):
+            try:
+                self._chain(signum, pending[signum])
+            except BaseException:
+                for later in signums[index + 1 :]:  # to the restored handlers, as Python would
+                    signal.raise_signal(later)
+                raise
 
     def __exit__(
         self,
@@ -247,26 +701,27 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         try:
             self._uninstall()
         finally:
-            if self._deferred_signal and not isinstance(exc, KeyboardInterrupt):
-                # (a KeyboardInterrupt from the block is that SIGINT already)
-                try:
-                    self._raise_deferred()
-                except BaseException as interrupt:
-                    _note(interrupt, self._error)
-                    raise
+            try:
+                self._hand_on(exc)
+            except BaseException as interrupt:
+                _note(interrupt, self._error, self._broken)
+                raise
         error = self._error
-        if error is None:
-            return
         if exc is not None:
-            _note(exc, error)
+            _note(exc, error, self._broken)
             return
-        raise error
+        if error is not None:
+            raise error
 
 
-def _note(exc: BaseException, error: BaseException | None) -> None:
-    """Mention the cancel's failure on the exception that leaves the block (Python >= 3.11)."""
+def _note(exc: BaseException, error: BaseException | None, broken: str | None) -> None:
+    """Mention the break and the cancel's failure on the leaving exception (Python >= 3.11)."""
     add_note = getattr(exc, "add_note", None)
-    if error is not None and add_note is not None:
+    if add_note is None:
+        return
+    if broken is not None:
+        add_note(f"psycancel.cancel_on_interrupt: the connection was broken: {broken}")
+    if error is not None:
         add_note(f"psycancel.cancel_on_interrupt: the cancel failed: {error!r}")
 
 
@@ -274,7 +729,14 @@ def _codes() -> frozenset[CodeType]:
     cls = cancel_on_interrupt
     return frozenset(
         f.__code__
-        for f in (cls.__enter__, cls.__exit__, cls._install, cls._uninstall, cls._raise_deferred)
+        for f in (
+            cls.__enter__,
+            cls.__exit__,
+            cls._install,
+            cls._uninstall,
+            cls._hand_on,
+            cls._hand_on_deferred,
+        )
     )
 
 
@@ -288,13 +750,3 @@ def _inside(owner: cancel_on_interrupt, frame: FrameType | None) -> bool:
             return True
         frame = frame.f_back
     return False
-
-
-def _chain(previous: Handler, signum: int, frame: FrameType | None) -> None:
-    """Do what the handler before ours would have done."""
-    if callable(previous):
-        previous(signum, frame)
-    elif previous == signal.SIG_IGN:
-        return
-    else:  # SIG_DFL, or a handler Python does not know: interrupt as Python would
-        raise KeyboardInterrupt

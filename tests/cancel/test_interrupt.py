@@ -69,8 +69,19 @@ class Child:
         self.backend_pid = int(line.split()[1])
         self.done = False
 
-    def interrupt(self) -> None:
-        os.kill(self.proc.pid, signal.SIGINT)
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        os.kill(self.proc.pid, signum)
+
+    def line(self) -> str:
+        """The child's next line of output (e.g. ``READY`` from inside the block)."""
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def exit_code(self, timeout: float = 60.0) -> int:
+        """Wait for the child to end; its return code (``-N``: killed by signal N)."""
+        self.proc.communicate(timeout=timeout)
+        self.done = True
+        return self.proc.returncode
 
     def result(self, timeout: float = 60.0) -> dict[str, Any]:
         out, err = self.proc.communicate(timeout=timeout)
@@ -219,6 +230,123 @@ def test_psycopg2_without_it_the_query_keeps_running(dsn_plain: str, monitor: PG
     assert result["raised"] == "KeyboardInterrupt", result
 
 
+# -- SIGTERM: a service being stopped ends its query ------------------------------------
+
+
+def ended_on_server(monitor: PGconn, pid: int, limit: float = 25.0) -> float:
+    """Seconds until backend ``pid`` left its query (AssertionError past ``limit``)."""
+    start = time.monotonic()
+    while active(monitor, pid):
+        assert time.monotonic() - start < limit, "the query was never cancelled"
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+TERM_ARGS = {"mode": "guarded", "signals": ["SIGINT", "SIGTERM"]}
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_sigterm_cancels_the_query_then_the_process_ends(
+    pg_server: ServerLike, monitor: PGconn, driver: str, sslmode: str
+) -> None:
+    """SIGTERM's default action (the process ends) happens after the query was cancelled."""
+    need(driver)
+    child = Child({**TERM_ARGS, "driver": driver, "dsn": pg_server.dsn(sslmode)})
+    try:
+        wait_until_active(monitor, child.backend_pid)
+        child.interrupt(signal.SIGTERM)
+        seconds = ended_on_server(monitor, child.backend_pid)
+        code = child.exit_code()
+    finally:
+        child.kill()
+    print(
+        f"\n{driver} SIGTERM {sslmode} [{pq.__impl__}]: query ended {seconds * 1000:.0f} ms after"
+    )
+    assert code == -signal.SIGTERM  # killed by SIGTERM, as without psycancel
+    # Cancelled on the server (57014), not left running by a client that died.
+    assert server_cancelled(pg_server, child.backend_pid) in (True, None)
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_sigterm_calls_the_programs_own_handler(
+    pg_server: ServerLike, monitor: PGconn, driver: str
+) -> None:
+    """A SIGTERM handler of the program (here: ``SystemExit``) runs after the cancel."""
+    need(driver)
+    args = {**TERM_ARGS, "driver": driver, "dsn": pg_server.dsn("disable")}
+    args["own_handlers"] = ["SIGINT", "SIGTERM"]
+    child = Child(args)
+    try:
+        wait_until_active(monitor, child.backend_pid)
+        child.interrupt(signal.SIGTERM)
+        ended_on_server(monitor, child.backend_pid)
+        result = child.result()
+    finally:
+        child.kill()
+    assert result["raised"] == "SystemExit", result
+    assert result["sqlstate"] in ("57014", None), result
+    assert server_cancelled(pg_server, child.backend_pid) in (True, None)
+    assert result["handler_calls"] == 1 and result["handler_restored"], result
+    assert result["usable"] and not result["broken"], result
+    assert result["wakeup_restored"] and signal.SIGTERM in result["forwarded"], result
+
+
+def test_sigterm_without_it_the_query_keeps_running(dsn_plain: str, monitor: PGconn) -> None:
+    """For comparison: SIGTERM ends the process, and its query runs on without its client."""
+    need("psycopg2")
+    child = Child({"driver": "psycopg2", "mode": "bare", "dsn": dsn_plain})
+    try:
+        wait_until_active(monitor, child.backend_pid)
+        child.interrupt(signal.SIGTERM)
+        assert child.exit_code() == -signal.SIGTERM
+        watched_until = time.monotonic() + 1.0
+        while time.monotonic() < watched_until:
+            assert active(monitor, child.backend_pid), "the query ended with its client"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        run(monitor, f"select pg_cancel_backend({child.backend_pid})")
+
+
+def test_sigint_only_by_default(dsn_plain: str, monitor: PGconn) -> None:
+    """Without ``signals``, SIGTERM is not handled: the process ends, its query runs on."""
+    need("psycopg2")
+    child = Child({"driver": "psycopg2", "mode": "guarded", "dsn": dsn_plain})
+    try:
+        wait_until_active(monitor, child.backend_pid)
+        child.interrupt(signal.SIGTERM)
+        assert child.exit_code() == -signal.SIGTERM
+        assert active(monitor, child.backend_pid)
+    finally:
+        child.kill()
+        run(monitor, f"select pg_cancel_backend({child.backend_pid})")
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_ctrl_c_in_python_code_of_the_block(dsn_plain: str, driver: str) -> None:
+    """The block runs Python code (no query): Ctrl-C interrupts it, once the cancel is done.
+
+    The handler holds the signal while the cancel is in flight, then psycancel
+    delivers it again to the main thread (a real signal: the sleep is cut short).
+    """
+    need(driver)
+    child = Child({"driver": driver, "mode": "guarded", "dsn": dsn_plain, "body": "sleep"})
+    try:
+        assert child.line() == "READY"
+        sent = time.monotonic()
+        child.interrupt()
+        result = child.result()
+    finally:
+        child.kill()
+    assert result["raised"] == "KeyboardInterrupt", result
+    assert result["ended_at"] - sent < 10, result  # not the 30 s of the sleep
+    assert result["handler_calls"] == 1 and result["handler_restored"], result
+    assert result["usable"] and not result["broken"] and not result["warnings"], result
+    # The previous wakeup fd heard of the SIGINT once: not of the re-delivery.
+    assert result["forwarded"].count(signal.SIGINT) == 1, result
+
+
 def through_proxy(pg_server: ServerLike) -> TcpProxy:
     return TcpProxy(pg_server.host, pg_server.port).start()
 
@@ -320,8 +448,56 @@ def test_arguments_checked() -> None:
         psycancel.cancel_on_interrupt(object(), timeout=0)
     with pytest.raises(TypeError):
         psycancel.cancel_on_interrupt(object(), strict=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="break_connection"):
+        psycancel.cancel_on_interrupt(object(), break_connection=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         psycancel.make_psycopg2_wait_callback(timeout=-1)
+
+
+@pytest.mark.parametrize(
+    ("signals", "error", "match"),
+    [
+        ((), ValueError, "at least one"),
+        ((signal.SIGINT, signal.SIGINT), ValueError, "twice"),
+        ((signal.SIGINT, int(signal.SIGINT)), ValueError, "twice"),
+        ((signal.SIGKILL,), ValueError, "SIGKILL cannot be caught"),
+        ((signal.SIGTERM, signal.SIGSTOP), ValueError, "SIGSTOP cannot be caught"),
+        ((0,), ValueError, "not a signal"),
+        ((10_000,), ValueError, "not a signal"),
+        (signal.SIGTERM, TypeError, "iterable"),
+        ("SIGTERM", TypeError, "iterable"),
+        (("SIGTERM",), TypeError, "signal numbers"),
+        ((True,), TypeError, "signal numbers"),
+        ((2.0,), TypeError, "signal numbers"),
+        (None, TypeError, "iterable"),
+    ],
+)
+def test_signals_checked(signals: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        psycancel.cancel_on_interrupt(object(), signals=signals)
+
+
+def test_signals_accepted() -> None:
+    guard = psycancel.cancel_on_interrupt(object(), signals=[signal.SIGTERM, 2, signal.SIGHUP])
+    assert guard.signals == (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    assert psycancel.cancel_on_interrupt(object()).signals == (signal.SIGINT,)
+    assert psycancel.cancel_on_interrupt(object(), signals=iter([15])).signals == (15,)
+
+
+def test_every_handler_restored(dsn_plain: str, libpq: Libpq) -> None:
+    """With ``signals``, each signal's handler is ours in the block and the previous after."""
+    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    before = {s: signal.getsignal(s) for s in handled}
+    try:
+        guard = psycancel.cancel_on_interrupt(conn, signals=handled)
+        with guard:
+            assert all(signal.getsignal(s) != before[s] for s in handled)
+            assert run(conn, "select 1").rows == (("1",),)
+        assert not guard.fired and not guard.connection_broken
+    finally:
+        conn.finish()
+    assert {s: signal.getsignal(s) for s in handled} == before
 
 
 def test_blocking_paths_import_no_driver_nor_gevent(dsn_plain: str, libpq: Libpq) -> None:
