@@ -1,8 +1,10 @@
 """``cancel_after`` bounds the query, whatever the network does (issue 19).
 
-The fault: the test proxy stops forwarding both ways in the middle of a
-query (``TcpProxy.freeze``: the session *and* its cancel connection are
-black-holed, nothing is reset). Without the bound such a block never ends.
+The faults, each in turn: the test proxy stops forwarding both ways in the
+middle of a query (``TcpProxy.freeze``), and iptables drops every packet in
+a network namespace the test made (``tests/support/netns.py``): the session
+*and* its cancel connection are black-holed, nothing is reset. Without the
+bound such a block never ends.
 With it, the block ends by ``seconds + timeout`` with
 ``QueryTimeout(connection_broken=True)``, the driver and its pool see the
 connection as broken, a pool hands out a fresh one, no descriptor leaks, and
@@ -70,14 +72,76 @@ def terminate(watcher: Monitor, pid: int) -> None:
     watcher.conn.execute("select pg_terminate_backend(%s)", (pid,))
 
 
-def freeze_when_sleeping(watcher: Monitor, px: TcpProxy, pid: int) -> threading.Thread:
-    """A thread that freezes the proxy once backend ``pid`` runs ``pg_sleep``."""
+class Fault:
+    """A path to the server that a test can black-hole mid-query, both ways."""
+
+    def __init__(self, name: str, dsn: Callable[[str], str], port: int) -> None:
+        self.name = name
+        self.dsn = dsn
+        """``dsn(sslmode)``: a conninfo through the path."""
+        self.port = port
+        """The port clients connect to (for the leak check)."""
+
+    def cut(self) -> None:
+        raise NotImplementedError
+
+    def heal(self) -> None:
+        raise NotImplementedError
+
+    def is_cut(self) -> bool:
+        raise NotImplementedError
+
+
+class ProxyFault(Fault):
+    """The test proxy stops forwarding (``TcpProxy.freeze``): user space."""
+
+    def __init__(self, px: TcpProxy, server: ServerLike) -> None:
+        super().__init__("proxy", lambda sslmode: px.dsn(server, sslmode=sslmode), px.port)
+        self.px = px
+
+    def cut(self) -> None:
+        self.px.freeze()
+
+    def heal(self) -> None:
+        self.px.thaw()
+
+    def is_cut(self) -> bool:
+        return self.px.frozen.is_set()
+
+
+class KernelFault(Fault):
+    """iptables drops every packet in the test's own network namespace."""
+
+    def __init__(self, path: NetnsPath) -> None:
+        super().__init__("kernel", path.dsn, path.port)
+        self.path = path
+
+    def cut(self) -> None:
+        self.path.blackhole()
+
+    def heal(self) -> None:
+        self.path.restore()
+
+    def is_cut(self) -> bool:
+        return self.path.blackholed
+
+
+@pytest.fixture(params=["proxy", "kernel"])
+def fault(request: pytest.FixtureRequest, pg_server: ServerLike, proxy: Any) -> Fault:
+    """Each black hole in turn: the test proxy's, then the kernel's."""
+    if request.param == "proxy":
+        return ProxyFault(proxy(), pg_server)
+    return KernelFault(request.getfixturevalue("netns_path"))
+
+
+def freeze_when_sleeping(watcher: Monitor, fault: Fault, pid: int) -> threading.Thread:
+    """A thread that cuts the path once backend ``pid`` runs ``pg_sleep``."""
     mon = Monitor(watcher.conn.info.dsn)
 
     def main() -> None:
         try:
             mon.wait_sleeping(pid)
-            px.freeze()
+            fault.cut()
         finally:
             mon.close()
 
@@ -232,32 +296,29 @@ SYNC: dict[str, type[SyncClient]] = {
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 @pytest.mark.parametrize("kind", list(SYNC))
-def test_black_hole_sync(
-    kind: str, sslmode: str, pg_server: ServerLike, proxy: Any, watcher: Monitor
-) -> None:
-    px: TcpProxy = proxy()
-    client = SYNC[kind](px.dsn(pg_server, sslmode=sslmode))
+def test_black_hole_sync(kind: str, sslmode: str, fault: Fault, watcher: Monitor) -> None:
+    client = SYNC[kind](fault.dsn(sslmode))
     pid = client.pid()
     try:
-        freezer = freeze_when_sleeping(watcher, px, pid)
+        freezer = freeze_when_sleeping(watcher, fault, pid)
         t0 = time.monotonic()
         block = psycancel.cancel_after(client.conn, SECONDS, timeout=TIMEOUT)
         with pytest.raises(psycancel.QueryTimeout) as info, block:
             client.execute(SLEEP)
         elapsed = time.monotonic() - t0
         freezer.join(5)
-        assert px.frozen.is_set()
+        assert fault.is_cut()
         assert elapsed < SECONDS + TIMEOUT + MARGIN, elapsed
         assert info.value.connection_broken and block.connection_broken
         assert isinstance(info.value.__cause__, psycancel.CancellationTimeout)
         assert info.value.__context__ is not None  # the driver's connection error
         assert client.broken()
-        px.thaw()
+        fault.heal()
         client.fresh_one_works(pid)
     finally:
         client.close()
         terminate(watcher, pid)
-    assert sockets_to(px.port) == set()
+    assert sockets_to(fault.port) == set()
     next_block_works_elsewhere(watcher.conn.info.dsn)
 
 
@@ -397,11 +458,8 @@ ASYNC: dict[str, type[AsyncClient]] = {
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 @pytest.mark.parametrize("kind", list(ASYNC))
-def test_black_hole_async(
-    kind: str, sslmode: str, pg_server: ServerLike, proxy: Any, watcher: Monitor
-) -> None:
-    px: TcpProxy = proxy()
-    dsn = px.dsn(pg_server, sslmode=sslmode)
+def test_black_hole_async(kind: str, sslmode: str, fault: Fault, watcher: Monitor) -> None:
+    dsn = fault.dsn(sslmode)
     state: dict[str, Any] = {}
 
     async def main() -> None:
@@ -409,17 +467,17 @@ def test_black_hole_async(
         await client.open(dsn)
         pid = state["pid"] = await client.pid()
         try:
-            freezer = freeze_when_sleeping(watcher, px, pid)
+            freezer = freeze_when_sleeping(watcher, fault, pid)
             t0 = time.monotonic()
             with pytest.raises(psycancel.QueryTimeout) as info:
                 async with psycancel.cancel_after(client.conn, SECONDS, timeout=TIMEOUT):
                     await client.execute(SLEEP)
             state["elapsed"] = time.monotonic() - t0
             freezer.join(5)
-            assert px.frozen.is_set()
+            assert fault.is_cut()
             state["info"] = info
             assert await client.broken()
-            px.thaw()
+            fault.heal()
             await client.fresh_one_works(pid)
         finally:
             await client.close()
@@ -434,7 +492,7 @@ def test_black_hole_async(
     error = state["info"].value
     assert error.connection_broken
     assert isinstance(error.__cause__, psycancel.CancellationTimeout)
-    assert sockets_to(px.port) == set()
+    assert sockets_to(fault.port) == set()
     next_block_works_elsewhere(watcher.conn.info.dsn)
 
 
@@ -525,77 +583,6 @@ def test_opt_out_leaves_the_connection_alone(pg_server: ServerLike, proxy: Any) 
 def test_bad_break_connection() -> None:
     with pytest.raises(TypeError, match="break_connection"):
         psycancel.cancel_after(object(), 1, break_connection="yes")  # type: ignore[arg-type]
-
-
-# =====================================================================================
-# A kernel-level black hole: iptables DROP in a network namespace the test made
-# =====================================================================================
-
-
-@pytest.mark.parametrize("sslmode", ["disable", "require"])
-@pytest.mark.parametrize("mode", ["psycopg2", "psycopg-async"])
-def test_kernel_black_hole(
-    mode: str, sslmode: str, netns_path: NetnsPath, watcher: Monitor
-) -> None:
-    """The packets are dropped by the kernel (TCP retransmits; nothing is reset)."""
-    dsn = netns_path.dsn(sslmode)
-    if mode == "psycopg2":
-        conn = psycopg2.connect(dsn)
-        conn.autocommit = True
-        pid = conn.get_backend_pid()
-        freezer = _blackhole_when_sleeping(watcher, netns_path, pid)
-        try:
-            t0 = time.monotonic()
-            timer = psycancel.cancel_after(conn, SECONDS, timeout=TIMEOUT)
-            with pytest.raises(psycancel.QueryTimeout) as info, timer, conn.cursor() as cur:
-                cur.execute(SLEEP)
-            elapsed = time.monotonic() - t0
-            assert conn.closed
-        finally:
-            conn.close()
-            freezer.join(5)
-            terminate(watcher, pid)
-    else:
-
-        async def main() -> tuple[float, Any]:
-            aconn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-            pid = aconn.info.backend_pid
-            freezer = _blackhole_when_sleeping(watcher, netns_path, pid)
-            try:
-                t0 = time.monotonic()
-                with pytest.raises(psycancel.QueryTimeout) as info:
-                    async with psycancel.cancel_after(aconn, SECONDS, timeout=TIMEOUT):
-                        await aconn.execute(SLEEP)
-                elapsed = time.monotonic() - t0
-                assert aconn.broken
-                return elapsed, info
-            finally:
-                await aconn.close()
-                freezer.join(5)
-                terminate(watcher, pid)
-
-        elapsed, info = arun(main)
-    assert netns_path.blackholed
-    assert info.value.connection_broken
-    assert isinstance(info.value.__cause__, psycancel.CancellationTimeout)
-    assert elapsed < SECONDS + TIMEOUT + MARGIN, elapsed
-    assert sockets_to(netns_path.port) == set()
-    next_block_works_elsewhere(watcher.conn.info.dsn)
-
-
-def _blackhole_when_sleeping(watcher: Monitor, path: NetnsPath, pid: int) -> threading.Thread:
-    mon = Monitor(watcher.conn.info.dsn)
-
-    def main() -> None:
-        try:
-            mon.wait_sleeping(pid)
-            path.blackhole()
-        finally:
-            mon.close()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    return thread
 
 
 # =====================================================================================
