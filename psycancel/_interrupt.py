@@ -499,13 +499,23 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             self._settle()
             return
         self._error = error
-        if self._bound:
-            self._break(f"the cancel request failed: {error!r}", "cancel_failed")
+        if self._bound and self._break(f"the cancel request failed: {error!r}", "cancel_failed"):
+            return
+        if self._broken is not None:
+            what = "the connection was broken already"
+        elif self._bound:
+            what = "the block had ended"
         else:
-            self._settle()
+            what = "the query may still be running (break_connection=False)"
+        _logger.warning("psycancel.cancel_on_interrupt: the cancel failed (%r); %s", error, what)
+        self._settle()
 
-    def _break(self, reason: str, code: str) -> None:
-        """Shut the connection's socket down (the block is still running), then settle."""
+    def _break(self, reason: str, code: str) -> bool:
+        """Shut the connection's socket down if the block still runs, then settle.
+
+        True if this call did it (or found no socket to shut) and logged so;
+        False if there was nothing to do (the block left, or broken already).
+        """
         with self._lock:
             proceed = self._running and self._broken is None
             before = self._phase
@@ -526,14 +536,14 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         elif proceed:
             with self._lock:
                 self._phase = before
-            if fence is None:
-                _logger.warning(
-                    "psycancel.cancel_on_interrupt could not break the connection (no "
-                    "socket was found when the block was entered): %s",
-                    reason,
-                    extra={"psycancel_break": "unavailable"},
-                )
+            _logger.warning(
+                "psycancel.cancel_on_interrupt could not break the connection (%s): %s",
+                "no socket was found on entry" if fence is None else "its socket is gone",
+                reason,
+                extra={"psycancel_break": "unavailable"},
+            )
         self._settle()
+        return proceed
 
     def _settle(self) -> None:
         """The cancel completed, or the connection was broken: hand held signals on soon."""
