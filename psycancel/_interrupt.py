@@ -180,12 +180,49 @@ def _signals_blocked(signals: tuple[int, ...]) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+_ECHO_LIFE = 1.0
+"""Seconds an expected echo is waited for (the kernel delivers a signal at once)."""
+_echo_lock = threading.Lock()
+_echoes: dict[int, list[float]] = {}
+"""Signals psycancel delivered again to the main thread, and when: their bytes
+on the wakeup fd are no new signal. Process-wide, so that the watcher of an
+inner block does not take an outer block's re-delivery for a second signal."""
+
+
 def _deliver(thread_id: int, signum: int) -> None:
-    """Re-deliver ``signum`` to the main thread (a real signal: it interrupts a sleep)."""
+    """Deliver ``signum`` again to the main thread (a real signal: it cuts a sleep short)."""
+    with _echo_lock:
+        _echoes.setdefault(signum, []).append(time.monotonic())
     if hasattr(signal, "pthread_kill"):
         signal.pthread_kill(thread_id, signum)
     else:  # pragma: no cover (not POSIX)
         _thread.interrupt_main(signal.Signals(signum))
+
+
+def _is_echo(signum: int) -> bool:
+    """True (once) for the byte of a re-delivery of :func:`_deliver`; expired ones dropped."""
+    with _echo_lock:
+        times = _echoes.get(signum)
+        if not times:
+            return False
+        oldest = time.monotonic() - _ECHO_LIFE
+        while times and times[0] < oldest:
+            times.pop(0)
+        if not times:
+            return False
+        times.pop(0)
+        return True
+
+
+def _reset_echoes() -> None:
+    """After ``fork``: the child has no watcher, and the lock may have been held."""
+    global _echo_lock
+    _echo_lock = threading.Lock()
+    _echoes.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_echoes)
 
 
 class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...``
@@ -281,7 +318,6 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         self._deadline: float | None = None
         self._release_at: float | None = None
         self._broken_at = 0.0
-        self._echoes: dict[int, int] = {}
 
     @property
     def fired(self) -> bool:
@@ -400,8 +436,8 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
                 stop = True
             elif byte == _WAKE:
                 continue  # the cancel thread is done: _tick looks at it
-            elif self._echoes.get(byte, 0) > 0:
-                self._echoes[byte] -= 1  # our own re-delivery of a held signal
+            elif _is_echo(byte):
+                continue  # psycancel's own re-delivery of a held signal
             else:
                 forward.append(byte)
                 if not stop and byte in self._signals:
@@ -565,7 +601,6 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             held = list(self._held)
             self._held.clear()
         for signum in held:
-            self._echoes[signum] = self._echoes.get(signum, 0) + 1
             _deliver(self._main_id, signum)
 
     def _end_watch(self) -> None:

@@ -347,6 +347,29 @@ def test_ctrl_c_in_python_code_of_the_block(dsn_plain: str, driver: str) -> None
     assert result["forwarded"].count(signal.SIGINT) == 1, result
 
 
+def test_ctrl_c_in_nested_blocks(dsn_plain: str) -> None:
+    """Two blocks (two connections): one KeyboardInterrupt, neither connection broken.
+
+    Both cancels are sent (each watcher hears the signal); the inner handler
+    chains to the outer one; a re-delivery by either is not taken for a
+    second signal by the other.
+    """
+    need("psycopg2")
+    args = {"driver": "psycopg2", "mode": "guarded", "dsn": dsn_plain, "body": "nested_sleep"}
+    child = Child(args)
+    try:
+        assert child.line() == "READY"
+        child.interrupt()
+        result = child.result()
+    finally:
+        child.kill()
+    assert result["raised"] == "KeyboardInterrupt", result
+    assert result["handler_calls"] == 1 and result["handler_restored"], result
+    assert not result["warnings"] and not result["guard_broken"], result
+    assert result["usable"] and result["outer_usable"], result
+    assert result["forwarded"].count(signal.SIGINT) == 1, result
+
+
 def through_proxy(pg_server: ServerLike) -> TcpProxy:
     return TcpProxy(pg_server.host, pg_server.port).start()
 

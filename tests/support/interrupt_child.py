@@ -9,7 +9,9 @@ for ``pgconn``, ``libpq`` (a path). Optional: ``sql`` (default ``select
 pg_sleep(30)``), ``timeout`` (default 10), ``signals`` (names of the signals
 given to ``cancel_on_interrupt``, default: not given), ``break_connection``
 (default: not given), ``body`` (``"sleep"``: the block prints ``READY``
-and sleeps 30 s in Python instead of running the query), ``own_handlers``
+and sleeps 30 s in Python instead of running the query; ``"nested_sleep"``,
+psycopg2 only: the same inside two blocks, the outer one for a second
+connection), ``own_handlers``
 (names of the signals the child handles itself first, default
 ``["SIGINT"]``: SIGINT raises ``KeyboardInterrupt``, any other
 ``SystemExit(3)``; a signal not named keeps its default action).
@@ -100,13 +102,20 @@ class Block:
         self.ended_at = 0.0
         self.fds_before: set[int] = set()
         self.guard: psycancel.cancel_on_interrupt | None = None
+        self.outer_guard: psycancel.cancel_on_interrupt | None = None
+        self.outer: Any = None
+        """A second connection, guarded by an outer block (``"body": "nested_sleep"``)."""
 
-    def run(self, conn: Any, mode: str, query: Any) -> None:
-        if ARGS.get("body") == "sleep":
+    def run(self, conn: Any, mode: str, query: Any, outer: Any = None) -> None:
+        if ARGS.get("body") in ("sleep", "nested_sleep"):
             query = python_sleep
         self.fds_before = open_fds()
         try:
-            if mode == "guarded":
+            if mode == "guarded" and outer is not None:
+                self.outer_guard, self.guard = guard(outer), guard(conn)
+                with self.outer_guard, self.guard:
+                    query()
+            elif mode == "guarded":
                 self.guard = guard(conn)
                 with self.guard:
                     query()
@@ -136,7 +145,9 @@ def run_psycopg2(dsn: str, mode: str, block: Block) -> Any:
     conn.autocommit = True
     cur = conn.cursor()
     announce(conn.info.backend_pid)
-    block.run(conn, mode, lambda: cur.execute(SQL))
+    if ARGS.get("body") == "nested_sleep":
+        block.outer = psycopg2.connect(dsn)
+    block.run(conn, mode, lambda: cur.execute(SQL), block.outer)
     return conn
 
 
@@ -247,6 +258,7 @@ def main() -> None:
         "ended_at": block.ended_at,
         "broken": broken(driver, conn),
         "guard_broken": block.guard.connection_broken if block.guard is not None else None,
+        "outer_usable": usable(driver, block.outer) if block.outer is not None else None,
         "usable": usable(driver, conn),
         "warnings": [
             {"message": r.getMessage(), "reason": getattr(r, "psycancel_break", None)}
