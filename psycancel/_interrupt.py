@@ -39,11 +39,15 @@ the previous one while the cancel is in flight, nor right after a break: a
 a cancel of its own first (5 s against a dead network), and one raised while
 psycopg2 builds its error would replace that error. The held signal is handed
 to the previous handler at the block's exit (then with the driver's error as
-context), or re-delivered to the main thread (``pthread_kill``) once the
-cancel completed, or shortly after a break once the driver has seen it, so
-that a block running Python code is interrupted too. The watcher knows the
-bytes of those re-deliveries and neither passes them on nor counts them as a
-second signal.
+context: the usual case, the query ends within milliseconds of its cancel),
+or, if the block still runs 0.25 s after the cancel completed or the break
+(50 ms once the driver dropped the broken socket), delivered again to the
+main thread (``pthread_kill``), so that a block running Python code is
+interrupted too. The watcher knows the bytes of those re-deliveries and
+neither passes them on nor counts them as a second signal. psycancel's
+threads block the handled signals, so that the kernel gives a signal to the
+main thread (where it interrupts a ``time.sleep``) as in a program without
+them.
 
 ``SIG_DFL`` as the previous handler: the signal's default action (SIGTERM:
 the process ends) happens only once the cancel has completed or the
