@@ -3,15 +3,17 @@
 Each scenario runs the child of ``tests/cancel/test_interrupt.py``
 (``tests/support/interrupt_child.py``, same twin) with real signals. The
 child's connection goes through the test proxy; once the query runs, the
-proxy black-holes every new connection, so the cancel request gets no answer
-(as when the network to the server drops mid-query) and the query never
-ends by itself. Without the bound, the child stays blocked as long as the
-query runs (``test_opt_out_keeps_the_old_behaviour``); with it, the
+proxy freezes (``TcpProxy.freeze``: the session and every new connection
+are black-holed, nothing is closed), as when the network to the server
+drops mid-query: the cancel request gets no answer and the query's result
+could not arrive anyway. Without the bound, the child stays blocked as long
+as the query runs (``test_opt_out_keeps_the_old_behaviour``); with it, the
 connection is broken (its socket shut down) and ``KeyboardInterrupt`` is
-raised, with the driver's connection error as its context, by
-``signal + timeout`` (checked with a 0.5 s margin), or at once on a second
-Ctrl-C. The child's clock is the parent's (``time.monotonic`` is
-system-wide on Linux).
+raised, with the driver's connection error as its context, by ``signal +
+timeout`` (checked with a 0.5 s margin), or at once on a second Ctrl-C. The
+child's clock is the parent's (``time.monotonic`` is system-wide on Linux).
+A query that survives its cancels shows the third path (the cancel works,
+the block still runs at the deadline) without the proxy.
 """
 
 from __future__ import annotations
@@ -98,11 +100,11 @@ def test_blackhole_ctrl_c_ends_the_block_by_its_bound(
     driver: str,
     sslmode: str,
 ) -> None:
-    """The cancel gets no answer: the connection is broken at signal + timeout."""
+    """The network drops mid-query: the connection is broken at signal + timeout."""
     child, px = proxied(proxy, pg_server, driver, sslmode, timeout=TIMEOUT)
     try:
         wait_until_active(monitor, child.backend_pid)
-        px.blackhole()
+        px.freeze()
         sent = time.monotonic()
         child.interrupt()
         result = child.result()
@@ -132,7 +134,7 @@ def test_second_ctrl_c_breaks_at_once(
     child, px = proxied(proxy, pg_server, driver, sslmode, timeout=timeout)
     try:
         wait_until_active(monitor, child.backend_pid)
-        px.blackhole()
+        px.freeze()
         first = time.monotonic()
         child.interrupt()
         assert px.wait_accepted(2), "the first SIGINT sent no cancel request"
@@ -188,13 +190,14 @@ def test_opt_out_keeps_the_old_behaviour(
     )
     try:
         wait_until_active(monitor, child.backend_pid)
-        px.blackhole()
+        px.freeze()
         child.interrupt()
         watched_until = time.monotonic() + TIMEOUT + 2 * MARGIN
         while time.monotonic() < watched_until:
             assert child.proc.poll() is None, "the child ended"
             time.sleep(0.05)
-        terminate(monitor, child.backend_pid)  # what ends it: the server side
+        px.thaw()  # the network is back: ending the query on the server ends the block
+        terminate(monitor, child.backend_pid)
         result = child.result()
     finally:
         child.kill()
@@ -214,7 +217,7 @@ def test_sigterm_then_blackhole_the_process_ends_by_the_bound(
     )
     try:
         wait_until_active(monitor, child.backend_pid)
-        px.blackhole()
+        px.freeze()
         sent = time.monotonic()
         child.interrupt(signal.SIGTERM)
         code = child.exit_code()
@@ -235,7 +238,7 @@ def test_legacy_libpq_blackhole_ends_by_the_bound(
     child = Child({**args, "libpq": legacy_libpq.path, "timeout": TIMEOUT})
     try:
         wait_until_active(monitor, child.backend_pid)
-        px.blackhole()
+        px.freeze()
         sent = time.monotonic()
         child.interrupt()
         result = child.result()
@@ -247,5 +250,5 @@ def test_legacy_libpq_blackhole_ends_by_the_bound(
     assert not result["usable"], result
     breaks = [w["reason"] for w in result["warnings"] if w["reason"]]
     assert len(breaks) == 1 and breaks[0] in ("cancel_failed", "deadline"), result
-    # (The legacy request's worker still waits for the black hole: its socket is
+    # (The legacy request's worker still waits for the frozen proxy: its socket is
     # the operating system's to time out, as documented for the legacy API.)
