@@ -230,6 +230,32 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
     the loop (such a block warns at its exit).
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_break_connection",
+        "_break_entry",
+        "_broken",
+        "_conn",
+        "_entered_at",
+        "_entry",
+        "_error",
+        "_fence",
+        "_fired",
+        "_fired_at",
+        "_handle",
+        "_lock",
+        "_plan",
+        "_seconds",
+        "_sent",
+        "_sent_done",
+        "_state",
+        "_strict",
+        "_task",
+        "_timeout",
+        "_unwatch",
+        "_watch_error",
+    )
+
     def __init__(
         self,
         conn: Cancellable,
@@ -704,6 +730,8 @@ class cancel_on_cancellation(cancel_after):
     is logged at WARNING. No deadline: for one, use :class:`cancel_after`,
     which does the same on cancellation.
     """
+
+    __slots__ = ()
 
     def __init__(
         self, conn: Cancellable, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False

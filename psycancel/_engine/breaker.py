@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..pq.abc import PGconn
 
@@ -42,8 +42,7 @@ def _identity(fd: int) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-@dataclass(frozen=True)
-class SocketFence:
+class SocketFence(NamedTuple):
     """One connection's socket, as it was when captured: shut it down later, safely."""
 
     fd: int

@@ -51,6 +51,8 @@ def check_seconds(value: float, name: str) -> float:
     ``TypeError`` for a non-number (``bool`` included); ``ValueError`` for zero,
     a negative number, NaN, an infinity, or an int too large to be a float.
     """
+    if type(value) is float and 0.0 < value < math.inf:  # the common case, first
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
     try:
