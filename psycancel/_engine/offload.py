@@ -50,8 +50,15 @@ __all__ = ["ABORT_GRACE", "aborts_requested", "native_engine", "reactor_fds", "r
 ABORT_GRACE = 2.0
 """Seconds a cancelled task waits for the reactor to close its cancel connection."""
 
-ENGINE_NICE = 10
-"""How much nicer than the process the C engine thread runs (Linux; see below)."""
+ENGINE_NICE = 0
+"""How much nicer than the process the C engine thread runs (Linux; ``0``: as nice as it).
+
+0 since ``benchmarks/burst.py`` (50 concurrent TLS cancels of running
+queries from a busy loop, 2 CPUs): a niced engine finished the burst no
+sooner on a quiet machine and, on a loaded one, took 1.9x (nice 5) to 5.2x
+(nice 19) psycopg ``cancel_safe``'s time (1.2x at 0), for no smaller loop
+stall (``benchmarks/README.md``).
+"""
 ENGINE_NICE_ENV = "PSYCANCEL_OFFLOAD_NICE"
 """Overrides :data:`ENGINE_NICE` (an integer; ``0``: the engine runs at the process's)."""
 
@@ -71,14 +78,15 @@ def _count_abort() -> None:
 def lower_thread_priority() -> None:
     """Make the calling thread (the C engine's) nicer than the process, on Linux only.
 
-    The engine does the TLS handshakes' client work, which a service would
-    rather pay for later than let compete with its event-loop thread for a
-    CPU: under a burst of timeouts the loop's other requests then run first
-    (``benchmarks/app.py``). Linux applies ``setpriority`` to one thread when
-    given its id; elsewhere that would renice the whole process, so nothing
-    is done. Raising the niceness needs no privilege; a failure is ignored.
-    The engine thread never takes the GIL, so it cannot hold the loop up
-    through it; its own mutex is held only to move jobs between lists.
+    By :data:`ENGINE_NICE` points, or ``$PSYCANCEL_OFFLOAD_NICE``'s; by
+    default 0, so nothing is changed. A niced engine lets a busy event-loop
+    thread run first, but on a loaded machine the cancels then wait for CPU
+    time behind everything else (``benchmarks/burst.py``). Linux applies
+    ``setpriority`` to one thread when given its id; elsewhere that would
+    renice the whole process, so nothing is done. Raising the niceness needs
+    no privilege; a failure is ignored. The engine thread never takes the
+    GIL, so it cannot hold the loop up through it; its own mutex is held only
+    to move jobs between lists.
     """
     if not sys.platform.startswith("linux"):
         return
