@@ -304,3 +304,41 @@ def old_libpq(twin: ModuleType) -> Any:
     if lib.has_cancel_conn:
         pytest.skip(f"{path} is not a legacy libpq")
     return lib
+
+
+# =====================================================================================
+# Parallel runs (pytest-xdist): every worker must collect the same test ids
+#
+# xdist compares the ids each worker collected and refuses to run when they
+# differ. An ``ids=`` callable such as ``repr`` gives ``<object object at 0x7f..>``
+# for a plain object, an address that differs from process to process; the hook
+# below drops `` at 0x...`` from what such a callable returns (pytest then numbers
+# any duplicates), so that the ids are the same in every process.
+# =====================================================================================
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _stable_ids(ids: Callable[[Any], object]) -> Callable[[Any], object]:
+    def stable(value: Any) -> object:
+        text = ids(value)
+        return _ADDRESS.sub("", text) if isinstance(text, str) else text
+
+    return stable
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> Generator[None, None, None]:
+    """Make ``ids=`` callables give ids without memory addresses (see above)."""
+    original = metafunc.parametrize
+
+    def parametrize(*args: Any, ids: Any = None, **kwargs: Any) -> None:
+        if callable(ids):
+            ids = _stable_ids(ids)
+        original(*args, ids=ids, **kwargs)
+
+    metafunc.parametrize = parametrize  # type: ignore[method-assign]
+    try:
+        return (yield)
+    finally:
+        del metafunc.parametrize

@@ -18,6 +18,10 @@
 #   PSYCANCEL_WHEEL_IMPLS    twins to test (default "c python")
 #   PSYCANCEL_LIMITED_API    1 (default, as the release wheels): an abi3 wheel
 #                            (cp310-abi3); 0: a wheel for this Python version only
+#   PSYCANCEL_TEST_WORKERS   pytest-xdist workers per suite run (default: twice the
+#                            CPU count, at most 8; 0: one process)
+#   PSYCANCEL_STAGE_TIMES    a file (tools/quickstart.sh's) that gets one row per
+#                            stage: name, wall seconds, ok/FAIL
 #
 # The test run: a fresh venv with nothing pointing at the build tree (no
 # LD_LIBRARY_PATH, no PSYCANCEL_LIBPQ, no PYTHONPATH, the source tree not on
@@ -33,6 +37,17 @@ case "$what" in all|build) ;; *) echo "usage: $0 [all|build]" >&2; exit 2 ;; esa
 
 log() { printf '\n== build_wheel: %s\n' "$*" >&2; }
 die() { printf 'build_wheel: error: %s\n' "$*" >&2; exit 1; }
+# Stage rows for tools/quickstart.sh's table; a step that stops the script is
+# recorded as FAIL by the EXIT trap (set below, with the clean-up).
+row() {
+    [ -z "${PSYCANCEL_STAGE_TIMES:-}" ] || printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$PSYCANCEL_STAGE_TIMES"
+}
+stage_name="wheel: sdist, wheel, auditwheel, checks"
+stage_start=$SECONDS
+end() { row "$stage_name" "$((SECONDS - stage_start))" ok; stage_name="$1"; stage_start=$SECONDS; }
+tmp=""
+trap '[ -z "$tmp" ] || rm -rf "$tmp"
+      [ -z "$stage_name" ] || row "$stage_name" "$((SECONDS - stage_start))" FAIL' EXIT
 
 python="${PYTHON:-python3}"
 work="${PSYCANCEL_WHEEL_DIR:-$root/build/wheel}"
@@ -58,7 +73,6 @@ export PATH="$tools/bin:$PATH"  # auditwheel runs patchelf from PATH
 rm -rf "$work/dist" "$work/raw" "$work/wheelhouse"
 # The tests, copied now: the same moment of the tree as the sdist.
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-wheeltest.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
 cp -r tests "$tmp/tests"
 cp -r testing "$tmp/testing"  # the throwaway server (development only, not in the wheel)
 mkdir -p "$tmp/tools" && cp tools/soak.py "$tmp/tools/"  # tests/reliability/test_soak.py runs it
@@ -116,9 +130,11 @@ if bad:
 PY
 "$tools/bin/python" -m zipfile -l "$wheel" | grep -E '\.libs/|_pq' >&2
 if [ "$what" = build ]; then
+    end ""
     echo "$wheel"
     exit 0
 fi
+end "wheel: fresh venv with the wheel, drivers, checks"
 
 # --- a fresh venv with the wheel ----------------------------------------------------
 venv="$work/test-venv"
@@ -162,13 +178,20 @@ for twin in ("c", "python"):
 print("both twins load the bundled libpq by default")
 PY
 in_venv "$venv/bin/python" -m psycancel info
+end ""
 
+workers="${PSYCANCEL_TEST_WORKERS:-$("$venv/bin/python" -c \
+    'import os; print(min(8, 2 * (os.cpu_count() or 1)))')}"
 status=0
 for impl in ${PSYCANCEL_WHEEL_IMPLS:-c python}; do
-    log "test suite against the installed wheel, PSYCANCEL_IMPL=$impl"
+    log "test suite against the installed wheel, PSYCANCEL_IMPL=$impl ($workers workers)"
+    t0=$SECONDS
+    rc=0
     in_venv PSYCANCEL_IMPL="$impl" PSYCANCEL_PG_PREFIX="$pg_prefix" PSYCANCEL_TEST_LIBPQ=default \
-        "$venv/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$tmp" "$tmp/tests" ||
-        status=$?
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "$workers" \
+        --rootdir "$tmp" "$tmp/tests" || rc=$?
+    row "suite wheel, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+    [ "$rc" = 0 ] || status=$rc
 done
 [ "$status" = 0 ] && log "wheel OK: $wheel"
 exit "$status"

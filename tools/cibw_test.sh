@@ -10,7 +10,9 @@
 #      TLS; `python -m psycancel info`;
 #   2. where before-all built a server ($PSYCANCEL_PG_PREFIX/bin/postgres): the
 #      test suite, against the bundled libpq (PSYCANCEL_TEST_LIBPQ=default), for
-#      each twin in $PSYCANCEL_CIBW_TEST_IMPLS (default "c python").
+#      each twin in $PSYCANCEL_CIBW_TEST_IMPLS (default "c python"), spread over
+#      $PSYCANCEL_TEST_WORKERS pytest-xdist workers (default: twice the CPU
+#      count, at most 8; 0: one process), each with a server of its own.
 #
 # The legacy (< 17) path is tested where the system has an older libpq
 # (manylinux: AlmaLinux's libpq 13); elsewhere PSYCANCEL_TEST_LEGACY_LIBPQ=none
@@ -76,10 +78,13 @@ else
 fi
 log "legacy libpq: ${PSYCANCEL_TEST_LEGACY_LIBPQ}"
 
+workers="${PSYCANCEL_TEST_WORKERS:-$("$python" -c \
+    'import os; print(min(8, 2 * (os.cpu_count() or 1)))')}"
 status=0
 for impl in ${PSYCANCEL_CIBW_TEST_IMPLS:-c python}; do
-    log "test suite, PSYCANCEL_IMPL=$impl, server from $server"
+    log "test suite, PSYCANCEL_IMPL=$impl, server from $server ($workers workers)"
     PSYCANCEL_IMPL="$impl" PSYCANCEL_TEST_LIBPQ=default \
-        "$python" -m pytest -q -p no:cacheprovider --rootdir "$PWD" tests || status=$?
+        "$python" -m pytest -q -p no:cacheprovider -n "$workers" --rootdir "$PWD" tests ||
+        status=$?
 done
 exit "$status"

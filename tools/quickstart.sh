@@ -17,6 +17,14 @@
 # benchmarks' smoke runs; valgrind on the compiled twin; then tools/matrix.sh,
 # the suite on every other CPython >= 3.10 of the machine (PSYCANCEL_MATRIX=0
 # leaves that out).
+#
+# Each suite run is spread over PSYCANCEL_TEST_WORKERS pytest-xdist workers
+# (default: twice the CPU count, at most 8; 0 runs it in one process), each
+# with a throwaway server of its own: the suite mostly waits on the server and
+# on timeouts. Every Python x twin combination still runs the whole suite. A
+# test stage that fails does not stop the ones after it; the exit status says
+# whether all passed. The end of the output is a table of the stages: wall
+# seconds and ok/FAIL (printed also when a setup step stops the script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-}"
@@ -25,9 +33,47 @@ case "$what" in demo|test) ;; *) echo "usage: $0 demo|test" >&2; exit 2 ;; esac
 log() { printf '\n== %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# --- stage timings ------------------------------------------------------------------
+# One row per stage (name, wall seconds, ok/FAIL) in $PSYCANCEL_STAGE_TIMES, a
+# tab-separated file; tools/build_wheel.sh and tools/matrix.sh add their own
+# rows to it. "begin NAME" ... "end" times a setup step (a failure there stops
+# the script, and the EXIT trap records the step as FAIL); "check NAME CMD..."
+# times a test stage, records it, and goes on when it fails.
+PSYCANCEL_STAGE_TIMES="$(mktemp "${TMPDIR:-/tmp}/psycancel-stages.XXXXXX")"
+export PSYCANCEL_STAGE_TIMES
+stage_name=""
+stage_start=0
+failed=()
+row() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$PSYCANCEL_STAGE_TIMES"; }
+begin() { log "$1"; stage_name="$1"; stage_start=$SECONDS; }
+end() { row "$stage_name" "$((SECONDS - stage_start))" ok; stage_name=""; }
+check() {
+    local name="$1" t0=$SECONDS rc=0
+    shift
+    log "$name"
+    "$@" || rc=$?
+    if [ "$rc" = 0 ]; then row "$name" "$((SECONDS - t0))" ok
+    else row "$name" "$((SECONDS - t0))" FAIL; failed+=("$name"); fi
+}
+stage_table() {
+    local rc=$?
+    [ -z "$stage_name" ] || row "$stage_name" "$((SECONDS - stage_start))" FAIL
+    if [ -s "$PSYCANCEL_STAGE_TIMES" ]; then
+        printf '\n== stage timings (wall seconds)\n'
+        awk -F '\t' '{ printf "%-50s %7d  %s\n", $1, $2, $3 }
+            BEGIN { printf "%-50s %7s  %s\n", "stage", "seconds", "state" }' \
+            "$PSYCANCEL_STAGE_TIMES"
+        printf '%-50s %7d  %s\n' total "$SECONDS" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+    fi
+    rm -f "$PSYCANCEL_STAGE_TIMES"
+    return "$rc"
+}
+trap stage_table EXIT
+
 python="${PYTHON:-python3}"
 
 # --- system packages the Python side needs (venv, headers, compiler) ---------------
+begin "setup: system packages"
 need=()
 "$python" -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 "$python" - <<'PY' 2>/dev/null || need+=(python3-dev)
@@ -42,14 +88,16 @@ if [ "${#need[@]}" -gt 0 ]; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+end
 
 # --- PostgreSQL 18 (server + libpq >= 17) from source, cached -----------------------
-log "PostgreSQL 18 (built once, then cached)"
+begin "setup: PostgreSQL 18 (built once, then cached)"
 prefix="$(bash tools/build_postgres.sh)"
 export PSYCANCEL_PG_PREFIX="$prefix"
+end
 
 # --- the virtualenv, with the compiled twin -----------------------------------------
-log "virtualenv .venv and psycancel (with its compiled twin)"
+begin "setup: .venv and psycancel (with its compiled twin)"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # PSYCANCEL_BUNDLE_LIBPQ: link the compiled twin with that libpq, as a wheel
@@ -57,42 +105,55 @@ log "virtualenv .venv and psycancel (with its compiled twin)"
 PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
     .venv/bin/python -m pip install -q -e '.[test,drivers,bench]'
 .venv/bin/python -m psycancel info
+end
 
 if [ "$what" = demo ]; then
     log "demo"
     exec .venv/bin/python -m testing.demo
 fi
 
-log "test dependencies: drivers (psycopg2 also built against the system libpq), services"
+begin "setup: test drivers (psycopg2 also against the system libpq), services"
 bash tools/install_test_drivers.sh .venv
 bash tools/install_test_services.sh
+end
 
-log "static checks"
-.venv/bin/python -m ruff check .
-.venv/bin/python -m mypy --strict psycancel
+check "static checks: ruff" .venv/bin/python -m ruff check .
+check "static checks: mypy --strict" .venv/bin/python -m mypy --strict psycancel
 
 # Everything the tests need is installed above: a skip would hide a gap.
 export PSYCANCEL_NO_SKIP=1
+# The suite's pytest-xdist workers (tools/build_wheel.sh and tools/matrix.sh read
+# the same variable).
+PSYCANCEL_TEST_WORKERS="${PSYCANCEL_TEST_WORKERS:-$(.venv/bin/python -c \
+    'import os; print(min(8, 2 * (os.cpu_count() or 1)))')}"
+export PSYCANCEL_TEST_WORKERS
 for impl in c python; do
-    log "test suite, PSYCANCEL_IMPL=$impl"
-    PSYCANCEL_IMPL="$impl" .venv/bin/python -m pytest -q -p no:cacheprovider tests
+    check "suite .venv, PSYCANCEL_IMPL=$impl" env PSYCANCEL_IMPL="$impl" \
+        .venv/bin/python -m pytest -q -p no:cacheprovider -n "$PSYCANCEL_TEST_WORKERS" tests
 done
 
-log "sdist: file list, twine check, installs without Cython / without a compiler / with Cython"
-bash tools/check_sdist.sh
+check "sdist: file list, twine check, installs" bash tools/check_sdist.sh
 
+# Its own rows: build, venv, the suite per twin against the installed wheel.
 log "binary wheel: build, repair, install in a fresh venv, test suite against it"
-PYTHON="$python" bash tools/build_wheel.sh
+PYTHON="$python" bash tools/build_wheel.sh || failed+=("binary wheel (tools/build_wheel.sh)")
 
-log "benchmarks, smoke form (correctness only, no timing assertions)"
-.venv/bin/python benchmarks/run.py --quick >/dev/null
-.venv/bin/python benchmarks/app.py --quick >/dev/null
+check "benchmarks: run.py --quick (smoke)" \
+    bash -c '.venv/bin/python benchmarks/run.py --quick >/dev/null'
+check "benchmarks: app.py --quick (smoke)" \
+    bash -c '.venv/bin/python benchmarks/app.py --quick >/dev/null'
 
-log "memory checking of the compiled twin (valgrind, short form)"
-PYTHON=.venv/bin/python bash tools/valgrind.sh --short
+check "valgrind: compiled twin, short form" env PYTHON=.venv/bin/python \
+    bash tools/valgrind.sh --short
 
 if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
+    # Its own rows: per Python, the venv and the suite per twin.
     log "the suite on the machine's other CPythons (tools/matrix.sh)"
-    bash tools/matrix.sh --skip "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    bash tools/matrix.sh --skip "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ||
+        failed+=("matrix (tools/matrix.sh)")
+fi
+if [ "${#failed[@]}" -gt 0 ]; then
+    log "FAILED: ${failed[*]}"
+    exit 1
 fi
 log "all green"
