@@ -77,6 +77,7 @@ cp -r tests "$tmp/tests"
 cp -r testing "$tmp/testing"  # the throwaway server (development only, not in the wheel)
 mkdir -p "$tmp/tools" && cp tools/soak.py "$tmp/tools/"  # tests/reliability/test_soak.py runs it
 cp pyproject.toml "$tmp/"  # pytest's options ([tool.pytest.ini_options]) only
+cp README.md "$tmp/"  # tests/support/django_child.py runs the README's Django example
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 chmod -R a+rX "$tmp"
 log "sdist"
