@@ -109,10 +109,13 @@ end
 
 if [ "$what" = demo ]; then
     log "demo"
+    trap - EXIT
+    rm -f "$PSYCANCEL_STAGE_TIMES"
+    unset PSYCANCEL_STAGE_TIMES
     exec .venv/bin/python -m testing.demo
 fi
 
-begin "setup: test drivers (psycopg2 also against the system libpq), services"
+begin "setup: test drivers and services"
 bash tools/install_test_drivers.sh .venv
 bash tools/install_test_services.sh
 end
