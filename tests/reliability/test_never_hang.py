@@ -69,6 +69,11 @@ def run_child(pg_server: Any, timeout_text: str) -> dict[str, str]:
     )
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     outcomes: dict[str, str] = json.loads(proc.stdout.splitlines()[-1])
+    # Every entry point ran on the new-API libpq, and on the legacy one when this
+    # machine has one ($PSYCANCEL_TEST_LEGACY_LIBPQ=none: a wheel's test venv).
+    legacy = {case for case in outcomes if case.startswith("legacy-")}
+    assert bool(legacy) == bool(spec["legacy_libpq"]), sorted(outcomes)
+    assert any(case.startswith("plain/") for case in outcomes), sorted(outcomes)
     return outcomes
 
 

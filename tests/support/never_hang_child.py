@@ -38,13 +38,14 @@ def main(spec: dict[str, Any]) -> dict[str, str]:
     warnings.simplefilter("ignore", psycancel.InsecureCancelWarning)
     timeout = ast.literal_eval(spec["timeout"])
     new = Libpq.load(spec["new_libpq"])
-    old = Libpq.load(spec["legacy_libpq"])
     conns = {
         "plain": PGconn.connect(spec["dsn_plain"], libpq=new),
         "tls": PGconn.connect(spec["dsn_tls"], libpq=new),
-        "legacy-plain": PGconn.connect(spec["dsn_plain"], libpq=old),
-        "legacy-tls": PGconn.connect(spec["dsn_tls"], libpq=old),
     }
+    if spec["legacy_libpq"]:  # "": none on this machine ($PSYCANCEL_TEST_LEGACY_LIBPQ=none)
+        old = Libpq.load(spec["legacy_libpq"])
+        conns["legacy-plain"] = PGconn.connect(spec["dsn_plain"], libpq=old)
+        conns["legacy-tls"] = PGconn.connect(spec["dsn_tls"], libpq=old)
     out: dict[str, str] = {}
     for name, conn in conns.items():
         out[f"{name}/sync"] = _outcome(lambda c=conn: psycancel.cancel(c, timeout=timeout))
