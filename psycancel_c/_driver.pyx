@@ -8,7 +8,7 @@
 #
 # Both take the object's pointer (the Python object then reads as finished)
 # and call PQcancelFinish on every outcome. Their steps, _job_start,
-# _job_step and _job_wait, are those of psycancel._machine.cancel_steps
+# _job_step and _job_wait, are those of psycancel._engine.machine.cancel_steps
 # (start, wait for write-readiness, poll, wait for what the poll asked for,
 # on the socket libpq names now, until OK or FAILED; the deadline checked
 # before every wait). Every API test runs once per twin, so each scenario
@@ -72,7 +72,7 @@ cdef inline double _monotonic() noexcept nogil:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
-# The steps of psycancel._machine.cancel_steps, on a Job (no GIL, no engine state).
+# The steps of psycancel._engine.machine.cancel_steps, on a Job (no GIL, no engine state).
 # Each returns J_RUNNING (then job.fd/job.events say what to wait for), J_OK or
 # J_FAILED.
 

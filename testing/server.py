@@ -317,7 +317,7 @@ class ThrowawayServer:
     def _configure(self) -> None:
         hba = self.data_dir / "pg_hba.conf"
         hba.write_text(
-            "# written by psycancel._server: trust everything on loopback\n"
+            "# written by testing/server.py: trust everything on loopback\n"
             "local    all all              trust\n"
             "host     all all 127.0.0.1/32 trust\n"
             "host     all all ::1/128      trust\n"
@@ -340,7 +340,7 @@ class ThrowawayServer:
             "ssl_cert_file": self._server_cert,
             "ssl_key_file": self._server_key,
         }
-        lines = ["", "# --- added by psycancel._server ---"]
+        lines = ["", "# --- added by testing/server.py ---"]
         for key, value in settings.items():
             text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
             if isinstance(value, int):

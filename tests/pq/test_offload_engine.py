@@ -1,4 +1,4 @@
-"""The compiled twin's offload engine (``psycancel_c/_engine.pxi``), directly.
+"""The compiled twin's offload engine (``psycancel_c/_engine.pyx``), directly.
 
 The public API tests (``test_cancel``, ``test_faults``, ...) already run every
 offloaded cancel of the compiled twin through the process's engine. Here a
