@@ -36,9 +36,9 @@ PSYCANCEL_IMPL=c "$python" -c 'import psycancel_c._pq' || { echo "psycancel_c is
 # normal suite only.
 no_rlimit="not failing_poll"
 case "$mode" in
-    full) args=(tests/cancel/test_misuse.py tests/cancel/test_cancel.py tests/pq/test_offload_engine.py -k "$no_rlimit") ;;
+    full) args=(tests/pq/test_misuse.py tests/cancel/test_cancel.py tests/pq/test_offload_engine.py -k "$no_rlimit") ;;
     # The compiled twin's misuse cases, and the sync API tests.
-    short) args=(tests/cancel/test_misuse.py tests/cancel/test_cancel.py tests/pq/test_offload_engine.py -k "not python and not async and $no_rlimit") ;;
+    short) args=(tests/pq/test_misuse.py tests/cancel/test_cancel.py tests/pq/test_offload_engine.py -k "not python and not async and $no_rlimit") ;;
     custom) args=("$@") ;;
 esac
 
