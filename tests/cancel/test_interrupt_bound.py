@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -205,7 +206,8 @@ def test_opt_out_keeps_the_old_behaviour(
     assert not result["guard_broken"], result
     assert [w["reason"] for w in result["warnings"]] == [None], result
     assert "may still be running" in result["warnings"][0]["message"], result
-    assert any("the cancel failed" in note for note in result["notes"]), result
+    if sys.version_info >= (3, 11):  # exception notes exist from Python 3.11 on
+        assert any("the cancel failed" in note for note in result["notes"]), result
 
 
 def test_sigterm_then_blackhole_the_process_ends_by_the_bound(
