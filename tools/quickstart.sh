@@ -145,6 +145,10 @@ check "benchmarks: run.py --quick (smoke)" \
     bash -c '.venv/bin/python benchmarks/run.py --quick >/dev/null'
 check "benchmarks: app.py --quick (smoke)" \
     bash -c '.venv/bin/python benchmarks/app.py --quick >/dev/null'
+check "benchmarks: burst.py --quick (smoke)" \
+    bash -c '.venv/bin/python benchmarks/burst.py --quick >/dev/null'
+check "benchmarks: block_cost.py --quick (smoke)" \
+    bash -c '.venv/bin/python benchmarks/block_cost.py --quick >/dev/null'
 
 check "valgrind: compiled twin, short form" env PYTHON=.venv/bin/python \
     bash tools/valgrind.sh --short
