@@ -592,14 +592,11 @@ def test_bad_break_connection() -> None:
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 @pytest.mark.parametrize("backend", ["psycopg", "psycopg2"])
-def test_black_hole_django(
-    backend: str, sslmode: str, pg_server: ServerLike, proxy: Any, watcher: Monitor
-) -> None:
+def test_black_hole_django(backend: str, sslmode: str, fault: Fault, watcher: Monitor) -> None:
     need("django")
-    px: TcpProxy = proxy()
     args = {
         "backend": backend,
-        "dsn": px.dsn(pg_server, sslmode=sslmode),
+        "dsn": fault.dsn(sslmode),
         "seconds": SECONDS,
         "timeout": TIMEOUT,
     }
@@ -622,7 +619,7 @@ def test_black_hole_django(
         assert first.startswith("PID "), first + (child.stderr.read() if child.stderr else "")
         pid = int(first.split()[1])
         watcher.wait_sleeping(pid)
-        px.freeze()
+        fault.cut()
         out, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:

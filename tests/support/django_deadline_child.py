@@ -1,7 +1,8 @@
 """Child process of the Django deadline test: a black-holed query under ``cancel_after``.
 
 ``python tests/support/django_deadline_child.py`` with a JSON object on stdin:
-``dsn`` (through the parent's test proxy) and ``backend`` (``psycopg`` or
+``dsn`` (through the parent's black-holed path: the test proxy, or a network
+namespace) and ``backend`` (``psycopg`` or
 ``psycopg2``, as in ``django_child.py``). It connects Django, prints
 ``PID <backend pid>``, runs ``SLEEP`` inside ``cancel_after(connection, seconds,
 timeout=timeout)`` while the parent freezes the proxy, then lets Django do what
@@ -36,7 +37,11 @@ settings.configure(
             "USER": params.get("user", ""),
             "HOST": params["host"],
             "PORT": params["port"],
-            "OPTIONS": {"sslmode": params.get("sslmode", "prefer")},
+            "OPTIONS": {
+                "sslmode": params.get("sslmode", "prefer"),
+                # The kernel fault's path: the namespace's address, the host name kept.
+                **({"hostaddr": params["hostaddr"]} if "hostaddr" in params else {}),
+            },
         }
     },
     USE_TZ=True,
