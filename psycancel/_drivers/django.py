@@ -36,8 +36,15 @@ def _wrapper(wrapper: Any) -> object | None:
 def _watch_wrapper(wrapper: Any, acquired: Acquired, released: Released) -> Unwatch:
     """``connection_created``, sent in the wrapper's thread when it connects.
 
-    The receiver is connected strongly (only the signal holds it) and holds
-    the wrapper weakly; the unwatch disconnects it (idempotent).
+    The signal holds the receiver weakly (Django's ``weak=True``); only the
+    returned unwatch keeps it alive, and calling the unwatch (or dropping it)
+    lets it die. Django then drops the dead receiver by itself, under its own
+    lock, the next time the signal is used. The unwatch never calls
+    ``disconnect``: it may run from a garbage collection (a ``Canceller``'s
+    finalizer), which can happen in a thread that holds the signal's lock
+    already (inside ``send``): ``disconnect`` would deadlock there on Django's
+    non-reentrant lock (seen: a thread's first connection hung). The receiver
+    holds the wrapper weakly.
     """
     signal = sys.modules["django.db.backends.signals"].connection_created
     ref = weakref.ref(wrapper)
@@ -46,8 +53,13 @@ def _watch_wrapper(wrapper: Any, acquired: Acquired, released: Released) -> Unwa
         if connection is ref():
             acquired(connection)
 
-    signal.connect(created, weak=False)
-    return lambda: signal.disconnect(created)
+    alive: list[object] = [created]
+    signal.connect(created, weak=True)
+
+    def unwatch() -> None:
+        alive.clear()  # the receiver's last strong reference: Django sees it dead
+
+    return unwatch
 
 
 def _watch_proxy(proxy: Any, acquired: Acquired, released: Released) -> Unwatch:

@@ -341,17 +341,21 @@ result["reconnect"] = in_thread(reconnect).get("value")
 def receivers() -> dict[str, Any]:
     from django.db.backends.signals import connection_created
 
+    def live() -> int:
+        connection_created.has_listeners()  # Django drops dead (weak) receivers here
+        return len(connection_created.receivers)
+
     gc.collect()  # earlier scenarios' handles that only a collection frees
-    before = len(connection_created.receivers)
+    before = live()
     handle = psycancel.Canceller(connection)
-    during = len(connection_created.receivers)
+    during = live()
     ref = weakref.ref(handle)
     del handle
     gc.collect()
     return {
         "before": before,
         "during": during,
-        "after": len(connection_created.receivers),
+        "after": live(),
         "collected": ref() is None,
     }
 
