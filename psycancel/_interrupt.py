@@ -77,12 +77,12 @@ from collections.abc import Callable, Iterable, Iterator
 from types import CodeType, FrameType, TracebackType
 from typing import Any
 
-from ._drivers.resolve import as_pgconn
+from ._drivers.resolve import resolve
 from ._engine import blocking, outcomes
-from ._engine.breaker import SocketFence, capture_socket
+from ._engine.breaker import SocketFence
 from ._engine.machine import READ
 from ._engine.plan import DEFAULT_TIMEOUT, MAX_WAIT, Plan, check_options, rearmed
-from ._procedure import prepare_cancel
+from ._procedure import prepare_fenced
 from ._typing import Cancellable
 from .errors import InterfaceError
 
@@ -157,12 +157,6 @@ def check_signals(signals: Iterable[int]) -> tuple[int, ...]:
     if not found:
         raise ValueError("signals must name at least one signal")
     return tuple(found)
-
-
-def _fence_of(conn: object) -> SocketFence | None:
-    """The fence of ``conn``'s socket, captured now (in the thread that owns it)."""
-    pgconn = as_pgconn(conn)
-    return None if pgconn is None else capture_socket(pgconn)
 
 
 @contextlib.contextmanager
@@ -636,13 +630,16 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
                 "thread, or cancel_after() for a time limit)"
             )
         self._state = _DONE
-        plan = prepare_cancel(self._conn, timeout=self._timeout, strict=self._strict, stacklevel=2)
+        # The connection resolved once, for the plan and the socket's fence.
+        plan, fence = prepare_fenced(
+            resolve(self._conn), timeout=self._timeout, strict=self._strict, stacklevel=2
+        )
         if plan is None:
             return self  # a closed connection: nothing to cancel, nothing installed
         self._plan = plan
+        if self._bound:
+            self._fence = fence
         try:
-            if self._bound:
-                self._fence = _fence_of(self._conn)
             self._install()
         except BaseException:
             self._uninstall()
