@@ -617,12 +617,9 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             self._task = loop.create_task(self._send_asyncio(plan))
 
     async def _send_asyncio(self, plan: Plan) -> None:
-        try:
-            # cancel_async's default rule: offloaded for an encrypted session (the
-            # handshake's CPU work off the loop thread), inline otherwise.
-            await run_asyncio(plan, offloaded=None)
-        except Exception as ex:
-            self._cancel_failed(ex)
+        error = await _sent_or_error(plan)
+        if error is not None:
+            self._cancel_failed(error)
 
     async def _join_task(self) -> None:
         """Wait for the fired cancel task, even if this task is cancelled meanwhile."""
@@ -750,7 +747,11 @@ class cancel_on_cancellation(cancel_after):
 
 
 async def _sent_or_error(plan: Plan) -> BaseException | None:
-    """Run ``plan`` as ``cancel_async`` would (offload rule included); its error, or None."""
+    """Run ``plan`` as ``cancel_async`` would; its error, or None.
+
+    ``cancel_async``'s default rule: offloaded for an encrypted session (the
+    handshake's CPU work off the loop thread), inline otherwise.
+    """
     try:
         await run_asyncio(plan, offloaded=None)
     except Exception as ex:
