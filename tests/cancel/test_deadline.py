@@ -24,13 +24,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 import psycancel
 from psycancel.pq import Libpq, PGconn
+from tests.support import frameworks
 from tests.support.active import SLEEP
 from tests.support.drivers import ROOT, need
 from tests.support.fds import sockets_to
@@ -58,18 +59,8 @@ def arun(func: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(func())  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def watcher(dsn_plain: str) -> Iterator[Monitor]:
-    mon = Monitor(dsn_plain)
-    try:
-        yield mon
-    finally:
-        mon.close()
-
-
-def terminate(watcher: Monitor, pid: int) -> None:
-    """End the server side of a black-holed session (it would sleep on)."""
-    watcher.conn.execute("select pg_terminate_backend(%s)", (pid,))
+watcher = frameworks.monitor
+"""A :class:`Monitor` on the test server (``tests.support.frameworks.monitor``)."""
 
 
 class Fault:
@@ -317,7 +308,7 @@ def test_black_hole_sync(kind: str, sslmode: str, fault: Fault, watcher: Monitor
         client.fresh_one_works(pid)
     finally:
         client.close()
-        terminate(watcher, pid)
+        watcher.terminate(pid)
     assert sockets_to(fault.port) == set()
     next_block_works_elsewhere(watcher.conn.info.dsn)
 
@@ -486,7 +477,7 @@ def test_black_hole_async(kind: str, sslmode: str, fault: Fault, watcher: Monito
         arun(main)
     finally:
         if "pid" in state:
-            terminate(watcher, state["pid"])
+            watcher.terminate(state["pid"])
     elapsed = state["elapsed"]
     assert elapsed < SECONDS + TIMEOUT + MARGIN, elapsed
     error = state["info"].value
@@ -529,7 +520,7 @@ def test_cancel_lost_after_success_still_bounded(
     finally:
         conn.close()
         sink.close()
-        terminate(watcher, pid)
+        watcher.terminate(pid)
 
 
 class _AcceptAndClose:
@@ -626,7 +617,7 @@ def test_black_hole_django(backend: str, sslmode: str, fault: Fault, watcher: Mo
             child.kill()
             child.wait()
         if pid:
-            terminate(watcher, pid)
+            watcher.terminate(pid)
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert child.returncode == 0 and lines, f"exit {child.returncode}\n{out}\n{err}"
     result = json.loads(lines[-1][len("RESULT ") :])
@@ -675,4 +666,4 @@ def test_black_hole_legacy_libpq(
         assert any("block completed, but its connection was broken" in m for m in messages)
     finally:
         conn.finish()
-        terminate(watcher, pid)
+        watcher.terminate(pid)

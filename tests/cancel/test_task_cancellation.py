@@ -14,13 +14,14 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 import psycancel
 from psycancel.pq import Libpq, PGconn
+from tests.support import frameworks
 from tests.support.active import SLEEP
 from tests.support.drivers import need
 from tests.support.frameworks import Monitor
@@ -38,13 +39,8 @@ ENDED_WITHIN = 5.0
 """How long the server may take to end the query after the task was cancelled."""
 
 
-@pytest.fixture
-def watcher(dsn_plain: str) -> Iterator[Monitor]:
-    mon = Monitor(dsn_plain)
-    try:
-        yield mon
-    finally:
-        mon.close()
+watcher = frameworks.monitor
+"""A :class:`Monitor` on the test server (``tests.support.frameworks.monitor``)."""
 
 
 def ended(watcher: Monitor, pid: int, within: float = ENDED_WITHIN) -> bool:
@@ -55,10 +51,6 @@ def ended(watcher: Monitor, pid: int, within: float = ENDED_WITHIN) -> bool:
             return True
         time.sleep(0.02)
     return False
-
-
-def terminate(watcher: Monitor, pid: int) -> None:
-    watcher.conn.execute("select pg_terminate_backend(%s)", (pid,))
 
 
 async def connect(kind: str, dsn: str) -> tuple[Any, Callable[[str], Awaitable[Any]], int]:
@@ -118,7 +110,7 @@ def test_cancelled_task_ends_its_query(
     try:
         assert ended(watcher, pid), f"backend {pid} still runs the query"
     finally:
-        terminate(watcher, pid)
+        watcher.terminate(pid)
 
 
 def test_without_psycancel_aiopg_leaves_the_query_running(dsn_plain: str, watcher: Monitor) -> None:
@@ -137,7 +129,7 @@ def test_without_psycancel_aiopg_leaves_the_query_running(dsn_plain: str, watche
     try:
         assert not ended(watcher, pid, within=1.0)
     finally:
-        terminate(watcher, pid)
+        watcher.terminate(pid)
 
 
 def test_outer_timeout(dsn_plain: str, watcher: Monitor) -> None:
@@ -158,7 +150,7 @@ def test_outer_timeout(dsn_plain: str, watcher: Monitor) -> None:
     try:
         assert ended(watcher, pid)
     finally:
-        terminate(watcher, pid)
+        watcher.terminate(pid)
 
 
 def test_anyio_cancel_scope_on_asyncio(dsn_plain: str, watcher: Monitor) -> None:
@@ -174,7 +166,7 @@ def test_anyio_cancel_scope_on_asyncio(dsn_plain: str, watcher: Monitor) -> None
     try:
         assert ended(watcher, pid)
     finally:
-        terminate(watcher, pid)
+        watcher.terminate(pid)
 
 
 @pytest.mark.parametrize("how", ["cancel_after", "cancel_on_cancellation"])
@@ -229,7 +221,7 @@ def test_failed_cancel_is_logged_and_cancellation_propagates(
 
     with caplog.at_level(logging.WARNING, logger="psycancel"):
         pid, waited = asyncio.run(main())
-    terminate(watcher, pid)
+    watcher.terminate(pid)
     assert waited < 0.3 + 0.5  # bounded by the timeout
     assert any("may still be running" in r.getMessage() for r in caplog.records)
 

@@ -9,12 +9,12 @@ serves the next query. Plain and TLS.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import psycancel
+from tests.support import frameworks
 from tests.support.active import SLEEP
 from tests.support.drivers import Background, need
 from tests.support.frameworks import Monitor, sqlstate
@@ -31,13 +31,8 @@ def pool_dsn(request: pytest.FixtureRequest) -> str:
     return value
 
 
-@pytest.fixture
-def watcher(dsn_plain: str) -> Iterator[Monitor]:
-    mon = Monitor(dsn_plain)
-    try:
-        yield mon
-    finally:
-        mon.close()
+watcher = frameworks.monitor
+"""A :class:`Monitor` on the test server (``tests.support.frameworks.monitor``)."""
 
 
 def test_psycopg_pool_connection(pool_dsn: str, watcher: Monitor) -> None:

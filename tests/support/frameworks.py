@@ -66,6 +66,10 @@ class Monitor:
 
         await poll_until_active_async(rows, pid, timeout=timeout)
 
+    def terminate(self, pid: int) -> None:
+        """End backend ``pid`` (a black-holed session's server side would sleep on)."""
+        self.conn.execute("select pg_terminate_backend(%s)", (pid,))
+
     def close(self) -> None:
         self.conn.close()
 
