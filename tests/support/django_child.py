@@ -39,37 +39,17 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from tests.support.django_setup import setup_django
+
 ARGS: dict[str, Any] = json.loads(sys.stdin.read() or "{}")
-if ARGS["backend"] == "psycopg2":
-    sys.modules["psycopg"] = None  # type: ignore[assignment]  # Django falls back to psycopg2
-
-import django  # noqa: E402
-from django.conf import settings  # noqa: E402
-
-from testing.conninfo import parse_conninfo  # noqa: E402
-from tests.support.active import SLEEP, active_sleep_query, poll_until_active  # noqa: E402
-from tests.support.drivers import ROOT  # noqa: E402
-from tests.support.sqlstate import pgcode  # noqa: E402
-
-params = parse_conninfo(ARGS["dsn"])
-settings.configure(
-    DATABASES={
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": params.get("dbname", "postgres"),
-            "USER": params.get("user", ""),
-            "HOST": params["host"],
-            "PORT": params["port"],
-            "OPTIONS": {"sslmode": params.get("sslmode", "prefer")},
-        }
-    },
-    USE_TZ=True,
-)
-django.setup()
+setup_django(ARGS["backend"], ARGS["dsn"])
 
 from django.db import connection, connections  # noqa: E402
 
 import psycancel  # noqa: E402
+from tests.support.active import SLEEP, active_sleep_query, poll_until_active  # noqa: E402
+from tests.support.drivers import ROOT  # noqa: E402
+from tests.support.sqlstate import pgcode  # noqa: E402
 
 if ARGS["backend"] == "psycopg2":
     import psycopg2 as monitor_driver

@@ -18,39 +18,15 @@ import sys
 import time
 from typing import Any
 
+from tests.support.django_setup import setup_django
+
 ARGS: dict[str, Any] = json.loads(sys.stdin.read() or "{}")
-if ARGS["backend"] == "psycopg2":
-    sys.modules["psycopg"] = None  # type: ignore[assignment]  # Django falls back to psycopg2
-
-import django  # noqa: E402
-from django.conf import settings  # noqa: E402
-
-from testing.conninfo import parse_conninfo  # noqa: E402
-from tests.support.active import SLEEP  # noqa: E402
-
-params = parse_conninfo(ARGS["dsn"])
-settings.configure(
-    DATABASES={
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": params.get("dbname", "postgres"),
-            "USER": params.get("user", ""),
-            "HOST": params["host"],
-            "PORT": params["port"],
-            "OPTIONS": {
-                "sslmode": params.get("sslmode", "prefer"),
-                # The kernel fault's path: the namespace's address, the host name kept.
-                **({"hostaddr": params["hostaddr"]} if "hostaddr" in params else {}),
-            },
-        }
-    },
-    USE_TZ=True,
-)
-django.setup()
+setup_django(ARGS["backend"], ARGS["dsn"])
 
 from django.db import connection  # noqa: E402
 
 import psycancel  # noqa: E402
+from tests.support.active import SLEEP  # noqa: E402
 
 with connection.cursor() as cur:
     cur.execute("select pg_backend_pid()")
