@@ -550,7 +550,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         finally:
             self._sent_event().set()
 
-    def _join_thread(self) -> None:
+    def _wait_sent(self) -> None:
         """Wait for the fired cancel to complete (bounded), wherever it runs."""
         if not self._sent:
             return
@@ -578,7 +578,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
     ) -> None:
         self._stop_watching()
         if self._leave() == _FIRING:
-            self._join_thread()
+            self._wait_sent()
             self._outcome(exc)
         self._watch_failure(exc)
 
@@ -708,7 +708,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             import anyio.to_thread
 
             # Not abandoned on cancellation: leaving early would break the guarantee.
-            await anyio.to_thread.run_sync(self._join_thread)
+            await anyio.to_thread.run_sync(self._wait_sent)
         self._outcome(exc)
         self._watch_failure(exc)
 

@@ -49,9 +49,6 @@ class _Timers:
     """The heap, its lock and condition, and the thread that serves them."""
 
     def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._heap: list[TimerEntry] = []
