@@ -27,6 +27,7 @@ cdef enum:
     C_ERROR_MESSAGE = 5
     C_CANCEL_CREATE = 6
     C_GET_CANCEL = 7
+    C_GSS_ENC_IN_USE = 8
 
 
 cdef struct Answer:
@@ -46,6 +47,8 @@ cdef void _conn_call(Functions* f, PGconn_t* ptr, int which, Answer* out) noexce
         out.value = f.PQsslInUse(ptr)
     elif which == C_IS_BUSY:
         out.value = f.PQisBusy(ptr)
+    elif which == C_GSS_ENC_IN_USE:
+        out.value = f.PQgssEncInUse(ptr) if f.PQgssEncInUse != NULL else 0
     elif which == C_ERROR_MESSAGE:
         out.text = _dup(f.PQerrorMessage(ptr))
     elif which == C_CANCEL_CREATE:
@@ -251,6 +254,11 @@ cdef class PGconn:
     def ssl_in_use(self):
         """``PQsslInUse``."""
         return self._int_call(C_SSL_IN_USE) != 0
+
+    @property
+    def gss_enc_in_use(self):
+        """``PQgssEncInUse``; False without it (libpq < 12)."""
+        return self._int_call(C_GSS_ENC_IN_USE) != 0
 
     def connect_poll(self):
         """``PQconnectPoll``."""

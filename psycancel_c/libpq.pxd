@@ -76,6 +76,7 @@ cdef struct Functions:
     fn_get_cancel PQgetCancel
     fn_cancel PQcancel
     fn_free_cancel PQfreeCancel
+    fn_conn_int PQgssEncInUse  # libpq >= 12: NULL when missing
     # The PQcancelConn family (libpq >= 17): NULL when missing.
     fn_cancel_create PQcancelCreate
     fn_cc_int PQcancelStart

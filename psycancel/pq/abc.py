@@ -278,6 +278,14 @@ class PGconn(Protocol):
         """``PQsslInUse``: True when the connection is encrypted with TLS."""
         ...
 
+    @property
+    def gss_enc_in_use(self) -> bool:
+        """``PQgssEncInUse``: True when the connection is encrypted with GSSAPI.
+
+        False with a libpq that has no such function (< 12: no GSS encryption).
+        """
+        ...
+
     def connect_poll(self) -> PollingStatus:
         """Advance a connection made by ``connect_start`` (``PQconnectPoll``)."""
         ...

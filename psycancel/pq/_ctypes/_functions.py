@@ -2,7 +2,8 @@
 
 Only what psycancel calls is declared. The ``PQcancel*`` family is optional
 (libpq >= 17): a library without it binds the rest and reports
-``has_cancel_conn = False``.
+``has_cancel_conn = False``. ``PQgssEncInUse`` (libpq >= 12) is optional too:
+``Functions.PQgssEncInUse`` is None without it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from ...errors import InterfaceError
 from .. import messages as M
 
-__all__ = ["CANCEL_CONN", "REQUIRED", "Functions"]
+__all__ = ["CANCEL_CONN", "OPTIONAL", "REQUIRED", "Functions"]
 
 # name: (restype, argtypes); the PQcancel* family is optional (libpq >= 17).
 REQUIRED: dict[str, tuple[Any, list[Any]]] = {
@@ -57,6 +58,10 @@ CANCEL_CONN: dict[str, tuple[Any, list[Any]]] = {
     "PQcancelReset": (None, [c_void_p]),
     "PQcancelFinish": (None, [c_void_p]),
 }
+# Bound when present, else None.
+OPTIONAL: dict[str, tuple[Any, list[Any]]] = {
+    "PQgssEncInUse": (c_int, [c_void_p]),  # libpq >= 12
+}
 
 
 class Functions:
@@ -80,6 +85,11 @@ class Functions:
                 self._bind(dll, name, restype, argtypes)
             except AttributeError:
                 self.has_cancel_conn = False
+        for name, (restype, argtypes) in OPTIONAL.items():
+            try:
+                self._bind(dll, name, restype, argtypes)
+            except AttributeError:
+                setattr(self, name, None)
 
     def _bind(self, dll: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> None:
         func = getattr(dll, name)

@@ -203,6 +203,12 @@ class PGconn:
         """``PQsslInUse``."""
         return bool(self._int_call(self._f.PQsslInUse))
 
+    @property
+    def gss_enc_in_use(self) -> bool:
+        """``PQgssEncInUse``; False without it (libpq < 12)."""
+        func = self._f.PQgssEncInUse
+        return func is not None and bool(self._int_call(func))
+
     def connect_poll(self) -> PollingStatus:
         """``PQconnectPoll``."""
         return polling_status(self._int_call(self._f.PQconnectPoll))
