@@ -14,6 +14,10 @@
 #                         sources, suite "unstable").
 #   PSYCANCEL_PG_MAJOR    major version to fetch from Debian (default 18)
 #   PSYCANCEL_JOBS        parallel make jobs (default: nproc)
+#   PSYCANCEL_PG_GSSAPI=1 also build with GSSAPI (MIT Kerberos; libkrb5-dev is
+#                         installed on Debian), into its own cache key
+#                         "$cache/postgresql-$major-gss" (tests/gss/ use it), so
+#                         that the default build is never rebuilt under a user.
 #
 # Wheel builds (docs/wheels.md; tools/cibw_before_all.sh uses these). None of
 # them changes the default build above.
@@ -43,10 +47,13 @@ libpq_only="${PSYCANCEL_PG_LIBPQ_ONLY:-0}"
 [ "$libpq_only" = 1 ] || libpq_only=0
 with_openssl_build="${PSYCANCEL_BUILD_OPENSSL:-0}"
 [ "$with_openssl_build" = 1 ] || with_openssl_build=0
+with_gssapi="${PSYCANCEL_PG_GSSAPI:-0}"
+[ "$with_gssapi" = 1 ] || with_gssapi=0
 if [ "$(id -u)" = 0 ]; then default_cache=/var/cache/psycancel
 else default_cache="${XDG_CACHE_HOME:-$HOME/.cache}/psycancel"; fi
 cache="${PSYCANCEL_CACHE_DIR:-$default_cache}"
 if [ "$libpq_only" = 1 ]; then prefix="$cache/libpq-$major"; else prefix="$cache/postgresql-$major"; fi
+[ "$with_gssapi" = 0 ] || prefix="$prefix-gss"
 prefix="${PSYCANCEL_PG_INSTALL_PREFIX:-$prefix}"
 stamp="$prefix/.psycancel-complete"
 jobs="${PSYCANCEL_JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)}"
@@ -73,7 +80,9 @@ as_root() {
 # --- build dependencies -------------------------------------------------------
 install_debian_deps() {
     local need=() pkg
-    for pkg in bison flex libssl-dev pkg-config make gcc zlib1g-dev dpkg-dev; do
+    local pkgs=(bison flex libssl-dev pkg-config make gcc zlib1g-dev dpkg-dev)
+    [ "$with_gssapi" = 0 ] || pkgs+=(libkrb5-dev)
+    for pkg in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
     done
     if [ "${#need[@]}" -gt 0 ]; then
@@ -216,6 +225,7 @@ if [ "$with_openssl_build" = 1 ]; then
     build_openssl
     extra+=(--with-includes="$prefix/include" --with-libraries="$prefix/lib")
 fi
+[ "$with_gssapi" = 0 ] || extra+=(--with-gssapi)
 if [ "$libpq_only" = 1 ]; then
     # A client library: nothing that only the server or the tools need.
     extra+=(--without-zlib --without-zstd --without-lz4)
