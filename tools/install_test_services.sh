@@ -8,6 +8,11 @@
 #                inside that namespace). Debian 12's default backend (nft) is
 #                used; tests/support/netns.py falls back to iptables-legacy when
 #                the kernel has no nf_tables.
+#   krb5-kdc, krb5-admin-server, krb5-user (MIT Kerberos) - testing/kerberos.py: the
+#                tests/gss/ suite starts its own KDC on loopback (own krb5.conf,
+#                kdc.conf and realm in a temporary directory); PostgreSQL built
+#                --with-gssapi (PSYCANCEL_PG_GSSAPI=1 tools/build_postgres.sh,
+#                built here once, cached) runs the GSS-encrypting server.
 # Nothing is enabled or started as a system service, and no firewall rule is
 # added here. Idempotent.
 set -euo pipefail
@@ -18,6 +23,9 @@ has pgbouncer || need+=(pgbouncer)
 has valgrind || need+=(valgrind)
 has ip || need+=(iproute2)
 has iptables || need+=(iptables)
+has krb5kdc || need+=(krb5-kdc)
+has kadmin.local || need+=(krb5-admin-server)
+has kinit || need+=(krb5-user)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     as_root apt-get update -qq
@@ -26,3 +34,5 @@ if [ "${#need[@]}" -gt 0 ]; then
     # never use that instance: they start their own, on a free port.
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The GSSAPI build of PostgreSQL (its own cache key; a no-op once built).
+PSYCANCEL_PG_GSSAPI=1 bash "$(dirname "$0")/build_postgres.sh" >/dev/null
