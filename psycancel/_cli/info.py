@@ -15,6 +15,7 @@ psycancel itself never does.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 import json
@@ -35,6 +36,19 @@ _ORIGINS = {
 }
 
 
+def _has_gssapi(path: str) -> bool:
+    """Whether the libpq at ``path`` was built with GSSAPI (it links a GSSAPI library).
+
+    libpq has no call that says so; ``dlsym`` on its handle searches its
+    dependencies too, so ``gss_init_sec_context`` is found exactly when libpq
+    links one (a GSS-encrypted session is possible: ``docs/deployments.md``).
+    """
+    try:
+        return hasattr(ctypes.CDLL(path), "gss_init_sec_context")
+    except OSError:
+        return False
+
+
 def _libpq_info(lib: Libpq) -> dict[str, Any]:
     major, minor = divmod(lib.version, 10000)
     return {
@@ -43,6 +57,7 @@ def _libpq_info(lib: Libpq) -> dict[str, Any]:
         "version_text": f"{major}.{minor}",
         "cancel_conn": lib.has_cancel_conn,
         "ssl_library": lib.ssl_library,
+        "gssapi": _has_gssapi(lib.path),
     }
 
 
@@ -118,7 +133,8 @@ def collect_info() -> dict[str, Any]:
 def _libpq_line(lib: dict[str, Any]) -> str:
     return (
         f"libpq {lib['version_text']} at {lib['path']}, "
-        f"PQcancelConn API: {lib['cancel_conn']}, TLS: {lib['ssl_library'] or 'none'}"
+        f"PQcancelConn API: {lib['cancel_conn']}, TLS: {lib['ssl_library'] or 'none'}, "
+        f"GSSAPI: {lib['gssapi']}"
     )
 
 
@@ -137,6 +153,7 @@ def _print_text(info: dict[str, Any]) -> None:
         print(f"libpq version: {lib['version_text']} ({lib['version']})")
         print(f"PQcancelConn API (encrypted, non-blocking cancel): {lib['cancel_conn']}")
         print(f"TLS support: {lib['ssl_library'] or 'none'}")
+        print(f"GSSAPI encryption support: {lib['gssapi']}")
     drivers = info["drivers"]
     if not drivers:
         print("drivers: none installed (psycopg2, psycopg)")

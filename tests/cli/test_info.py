@@ -75,7 +75,7 @@ def test_json(system_libpq: str) -> None:
     assert os.path.realpath(lib["path"]) == real and lib["origin"] == "env"
     assert lib["version"] < 170000 and not lib["cancel_conn"]
     assert info["libpq_error"] is None
-    keys = {"path", "version", "version_text", "cancel_conn", "ssl_library"}
+    keys = {"path", "version", "version_text", "cancel_conn", "ssl_library", "gssapi"}
     assert set(lib) == keys | {"origin"}
     drivers = {d["driver"]: d for d in info["drivers"]}
     assert set(drivers) == set(DRIVERS)
