@@ -27,6 +27,9 @@ log "drivers from wheels (psycopg2-binary, psycopg[binary], aiopg, anyio, trio, 
 "$py" -m pip install -q 'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' 'aiopg>=1.4' \
     'anyio>=4.4' 'trio>=0.25' 'gevent>=24' 'psycogreen>=1.0'
 
+log "OpenTelemetry API and SDK (the telemetry tests read the SDK's in-memory reader)"
+"$py" -m pip install -q 'opentelemetry-api>=1.20' 'opentelemetry-sdk>=1.20'
+
 log "frameworks and pools (SQLAlchemy 2, Django 5, psycopg_pool; asyncpg and pg8000: the no-libpq dialects)"
 "$py" -m pip install -q 'sqlalchemy[asyncio]>=2.0,<3' 'django>=5.0,<6' 'psycopg-pool>=3.2' \
     'asyncpg>=0.29' 'pg8000>=1.30'

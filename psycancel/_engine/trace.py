@@ -9,8 +9,13 @@
   connection (besides the :class:`InsecureCancelWarning` of the plan).
 
 The logger has a :class:`logging.NullHandler`: nothing is printed unless the
-application configures logging. When DEBUG is off, a cancel pays one
-``logger.isEnabledFor`` check (:func:`begin`) and nothing else.
+application configures logging.
+
+The same two calls feed OpenTelemetry (:mod:`.telemetry`, when
+``opentelemetry-api`` is installed): the ``psycancel.cancels`` counter, the
+``psycancel.cancel.duration`` histogram and a span event. When DEBUG is off
+and OpenTelemetry is absent, a cancel pays one ``logger.isEnabledFor`` check
+and one test of a module global (:func:`begin`) and nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 
+from . import telemetry
 from .plan import LegacyPlan, NewApiPlan, Plan
 
 __all__ = ["LOGGER_NAME", "begin", "end", "logger"]
@@ -30,7 +36,10 @@ _DEBUG = logging.DEBUG
 
 
 def begin(plan: Plan) -> float | None:
-    """Called by a runner before it runs ``plan``: the start time if DEBUG is on, else None.
+    """Called by a runner before it runs ``plan``: the start time, or None when nobody listens.
+
+    (None: DEBUG is off and OpenTelemetry is not installed; :func:`end` is then
+    not called.)
 
     Logs the WARNING of a clear-text legacy cancel on an encrypted connection.
     """
@@ -42,16 +51,35 @@ def begin(plan: Plan) -> float | None:
             lib.version if lib is not None else "?",
             lib.path if lib is not None else "?",
         )
-    return time.perf_counter() if logger.isEnabledFor(_DEBUG) else None
+    if logger.isEnabledFor(_DEBUG) or telemetry.active() is not None:
+        return time.perf_counter()
+    return None
 
 
 def end(
     plan: Plan, started: float, *, runner: str, offloaded: bool, error: BaseException | None
 ) -> None:
-    """Log the DEBUG record of a cancel that began at ``started`` (see :func:`begin`)."""
+    """Log the DEBUG record of a cancel that began at ``started`` (see :func:`begin`).
+
+    Records it for OpenTelemetry too, when installed.
+    """
     seconds = time.perf_counter() - started
     lib = plan.libpq
     api = "new" if isinstance(plan, NewApiPlan) else "legacy"
+    instruments = telemetry.active()
+    if instruments is not None:
+        telemetry.cancel_ran(
+            instruments,
+            api=api,
+            connection_encrypted=plan.encrypted,
+            runner=runner,
+            offloaded=offloaded,
+            error=error,
+            seconds=seconds,
+            backend_pid=None,
+        )
+    if not logger.isEnabledFor(_DEBUG):
+        return
     outcome = "ok" if error is None else type(error).__name__
     facts = {
         "api": api,

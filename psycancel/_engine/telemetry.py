@@ -1,0 +1,240 @@
+"""OpenTelemetry metrics and span events of cancels, when ``opentelemetry-api`` is installed.
+
+Nothing here imports OpenTelemetry when psycancel is imported. The first hook
+called (at the first cancel) looks for the package once
+(``importlib.util.find_spec``); only when it is installed does it import its
+API and make the instruments of the ``psycancel`` meter. Without it, each
+later hook costs a test of one module global. With the API but no SDK (no
+meter or tracer provider configured), the API's no-op objects take the
+records.
+
+Instruments (``docs/telemetry.md`` documents them and their attributes):
+
+* ``psycancel.cancels``: counter (``{cancel}``) of the cancels psycancel
+  started or found nothing to send for, by outcome, path and encryption;
+* ``psycancel.cancel.duration``: histogram (``s``) of the cancels it ran;
+* ``psycancel.broken_connections``: counter (``{connection}``) of the
+  connections a deadline (or an interrupt's bound) shut down.
+
+Span events, on the span that is current where the cancel runs (when it is
+recording): ``psycancel.cancel`` and ``psycancel.connection_broken``.
+
+``PSYCANCEL_OTEL=0`` in the environment turns all of it off (nothing is
+looked for or imported).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any, Final
+
+__all__ = [
+    "BROKEN_CONNECTIONS",
+    "CANCELS",
+    "DURATION",
+    "METER_NAME",
+    "Instruments",
+    "active",
+    "broken_connection",
+    "cancel_ran",
+    "error_type",
+    "no_op",
+    "outcome_of",
+]
+
+METER_NAME: Final = "psycancel"
+CANCELS: Final = "psycancel.cancels"
+DURATION: Final = "psycancel.cancel.duration"
+BROKEN_CONNECTIONS: Final = "psycancel.broken_connections"
+
+_DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+"""Histogram boundaries (seconds): a cancel takes a round trip or a TLS
+handshake (ms), a timed-out one its timeout (s). The SDK's default boundaries
+are made for milliseconds."""
+
+_BASE: Final[Mapping[str, Any]] = {"db.system.name": "postgresql"}
+"""OpenTelemetry's semantic conventions for databases: the attribute every record has."""
+
+
+class Instruments:
+    """The ``psycancel`` meter's instruments and the API's ``get_current_span``."""
+
+    __slots__ = ("broken", "cancels", "current_span", "duration")
+
+    def __init__(self, metrics: Any, trace: Any) -> None:
+        meter = metrics.get_meter(METER_NAME, _version())
+        self.cancels = meter.create_counter(
+            CANCELS,
+            unit="{cancel}",
+            description="Cancel requests psycancel ran or had nothing to send for, by outcome",
+        )
+        try:  # the advisory exists from opentelemetry-api 1.23 on
+            self.duration = meter.create_histogram(
+                DURATION,
+                unit="s",
+                description="How long psycancel's cancel requests took",
+                explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+            )
+        except TypeError:
+            self.duration = meter.create_histogram(
+                DURATION, unit="s", description="How long psycancel's cancel requests took"
+            )
+        self.broken = meter.create_counter(
+            BROKEN_CONNECTIONS,
+            unit="{connection}",
+            description="Connections psycancel shut down because a query outlived its bound",
+        )
+        self.current_span = trace.get_current_span
+
+
+def _version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("psycancel")
+    except Exception:  # not installed as a distribution (a bare source tree)
+        return None
+
+
+_UNRESOLVED: Final = object()
+_state: object = _UNRESOLVED
+_lock = threading.Lock()
+
+
+def _load() -> Instruments | None:
+    """The instruments if OpenTelemetry's API is installed (and not turned off), else None."""
+    if os.environ.get("PSYCANCEL_OTEL", "").strip().lower() in ("0", "false", "off", "no"):
+        return None
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("opentelemetry") is None:
+            return None
+        from opentelemetry import metrics, trace
+    except Exception:  # ImportError, or a broken installation: no telemetry
+        return None
+    return Instruments(metrics, trace)
+
+
+def active() -> Instruments | None:
+    """The instruments, resolved once per process (the first call may import OpenTelemetry)."""
+    state = _state
+    if state is _UNRESOLVED:
+        state = _resolve()
+    return state  # type: ignore[return-value]
+
+
+def _resolve() -> Instruments | None:
+    global _state
+    with _lock:
+        if _state is _UNRESOLVED:
+            _state = _load()
+        return _state  # type: ignore[return-value]
+
+
+def outcome_of(error: BaseException | None) -> str:
+    """The ``psycancel.cancel.outcome`` of a cancel that ended with ``error``.
+
+    ``done`` (sent and processed), ``timed_out`` (:class:`CancellationTimeout`),
+    ``aborted`` (the caller's task or thread was cancelled or interrupted: a
+    ``BaseException`` that is no ``Exception``), ``failed`` (any other error).
+    """
+    if error is None:
+        return "done"
+    if isinstance(error, TimeoutError):  # CancellationTimeout
+        return "timed_out"
+    if not isinstance(error, Exception):
+        return "aborted"
+    return "failed"
+
+
+def error_type(error: BaseException) -> str:
+    """OpenTelemetry's ``error.type``: the exception's fully qualified class name."""
+    cls = type(error)
+    module = cls.__module__
+    if module == "psycancel.errors":
+        module = "psycancel"  # where users import it from
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def cancel_ran(
+    instruments: Instruments,
+    *,
+    api: str,
+    connection_encrypted: bool,
+    runner: str,
+    offloaded: bool,
+    error: BaseException | None,
+    seconds: float,
+    backend_pid: int | None,
+    span: Any = None,
+) -> None:
+    """Record a cancel a runner ran: the counter, the histogram, the span event.
+
+    ``span``: the span current where the cancel was asked for, if known;
+    otherwise the one current here.
+    """
+    outcome = outcome_of(error)
+    attributes = dict(_BASE)
+    attributes["psycancel.cancel.outcome"] = outcome
+    attributes["psycancel.cancel.api"] = api
+    attributes["psycancel.cancel.encrypted"] = connection_encrypted and api == "new"
+    attributes["psycancel.connection.encrypted"] = connection_encrypted
+    attributes["psycancel.cancel.runner"] = runner
+    attributes["psycancel.cancel.offloaded"] = offloaded
+    if error is not None and outcome != "done":
+        attributes["error.type"] = error_type(error)
+    instruments.cancels.add(1, attributes)
+    instruments.duration.record(seconds, attributes)
+    _event(instruments, span, "psycancel.cancel", attributes, seconds, backend_pid)
+
+
+def no_op(reason: str) -> None:
+    """Count a cancel that sent nothing: ``reason`` ``closed`` or ``broken`` (the connection)."""
+    instruments = active()
+    if instruments is None:
+        return
+    attributes = dict(_BASE)
+    attributes["psycancel.cancel.outcome"] = "no_op"
+    attributes["psycancel.cancel.no_op_reason"] = reason
+    instruments.cancels.add(1, attributes)
+    _event(instruments, None, "psycancel.cancel", attributes, None, None)
+
+
+def broken_connection(source: str, reason: str, *, backend_pid: int | None = None) -> None:
+    """Count a connection shut down at its bound by ``source`` (``cancel_after``...).
+
+    ``reason``: ``not_ended`` (the query outlived its cancel's timeout) or
+    ``cancel_failed`` (the cancel failed or timed out first).
+    """
+    instruments = active()
+    if instruments is None:
+        return
+    attributes = dict(_BASE)
+    attributes["psycancel.break.source"] = source
+    attributes["psycancel.break.reason"] = reason
+    instruments.broken.add(1, attributes)
+    _event(instruments, None, "psycancel.connection_broken", attributes, None, backend_pid)
+
+
+def _event(
+    instruments: Instruments,
+    span: Any,
+    name: str,
+    attributes: dict[str, Any],
+    seconds: float | None,
+    backend_pid: int | None,
+) -> None:
+    """Add event ``name`` to ``span`` (default: the current span) if it is recording."""
+    if span is None:
+        span = instruments.current_span()
+    if not span.is_recording():
+        return
+    event = dict(attributes)
+    if seconds is not None:
+        event["psycancel.cancel.duration"] = seconds
+    if backend_pid:
+        event["psycancel.backend_pid"] = backend_pid
+    span.add_event(name, event)

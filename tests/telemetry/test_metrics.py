@@ -1,0 +1,135 @@
+"""OpenTelemetry metrics and span events after real cancels, read with the real SDK.
+
+Each test cancels a real query (or fails to, against the proxy's black hole)
+and reads what the ``psycancel`` meter recorded through the SDK's
+``InMemoryMetricReader`` (``tests/telemetry/sdk.py``), and the span events
+through the SDK's ``InMemorySpanExporter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import psycancel
+from psycancel._engine import telemetry
+from psycancel.pq import Libpq
+from testing.client import connect
+from tests.support.queries import QUERY_CANCELED, drain, sleeping
+
+from .sdk import Snapshot, attrs, reader
+
+CANCELS = "psycancel.cancels"
+DURATION = "psycancel.cancel.duration"
+
+
+@pytest.fixture(autouse=True)
+def sdk() -> None:
+    """The global SDK meter provider is set before the test's first cancel."""
+    reader()
+    assert telemetry.active() is not None, "opentelemetry-api is installed for the tests"
+
+
+def only(gained: dict[Any, Any]) -> tuple[dict[str, Any], Any]:
+    """The one attribute set that gained, as a dict, and its gain."""
+    assert len(gained) == 1, gained
+    ((key, value),) = gained.items()
+    return dict(attrs(key)), value
+
+
+def test_done_new_api(dsn_plain: str, libpq: Libpq) -> None:
+    before = Snapshot()
+    with sleeping(dsn_plain, libpq) as conn:
+        psycancel.cancel(conn, timeout=10)
+        assert drain(conn).sqlstate == QUERY_CANCELED
+    after = Snapshot()
+    counted, n = only(after.added(before, CANCELS))
+    assert n == 1
+    assert counted == {
+        "db.system.name": "postgresql",
+        "psycancel.cancel.outcome": "done",
+        "psycancel.cancel.api": "new",
+        "psycancel.cancel.encrypted": False,
+        "psycancel.connection.encrypted": False,
+        "psycancel.cancel.runner": "blocking",
+        "psycancel.cancel.offloaded": False,
+    }
+    timed, (count, total) = only(after.recorded(before, DURATION))
+    assert timed == counted and count == 1 and 0 < total < 10
+    assert after.units[CANCELS] == "{cancel}" and after.units[DURATION] == "s"
+
+
+def test_done_encrypted_async(dsn_tls: str, libpq: Libpq) -> None:
+    before = Snapshot()
+    with sleeping(dsn_tls, libpq) as conn:
+        asyncio.run(psycancel.cancel_async(conn, timeout=10))  # TLS: offloaded by default
+        assert drain(conn).sqlstate == QUERY_CANCELED
+    counted, n = only(Snapshot().added(before, CANCELS))
+    assert n == 1
+    assert counted["psycancel.cancel.outcome"] == "done"
+    assert counted["psycancel.cancel.encrypted"] is True
+    assert counted["psycancel.connection.encrypted"] is True
+    assert counted["psycancel.cancel.runner"] == "asyncio"
+    assert counted["psycancel.cancel.offloaded"] is True
+
+
+def test_timed_out_against_a_black_hole(pg_server: Any, proxy: Any, libpq: Libpq) -> None:
+    px = proxy()
+    conn = connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
+    try:
+        px.blackhole()  # the cancel's connection gets no answer
+        before = Snapshot()
+        with pytest.raises(psycancel.CancellationTimeout):
+            psycancel.cancel(conn, timeout=0.3)
+        after = Snapshot()
+    finally:
+        conn.finish()
+    counted, n = only(after.added(before, CANCELS))
+    assert n == 1
+    assert counted["psycancel.cancel.outcome"] == "timed_out"
+    assert counted["error.type"] == "psycancel.CancellationTimeout"
+    assert counted["psycancel.cancel.api"] == "new"
+    _, (count, total) = only(after.recorded(before, DURATION))
+    assert count == 1 and total >= 0.3
+
+
+def test_legacy_clear_text(dsn_tls: str, legacy_libpq: Libpq) -> None:
+    """A legacy libpq on an encrypted session: sent in clear text, and counted so."""
+    before = Snapshot()
+    with sleeping(dsn_tls, legacy_libpq) as conn:
+        with pytest.warns(psycancel.InsecureCancelWarning):
+            psycancel.cancel(conn, timeout=10)
+        assert drain(conn).sqlstate == QUERY_CANCELED
+    after = Snapshot()
+    counted, n = only(after.added(before, CANCELS))
+    assert n == 1
+    assert counted["psycancel.cancel.outcome"] == "done"
+    assert counted["psycancel.cancel.api"] == "legacy"
+    assert counted["psycancel.cancel.encrypted"] is False
+    assert counted["psycancel.connection.encrypted"] is True
+    timed, (count, _) = only(after.recorded(before, DURATION))
+    assert timed == counted and count == 1
+
+
+def test_span_event_on_the_current_span(dsn_plain: str, libpq: Libpq) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tests")
+    with sleeping(dsn_plain, libpq) as conn:
+        with tracer.start_as_current_span("request"):
+            psycancel.cancel(conn, timeout=10)
+        assert drain(conn).sqlstate == QUERY_CANCELED
+    (span,) = exporter.get_finished_spans()
+    (event,) = span.events
+    assert event.name == "psycancel.cancel"
+    assert event.attributes is not None
+    assert event.attributes["psycancel.cancel.outcome"] == "done"
+    assert event.attributes["db.system.name"] == "postgresql"
+    duration = event.attributes["psycancel.cancel.duration"]
+    assert isinstance(duration, float) and 0 < duration < 10
