@@ -10,7 +10,8 @@
 # default); builds PostgreSQL 18 into a cache outside it (see
 # tools/build_postgres.sh), reused on later runs.
 #
-# "test" runs: ruff and mypy --strict; the test suite once per twin; the sdist
+# "test" runs: ruff and mypy --strict; the docs site (Sphinx, warnings as
+# errors); the test suite once per twin; the sdist
 # (tools/check_sdist.sh: its file list, twine check, installs in fresh venvs
 # without Cython, without a C compiler, with Cython); the binary
 # wheel (sdist, wheel, auditwheel, a fresh venv, the suite against it); the
@@ -103,7 +104,7 @@ begin "setup: .venv and psycancel (with its compiled twin)"
 # PSYCANCEL_BUNDLE_LIBPQ: link the compiled twin with that libpq, as a wheel
 # build does; psycancel then finds it as its default libpq (no variable needed).
 PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
-    .venv/bin/python -m pip install -q -e '.[test,drivers,bench]'
+    .venv/bin/python -m pip install -q -e '.[test,drivers,bench,docs]'
 .venv/bin/python -m psycancel info
 end
 
@@ -122,6 +123,10 @@ end
 
 check "static checks: ruff" .venv/bin/python -m ruff check .
 check "static checks: mypy --strict" .venv/bin/python -m mypy --strict psycancel
+# The documentation site (docs/conf.py): warnings are errors, and so is a link to
+# a page, a heading or a repository file that does not exist.
+check "docs: sphinx -W (links checked)" .venv/bin/python -m sphinx -E -W --keep-going -q \
+    -b html docs build/docs
 
 # Everything the tests need is installed above: a skip would hide a gap.
 export PSYCANCEL_NO_SKIP=1
