@@ -41,9 +41,6 @@ exclude_patterns = ["_build", "build", "Thumbs.db", ".DS_Store"]
 myst_heading_anchors = 4
 myst_enable_extensions = ["colon_fence"]
 
-# The framework pages (timeouts-*.md) are listed by a glob; none yet is no error.
-suppress_warnings = ["toc.empty_glob"]
-
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"show-inheritance": True}
