@@ -41,6 +41,8 @@ cdef class Libpq:
         f.PQsslInUse = <fn_conn_int>_symbol(handle, b"PQsslInUse", path, True)
         f.PQsslAttribute = <fn_ssl_attribute>_symbol(handle, b"PQsslAttribute", path, True)
         f.PQgssEncInUse = <fn_conn_int>_symbol(handle, b"PQgssEncInUse", path, False)
+        f.PQconninfo = <fn_conninfo>_symbol(handle, b"PQconninfo", path, True)
+        f.PQconninfoFree = <fn_conninfo_free>_symbol(handle, b"PQconninfoFree", path, True)
         f.PQsendQuery = <fn_send_query>_symbol(handle, b"PQsendQuery", path, True)
         f.PQflush = <fn_conn_int>_symbol(handle, b"PQflush", path, True)
         f.PQconsumeInput = <fn_conn_int>_symbol(handle, b"PQconsumeInput", path, True)

@@ -28,12 +28,34 @@ cdef enum:
     C_CANCEL_CREATE = 6
     C_GET_CANCEL = 7
     C_GSS_ENC_IN_USE = 8
+    C_CONNINFO_OPTION = 9
 
 
 cdef struct Answer:
     int value
-    char* text        # C_ERROR_MESSAGE: a _dup() copy
+    char* text        # C_ERROR_MESSAGE, C_CONNINFO_OPTION: a _dup() copy (or NULL)
+    const char* key   # C_CONNINFO_OPTION: the option's keyword (input)
+    int found         # C_CONNINFO_OPTION: 1 when PQconninfo could be read
     void* ptr         # C_CANCEL_CREATE, C_GET_CANCEL: the new object
+
+
+cdef char* _conninfo_value(
+    Functions* f, PGconn_t* ptr, const char* key, int* found
+) noexcept nogil:
+    """A _dup() copy of option ``key``'s value (NULL if unset); ``found``: 0 on OOM."""
+    cdef PQconninfoOption_t* options = f.PQconninfo(ptr)
+    cdef PQconninfoOption_t* option = options
+    cdef char* copy = NULL
+    found[0] = options != NULL
+    if options == NULL:
+        return NULL
+    while option.keyword != NULL:
+        if strcmp(option.keyword, key) == 0:
+            copy = _dup(option.val)
+            break
+        option += 1
+    f.PQconninfoFree(options)
+    return copy
 
 
 cdef void _conn_call(Functions* f, PGconn_t* ptr, int which, Answer* out) noexcept nogil:
@@ -47,6 +69,8 @@ cdef void _conn_call(Functions* f, PGconn_t* ptr, int which, Answer* out) noexce
         out.value = f.PQsslInUse(ptr)
     elif which == C_IS_BUSY:
         out.value = f.PQisBusy(ptr)
+    elif which == C_CONNINFO_OPTION:
+        out.text = _conninfo_value(f, ptr, out.key, &out.found)
     elif which == C_GSS_ENC_IN_USE:
         out.value = f.PQgssEncInUse(ptr) if f.PQgssEncInUse != NULL else 0
     elif which == C_ERROR_MESSAGE:
@@ -259,6 +283,19 @@ cdef class PGconn:
     def gss_enc_in_use(self):
         """``PQgssEncInUse``; False without it (libpq < 12)."""
         return self._int_call(C_GSS_ENC_IN_USE) != 0
+
+    def conninfo_option(self, keyword):
+        """One option of ``PQconninfo``; None if unset or unknown."""
+        cdef Answer out
+        cdef bytes key = keyword.encode()
+        out.key = key
+        out.found = 0
+        self._call(C_CONNINFO_OPTION, &out)
+        if not out.found:
+            raise MemoryError("PQconninfo returned NULL")
+        if out.text == NULL:
+            return None
+        return _take(out.text)
 
     def connect_poll(self):
         """``PQconnectPoll``."""

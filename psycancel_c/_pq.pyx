@@ -36,11 +36,12 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free
-from libc.string cimport strdup, strerror, strlen
+from libc.string cimport strcmp, strdup, strerror, strlen
 from posix.dlfcn cimport RTLD_LOCAL, RTLD_NOW, dlerror, dlopen, dlsym
 
 from psycancel_c.libpq cimport (
     POLLIN, POLLOUT, SHUT_RD, Functions, PGcancel_t, PGcancelConn_t, PGconn_t, PGresult_t,
+    PQconninfoOption_t, fn_conninfo, fn_conninfo_free,
     fn_cancel, fn_cancel_create, fn_cc_int, fn_cc_text, fn_cc_void, fn_conn_int, fn_conn_text,
     fn_conn_void, fn_connect, fn_free_cancel, fn_get_cancel, fn_get_is_null, fn_get_result,
     fn_get_value, fn_lib_version, fn_result_field, fn_result_int, fn_result_text,

@@ -23,6 +23,18 @@ cdef extern from *:
     ctypedef struct PGcancel_t "psycancel_PGcancel"
     ctypedef struct PGcancelConn_t "psycancel_PGcancelConn"
 
+# PQconninfoOption, as in libpq-fe.h (a stable public struct).
+cdef extern from *:
+    """
+    typedef struct psycancel_conninfo_option {
+        char *keyword; char *envvar; char *compiled; char *val;
+        char *label; char *dispchar; int dispsize;
+    } psycancel_PQconninfoOption;
+    """
+    ctypedef struct PQconninfoOption_t "psycancel_PQconninfoOption":
+        char* keyword
+        char* val
+
 # Prototypes of the libpq functions used.
 ctypedef int (*fn_lib_version)() noexcept nogil
 ctypedef PGconn_t* (*fn_connect)(const char* conninfo) noexcept nogil
@@ -45,6 +57,8 @@ ctypedef PGcancelConn_t* (*fn_cancel_create)(PGconn_t* conn) noexcept nogil
 ctypedef int (*fn_cc_int)(PGcancelConn_t* cc) noexcept nogil
 ctypedef const char* (*fn_cc_text)(PGcancelConn_t* cc) noexcept nogil
 ctypedef void (*fn_cc_void)(PGcancelConn_t* cc) noexcept nogil
+ctypedef PQconninfoOption_t* (*fn_conninfo)(PGconn_t* conn) noexcept nogil
+ctypedef void (*fn_conninfo_free)(PQconninfoOption_t* options) noexcept nogil
 
 
 # The function table of one loaded libpq (fields named as in C).
@@ -77,6 +91,8 @@ cdef struct Functions:
     fn_cancel PQcancel
     fn_free_cancel PQfreeCancel
     fn_conn_int PQgssEncInUse  # libpq >= 12: NULL when missing
+    fn_conninfo PQconninfo
+    fn_conninfo_free PQconninfoFree
     # The PQcancelConn family (libpq >= 17): NULL when missing.
     fn_cancel_create PQcancelCreate
     fn_cc_int PQcancelStart

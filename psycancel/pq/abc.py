@@ -286,6 +286,14 @@ class PGconn(Protocol):
         """
         ...
 
+    def conninfo_option(self, keyword: str) -> str | None:
+        """The value of the connection option ``keyword`` (``PQconninfo``), None if unset.
+
+        A cancel connection copies these options (not what the session
+        negotiated with them): ``sslmode=allow`` tries clear text first.
+        """
+        ...
+
     def connect_poll(self) -> PollingStatus:
         """Advance a connection made by ``connect_start`` (``PQconnectPoll``)."""
         ...

@@ -9,13 +9,28 @@ Only what psycancel calls is declared. The ``PQcancel*`` family is optional
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, c_char, c_char_p, c_int, c_void_p
+from ctypes import POINTER, Structure, c_char, c_char_p, c_int, c_void_p
 from typing import Any
 
 from ...errors import InterfaceError
 from .. import messages as M
 
-__all__ = ["CANCEL_CONN", "OPTIONAL", "REQUIRED", "Functions"]
+__all__ = ["CANCEL_CONN", "OPTIONAL", "REQUIRED", "ConninfoOption", "Functions"]
+
+
+class ConninfoOption(Structure):
+    """``PQconninfoOption``: one connection option (an array ends with a NULL keyword)."""
+
+    _fields_ = [
+        ("keyword", c_char_p),
+        ("envvar", c_char_p),
+        ("compiled", c_char_p),
+        ("val", c_char_p),
+        ("label", c_char_p),
+        ("dispchar", c_char_p),
+        ("dispsize", c_int),
+    ]
+
 
 # name: (restype, argtypes); the PQcancel* family is optional (libpq >= 17).
 REQUIRED: dict[str, tuple[Any, list[Any]]] = {
@@ -29,6 +44,8 @@ REQUIRED: dict[str, tuple[Any, list[Any]]] = {
     "PQbackendPID": (c_int, [c_void_p]),
     "PQsslInUse": (c_int, [c_void_p]),
     "PQsslAttribute": (c_char_p, [c_void_p, c_char_p]),
+    "PQconninfo": (POINTER(ConninfoOption), [c_void_p]),
+    "PQconninfoFree": (None, [POINTER(ConninfoOption)]),
     "PQsendQuery": (c_int, [c_void_p, c_char_p]),
     "PQflush": (c_int, [c_void_p]),
     "PQconsumeInput": (c_int, [c_void_p]),

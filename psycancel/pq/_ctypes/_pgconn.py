@@ -209,6 +209,26 @@ class PGconn:
         func = self._f.PQgssEncInUse
         return func is not None and bool(self._int_call(func))
 
+    def conninfo_option(self, keyword: str) -> str | None:
+        """One option of ``PQconninfo``; None if unset or unknown."""
+        key = keyword.encode()
+        f = self._f
+        self._check_process()
+        with self._lock:
+            options = f.PQconninfo(self._p())
+            if not options:
+                raise MemoryError("PQconninfo returned NULL")
+            try:
+                i = 0
+                while options[i].keyword is not None:
+                    if options[i].keyword == key:
+                        value: bytes | None = options[i].val
+                        return value.decode() if value is not None else None
+                    i += 1
+                return None
+            finally:
+                f.PQconninfoFree(options)
+
     def connect_poll(self) -> PollingStatus:
         """``PQconnectPoll``."""
         return polling_status(self._int_call(self._f.PQconnectPoll))
