@@ -43,7 +43,8 @@ myst_enable_extensions = ["colon_fence"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_default_options = {"show-inheritance": True}
+# Signatures name the type users see, not the union behind it.
+autodoc_type_aliases = {"Cancellable": "psycancel.Cancellable"}
 
 html_theme = "alabaster"
 html_title = f"psycancel {release}"
