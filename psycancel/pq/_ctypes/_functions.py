@@ -85,12 +85,15 @@ class Functions:
     """The typed function pointers of one libpq (attributes named as in C)."""
 
     has_cancel_conn: bool
+    conninfo_index: dict[bytes, int]
+    """Where each keyword sits in ``PQconninfo``'s array (one fixed table per libpq)."""
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for a name that was not bound: a missing symbol.
         raise AttributeError(f"libpq function {name} is not available")
 
     def __init__(self, dll: ctypes.CDLL) -> None:
+        self.conninfo_index = {}
         for name, (restype, argtypes) in REQUIRED.items():
             try:
                 self._bind(dll, name, restype, argtypes)

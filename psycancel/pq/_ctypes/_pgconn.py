@@ -219,13 +219,18 @@ class PGconn:
             if not options:
                 raise MemoryError("PQconninfo returned NULL")
             try:
-                i = 0
-                while options[i].keyword is not None:
-                    if options[i].keyword == key:
-                        value: bytes | None = options[i].val
-                        return value.decode() if value is not None else None
-                    i += 1
-                return None
+                # The array follows libpq's fixed option table: look where the
+                # keyword was last time first (one ctypes access, not a scan).
+                index = f.conninfo_index.get(key)
+                if index is None or options[index].keyword != key:
+                    i = 0
+                    while (keyword := options[i].keyword) is not None and keyword != key:
+                        i += 1
+                    if keyword is None:
+                        return None
+                    f.conninfo_index[key] = index = i
+                value: bytes | None = options[index].val
+                return value.decode() if value is not None else None
             finally:
                 f.PQconninfoFree(options)
 
