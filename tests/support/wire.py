@@ -1,6 +1,6 @@
 """The PostgreSQL wire format of the cancel handshake, to check recorded bytes.
 
-SSLRequest, CancelRequest and BackendKeyData: build them, find them in what a
+SSLRequest, GSSENCRequest, CancelRequest and BackendKeyData: build them, find them in what a
 proxy recorded, render bytes for assertion messages.
 """
 
@@ -11,6 +11,9 @@ import struct
 SSL_REQUEST_CODE = 80877103
 CANCEL_REQUEST_CODE = 80877102
 SSL_REQUEST = struct.pack(">II", 8, SSL_REQUEST_CODE)
+GSSENC_REQUEST_CODE = 80877104
+GSSENC_REQUEST = struct.pack(">II", 8, GSSENC_REQUEST_CODE)
+"""The GSSENCRequest: the first bytes of a GSS-encrypted connection."""
 CANCEL_CODE = struct.pack(">I", CANCEL_REQUEST_CODE)
 TLS_HANDSHAKE_RECORD = b"\x16\x03"
 """The first bytes of a TLS record of type handshake (a ClientHello)."""
