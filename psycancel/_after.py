@@ -88,7 +88,7 @@ from ._engine import blocking, outcomes, timers
 from ._engine.async_library import running_asyncio
 from ._engine.asyncio_loop import run_asyncio
 from ._engine.breaker import SocketFence
-from ._engine.plan import DEFAULT_TIMEOUT, MAX_WAIT, Plan, check_options, check_seconds, rearmed
+from ._engine.plan import DEFAULT_TIMEOUT, Plan, check_options, check_seconds, rearmed
 from ._engine.trace import logger
 from ._procedure import prepare_fenced
 from ._typing import Cancellable
@@ -555,9 +555,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         if not self._sent:
             return
         done = self._sent_event()
-        end = self._wait_bound()
-        while not done.is_set() and (left := end - time.monotonic()) > 0:
-            done.wait(min(left, MAX_WAIT))
+        done.wait(max(0.0, self._wait_bound() - time.monotonic()))
         if not done.is_set() and self._error is None and not self._broken:
             self._error = outcomes.timed_out(self._timeout, legacy=True)
 

@@ -81,7 +81,8 @@ from ._drivers.resolve import resolve
 from ._engine import blocking, outcomes
 from ._engine.breaker import SocketFence
 from ._engine.machine import READ
-from ._engine.plan import DEFAULT_TIMEOUT, MAX_WAIT, Plan, check_options, rearmed
+from ._engine.plan import DEFAULT_TIMEOUT, Plan, check_options, rearmed
+from ._engine.waits import wait_fd
 from ._procedure import prepare_fenced
 from ._typing import Cancellable
 from .errors import InterfaceError
@@ -378,11 +379,8 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         """Wait (bounded) until the cancel completed or the connection was broken."""
         thread = self._thread
         end = time.monotonic() + self._timeout + _GRACE
-        while thread is not None and thread.is_alive() and not self._settled.is_set():
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            self._settled.wait(min(left, MAX_WAIT))
+        if thread is not None and thread.is_alive():
+            self._settled.wait(max(0.0, end - time.monotonic()))
 
     # -- the watcher thread ------------------------------------------------------
 
@@ -406,7 +404,7 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
     def _read(reader: socket.socket, wait: float | None) -> bytes | None:
         """Bytes from the wakeup socket (b"" if ``wait`` passed first); None once closed."""
         try:
-            if wait is not None and not blocking.wait_fd(reader.fileno(), READ, wait):
+            if wait is not None and not wait_fd(reader.fileno(), READ, wait):
                 return b""
             data = reader.recv(256)
         except OSError:
@@ -422,7 +420,7 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             waits.append(min(self._release_at - now, _NOTICE_POLL))
         if not waits:
             return None
-        return min(max(0.0, min(waits)), MAX_WAIT)
+        return max(0.0, min(waits))
 
     def _on_bytes(self, data: bytes) -> bool:
         """Handle what the wakeup socket said; True once the block is leaving."""
@@ -607,9 +605,7 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         if thread is None:
             return
         if self._broken is None:
-            end = self._fired_at + self._timeout + _GRACE
-            while thread.is_alive() and (left := end - time.monotonic()) > 0:
-                thread.join(min(left, MAX_WAIT))
+            thread.join(max(0.0, self._fired_at + self._timeout + _GRACE - time.monotonic()))
         if self._cancel_done:
             if not self._cancel_seen:
                 self._cancel_seen = True
@@ -688,9 +684,7 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             except OSError:  # the buffer is full of signal bytes: close the socket instead
                 if self._reader is not None:
                     self._reader.shutdown(socket.SHUT_RDWR)
-            end = time.monotonic() + self._timeout + 2 * _GRACE
-            while thread.is_alive() and (left := end - time.monotonic()) > 0:
-                thread.join(min(left, MAX_WAIT))
+            thread.join(self._timeout + 2 * _GRACE)
             if thread.is_alive() and self._error is None and self._broken is None:
                 self._error = outcomes.timed_out(self._timeout)
         with self._lock:

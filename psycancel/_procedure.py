@@ -43,7 +43,7 @@ def prepare_cancel(
     libpq cannot prepare the request, and applies the legacy security policy
     (``stacklevel`` 1: the caller of this function). The deadline starts now.
     """
-    check_options(timeout, strict)
+    timeout = check_options(timeout, strict)
     check_offload(offload)
     return _plan(as_pgconn(conn), timeout=timeout, strict=strict, stacklevel=stacklevel + 1)
 

@@ -7,8 +7,11 @@ What it holds:
   a clock);
 * ``plan``: :class:`~psycancel._engine.plan.Plan`, what a cancel will do
   (the new API with its ``PGcancelConn``, or the legacy ``PQcancel`` with the
-  security policy applied), made from a ``PGconn`` in the thread that owns it,
-  and the :class:`~psycancel._engine.plan.Deadline` that bounds it;
+  security policy of ``policy`` applied), made from a ``PGconn`` in the
+  thread that owns it, and the :class:`~psycancel._engine.plan.Deadline`
+  that bounds it;
+* ``waits``: the waits the runners share (one descriptor's readiness, and
+  the waits an event loop must do);
 * the runners of a plan: ``blocking`` (this thread), ``asyncio_loop`` (the
   running loop, inline or offloaded), ``anyio_loop`` (Trio and other AnyIO
   backends; the only module here that imports a third-party package, and

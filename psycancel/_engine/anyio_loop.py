@@ -20,9 +20,9 @@ import anyio
 import anyio.to_thread
 
 from . import legacy, machine, trace
-from .blocking import loop_waits
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
+from .waits import loop_waits
 
 __all__ = ["run_anyio", "wait_anyio", "wait_future_anyio"]
 
@@ -43,35 +43,29 @@ async def wait_anyio(steps: CancelSteps, deadline: Deadline) -> None:
     """Run ``steps`` in the current AnyIO task until done or ``deadline``.
 
     As in the asyncio runner, only the waits that are not over at once
-    (:func:`~.blocking.loop_waits`) go through the event loop.
+    (:func:`~.waits.loop_waits`) go through the event loop.
     """
     wait_readable, wait_writable = _fd_waiters()
     try:
         for fd, event in loop_waits(steps, deadline):
-            while True:  # in slices of at most MAX_WAIT
-                wait = deadline.next_wait()
-                if wait <= 0:
-                    raise deadline.expired()
-                with anyio.move_on_after(wait) as scope:
-                    if event == READ:
-                        await wait_readable(fd)
-                    else:
-                        await wait_writable(fd)
-                if not scope.cancelled_caught:
-                    break
+            wait = deadline.remaining()
+            if wait <= 0:
+                raise deadline.expired()
+            with anyio.move_on_after(wait) as scope:
+                if event == READ:
+                    await wait_readable(fd)
+                else:
+                    await wait_writable(fd)
+            if scope.cancelled_caught:
+                raise deadline.expired()
     finally:
         steps.close()
 
 
 def _outcome(done: concurrent.futures.Future[None], deadline: Deadline) -> bool:
     """Block a worker thread until ``done`` completes; False once ``deadline`` passed."""
-    while True:
-        wait = deadline.next_wait()
-        if wait <= 0:
-            return done.done()
-        finished, _ = concurrent.futures.wait([done], timeout=wait)
-        if finished:
-            return True
+    finished, _ = concurrent.futures.wait([done], timeout=max(0.0, deadline.remaining()))
+    return bool(finished)
 
 
 async def wait_future_anyio(done: concurrent.futures.Future[None], deadline: Deadline) -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 
 from . import legacy, machine, offload, trace
-from .blocking import loop_waits
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
+from .waits import loop_waits
 
 __all__ = ["run_asyncio", "wait_asyncio"]
 
@@ -25,11 +25,9 @@ __all__ = ["run_asyncio", "wait_asyncio"]
 class _Waiter:
     """One cancel's waits on the loop: the future of the current one, and one timer.
 
-    The timer is armed once for the whole cancel (at the deadline, or
-    :data:`~psycancel._engine.plan.MAX_WAIT` from now if that is sooner) and
-    re-armed only when it fires early, rather than once per wait: a cancel
-    waits two or more times and a timer costs the loop a heap push and a
-    cancelled entry to skip.
+    The timer is armed once for the whole cancel, at its deadline, rather
+    than once per wait: a cancel waits two or more times and a timer costs
+    the loop a heap push and a cancelled entry to skip.
     """
 
     __slots__ = ("deadline", "fut", "loop", "timer")
@@ -52,27 +50,26 @@ class _Waiter:
     async def ready(self, fd: int, event: int) -> None:
         """Wait until ``fd`` is ready for ``event``; raise once the deadline passed."""
         loop = self.loop
-        while True:
-            wait = self.deadline.next_wait()
-            if wait <= 0:
-                raise self.deadline.expired()
-            if self.timer is None:
-                self.timer = loop.call_later(wait, self._expire)
-            self.fut = fut = loop.create_future()
+        wait = self.deadline.remaining()
+        if wait <= 0:
+            raise self.deadline.expired()
+        if self.timer is None:
+            self.timer = loop.call_later(wait, self._expire)
+        self.fut = fut = loop.create_future()
+        if event == READ:
+            loop.add_reader(fd, self.wake, True)
+        else:
+            loop.add_writer(fd, self.wake, True)
+        try:
+            ready = await fut
+        finally:
+            self.fut = None
             if event == READ:
-                loop.add_reader(fd, self.wake, True)
+                loop.remove_reader(fd)
             else:
-                loop.add_writer(fd, self.wake, True)
-            try:
-                ready = await fut
-            finally:
-                self.fut = None
-                if event == READ:
-                    loop.remove_reader(fd)
-                else:
-                    loop.remove_writer(fd)
-            if ready:
-                return
+                loop.remove_writer(fd)
+        if not ready:  # the timer: the deadline
+            raise self.deadline.expired()
 
     def close(self) -> None:
         if self.timer is not None:
@@ -83,7 +80,7 @@ class _Waiter:
 async def wait_asyncio(steps: CancelSteps, deadline: Deadline) -> None:
     """Run ``steps`` on the running asyncio loop until done or ``deadline``.
 
-    The waits that are not over at once (:func:`~.blocking.loop_waits`) go
+    The waits that are not over at once (:func:`~.waits.loop_waits`) go
     through the loop (``add_reader``/``add_writer``).
     """
     waiter = _Waiter(asyncio.get_running_loop(), deadline)
@@ -108,12 +105,10 @@ async def _run_new_api(plan: NewApiPlan, offloaded: bool) -> None:
 
 async def _run_legacy(plan: LegacyPlan) -> None:
     done = asyncio.wrap_future(legacy.run_legacy_cancel(plan.handle))
-    deadline = plan.deadline
-    while not done.done():
-        wait = deadline.next_wait()
-        if wait <= 0:
-            raise deadline.expired(legacy=True)
-        await asyncio.wait((done,), timeout=wait)
+    if not done.done():
+        await asyncio.wait((done,), timeout=max(0.0, plan.deadline.remaining()))
+        if not done.done():
+            raise plan.deadline.expired(legacy=True)
     done.result()  # re-raise the worker's error, if any
 
 

@@ -81,15 +81,13 @@ def wait_gevent(steps: CancelSteps, deadline: Deadline) -> None:
     try:
         for fd, event in steps:
             wait = gsocket.wait_read if event == READ else gsocket.wait_write
-            while True:
-                left = deadline.next_wait()
-                if left <= 0:
-                    raise deadline.expired()
-                try:
-                    wait(fd, timeout=left, timeout_exc=timed_out)
-                    break
-                except _WaitTimedOut:
-                    continue
+            left = deadline.remaining()
+            if left <= 0:
+                raise deadline.expired()
+            try:
+                wait(fd, timeout=left, timeout_exc=timed_out)
+            except _WaitTimedOut:
+                raise deadline.expired() from None
     finally:
         steps.close()
 
@@ -112,12 +110,11 @@ def _run_legacy(plan: LegacyPlan, hub: Any) -> None:
     except BaseException:
         plan.discard()
         raise
-    while not result.ready():
-        left = deadline.next_wait()
-        if left <= 0:
+    if not result.ready():
+        result.wait(max(0.0, deadline.remaining()))
+        if not result.ready():
             # The pool thread stays in PQcancel until the OS gives up, then frees the handle.
             raise deadline.expired(legacy=True)
-        result.wait(left)
     if not result.successful():
         raise background.thread_failed("gevent thread pool", result.exception)
     error = result.value

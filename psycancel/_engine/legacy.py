@@ -15,40 +15,13 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import warnings
 from concurrent.futures import Future
 
-from ..errors import Error, InsecureCancelError, InsecureCancelWarning
-from ..pq.abc import PGcancel, PGconn
+from ..errors import Error
+from ..pq.abc import PGcancel
 from . import background
 
-__all__ = ["check_policy", "run_legacy_cancel"]
-
-_INSECURE = (
-    "libpq {version} at {path} has no PQcancelConn API (needs >= 17): the cancel "
-    "request for this encrypted connection is sent in clear text, "
-    "including its secret key"
-)
-_REFUSED = (
-    "libpq {version} at {path} has no PQcancelConn API (needs >= 17): the cancel "
-    "request for this encrypted connection would be sent in clear text, including "
-    "its secret key; refused because strict=True (nothing was sent)"
-)
-
-
-def check_policy(pgconn: PGconn, *, strict: bool, stacklevel: int) -> None:
-    """Apply the security policy before a legacy cancel.
-
-    On an encrypted connection: :class:`InsecureCancelError` if ``strict``,
-    else an :class:`InsecureCancelWarning` (``stacklevel`` 1: the caller).
-    """
-    if not pgconn.ssl_in_use:
-        return
-    lib = pgconn.libpq
-    if strict:
-        raise InsecureCancelError(_REFUSED.format(version=lib.version, path=lib.path))
-    message = _INSECURE.format(version=lib.version, path=lib.path)
-    warnings.warn(message, InsecureCancelWarning, stacklevel=stacklevel + 1)
+__all__ = ["run_legacy_cancel"]
 
 
 def _run(handle: PGcancel, done: Future[None]) -> None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from ..pq.abc import NativeDriver, OffloadEngine, PGcancelConn
 from . import background, machine, outcomes
 from .machine import READ, CancelSteps
-from .plan import MAX_WAIT, Deadline
+from .plan import Deadline
 
 __all__ = ["ABORT_GRACE", "aborts_requested", "native_engine", "reactor_fds", "run_offloaded"]
 
@@ -242,7 +242,7 @@ class _Reactor:
                 heapq.heappop(deadlines)
             wait = None
             if deadlines:
-                wait = min(max(0.0, deadlines[0][0] - time.monotonic()), MAX_WAIT)
+                wait = max(0.0, deadlines[0][0] - time.monotonic())
             for key, _ in sel.select(wait):
                 if key.data is None:
                     self._drain_wake()

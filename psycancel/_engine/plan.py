@@ -20,7 +20,7 @@ from typing import NamedTuple, TypeAlias
 from ..errors import CancelError, CancellationTimeout
 from ..pq.abc import Libpq, NativeDriver, PGcancel, PGcancelConn, PGconn
 from ..pq.enums import ConnStatus
-from . import legacy, outcomes
+from . import outcomes, policy
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -40,9 +40,10 @@ DEFAULT_TIMEOUT = 30.0
 """Seconds a cancel may take before :class:`CancellationTimeout`."""
 
 MAX_WAIT = 3600.0
-"""The longest single wait of any runner (seconds): a longer time left is waited
-for in slices, the deadline checked again after each, so that no timeout is too
-large for ``poll(2)``, a selector, a lock or a timer."""
+"""The longest a cancel may take (seconds): a larger ``timeout`` is capped to it
+when it is validated (:func:`check_options`), so that every wait of every
+runner, bounded by the plan's deadline, fits ``poll(2)``, a selector, a lock or
+a timer in one piece (none is sliced)."""
 
 
 def check_seconds(value: float, name: str) -> float:
@@ -69,11 +70,11 @@ def check_seconds(value: float, name: str) -> float:
 
 
 def check_options(timeout: float, strict: bool) -> float:
-    """Validate ``timeout`` and ``strict``; return the timeout as a float."""
+    """Validate ``timeout`` and ``strict``; the timeout as a float, at most :data:`MAX_WAIT`."""
     seconds = check_seconds(timeout, "timeout")
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
-    return seconds
+    return seconds if seconds <= MAX_WAIT else MAX_WAIT
 
 
 class Deadline(NamedTuple):
@@ -84,7 +85,7 @@ class Deadline(NamedTuple):
     """
 
     timeout: float
-    """The caller's ``timeout``, for messages."""
+    """The caller's ``timeout`` (validated: at most :data:`MAX_WAIT`), for messages."""
     at: float
     """The monotonic time by which the cancel must have completed."""
 
@@ -96,10 +97,6 @@ class Deadline(NamedTuple):
     def remaining(self) -> float:
         """Seconds left (negative once passed)."""
         return self.at - time.monotonic()
-
-    def next_wait(self) -> float:
-        """How long the next wait may last: the time left, at most :data:`MAX_WAIT`."""
-        return min(self.at - time.monotonic(), MAX_WAIT)
 
     def expired(self, *, legacy: bool = False) -> CancellationTimeout:
         """The exception for a cancel that did not complete by this deadline."""
@@ -171,7 +168,7 @@ def make_plan(pgconn: PGconn, deadline: Deadline, *, strict: bool, stacklevel: i
     encrypted = pgconn.ssl_in_use
     if lib.has_cancel_conn:
         return NewApiPlan(new_cancel_conn(pgconn), lib.native_driver, encrypted, deadline, lib)
-    legacy.check_policy(pgconn, strict=strict, stacklevel=stacklevel + 1)
+    policy.check_policy(pgconn, strict=strict, stacklevel=stacklevel + 1)
     return LegacyPlan(pgconn.get_cancel(), deadline, encrypted, lib)
 
 

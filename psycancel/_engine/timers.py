@@ -27,14 +27,17 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from .plan import MAX_WAIT
-
 __all__ = ["TimerEntry", "call_at", "cancel", "pending"]
 
 _logger = logging.getLogger("psycancel")
 
 _REBUILD_MIN = 1024
 """Dead entries tolerated in the heap before a rebuild is considered."""
+
+_LONGEST_SLEEP = 3600.0
+"""The longest the thread sleeps towards its next entry (seconds), then looks again:
+an entry may be far away (``cancel_after``'s ``seconds`` is not capped, unlike a
+cancel's timeout) and ``Condition.wait`` refuses more than ``threading.TIMEOUT_MAX``."""
 
 
 TimerEntry: TypeAlias = list[Any]
@@ -96,7 +99,7 @@ class _Timers:
             self._dead -= 1
         if not heap:
             self._wake_at = float("inf")
-            self._cond.wait(MAX_WAIT)
+            self._cond.wait()  # until call_at() notifies
             return None
         now = time.monotonic()
         head = heap[0]
@@ -105,7 +108,7 @@ class _Timers:
             head[_DEAD] = True  # ran: a later cancel() is a no-op
             return head
         self._wake_at = head[_WHEN]
-        self._cond.wait(min(head[_WHEN] - now, MAX_WAIT))
+        self._cond.wait(min(head[_WHEN] - now, _LONGEST_SLEEP))
         self._wake_at = float("inf")
         return None
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel._engine import blocking as _blocking
 from psycancel._engine import offload as _offload
+from psycancel._engine import waits as _waits
 from psycancel.pq import Libpq, PGconn
 from testing import ThrowawayServer
 from tests.support.faults import fault_proxy
@@ -292,7 +292,7 @@ def test_task_cancelled_at_stage(
 ) -> None:
     # Every wait through the event loop, so that each stage has one to stop at
     # (by default a write wait that is over at once is not awaited: see below).
-    monkeypatch.setattr(_blocking, "WRITES_AT_ONCE", 0)
+    monkeypatch.setattr(_waits, "WRITES_AT_ONCE", 0)
     spy = stage_spy()
     px = proxy()
     run_task_cancelled_at(
