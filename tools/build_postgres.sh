@@ -19,8 +19,9 @@
 #                         "$cache/postgresql-$major-gss" (tests/gss/ use it), so
 #                         that the default build is never rebuilt under a user.
 #
-# Wheel builds (docs/wheels.md; tools/cibw_before_all.sh uses these). None of
-# them changes the default build above.
+# A libpq-only build (made for the wheels that bundled libpq; no wheel does
+# now, docs/wheels.md: a libpq to test against). None of these changes the
+# default build above.
 #   PSYCANCEL_PG_LIBPQ_ONLY=1  build and install only what a client needs:
 #                         src/include, src/common, src/port, src/interfaces/libpq
 #                         and pg_config (no server, no zlib/ICU/readline); default
