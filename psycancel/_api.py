@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from ._engine import blocking
-from ._engine.async_library import running_asyncio
-from ._engine.asyncio_loop import run_asyncio
-from ._engine.plan import DEFAULT_TIMEOUT
+from ._engine.plan import DEFAULT_TIMEOUT, Plan
 from ._procedure import prepare_cancel
 from ._typing import Cancellable
 
-__all__ = ["DEFAULT_TIMEOUT", "cancel", "cancel_async", "cancel_blocking", "cancel_nonblocking"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "cancel",
+    "cancel_async",
+    "cancel_blocking",
+    "cancel_nonblocking",
+    "run_plan_async",
+]
 
 
 def cancel(conn: Cancellable, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False) -> None:
@@ -69,7 +74,20 @@ async def cancel_nonblocking(
     )
     if plan is None:
         return
+    await run_plan_async(plan, offload)
+
+
+async def run_plan_async(plan: Plan, offload: bool | None) -> None:
+    """Run ``plan`` in the running task: asyncio's runner, or AnyIO's (Trio...).
+
+    The event-loop machinery is imported here, on the first asynchronous
+    cancel, never by ``import psycancel`` nor by a blocking cancel.
+    """
+    from ._engine.async_library import running_asyncio
+
     if running_asyncio():
+        from ._engine.asyncio_loop import run_asyncio
+
         await run_asyncio(plan, offloaded=offload)
         return
     # Trio (or another AnyIO backend): imports AnyIO, only on this path.

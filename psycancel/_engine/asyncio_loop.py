@@ -19,7 +19,7 @@ from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 from .waits import loop_waits
 
-__all__ = ["run_asyncio", "wait_asyncio"]
+__all__ = ["retrieve_later", "run_asyncio", "wait_asyncio"]
 
 
 class _Waiter:
@@ -105,11 +105,23 @@ async def _run_new_api(plan: NewApiPlan, offloaded: bool) -> None:
 
 async def _run_legacy(plan: LegacyPlan) -> None:
     done = asyncio.wrap_future(legacy.run_legacy_cancel(plan.handle))
-    if not done.done():
-        await asyncio.wait((done,), timeout=max(0.0, plan.deadline.remaining()))
+    try:
         if not done.done():
-            raise plan.deadline.expired(legacy=True)
-    done.result()  # re-raise the worker's error, if any
+            await asyncio.wait((done,), timeout=max(0.0, plan.deadline.remaining()))
+    finally:
+        if not done.done():
+            # The worker's outcome arrives later (timeout, task cancelled): read it
+            # then, so that asyncio never logs "Future exception was never retrieved".
+            done.add_done_callback(retrieve_later)
+    if not done.done():
+        raise plan.deadline.expired(legacy=True)
+    done.result()
+
+
+def retrieve_later(fut: asyncio.Future[None]) -> None:
+    """Read the outcome of a future nobody awaits any more (a done callback)."""
+    if not fut.cancelled():
+        fut.exception()  # re-raise the worker's error, if any
 
 
 async def run_asyncio(plan: Plan, *, offloaded: bool | None = None) -> None:

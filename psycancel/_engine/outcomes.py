@@ -6,8 +6,6 @@ C driver into an exception here, so that each message is written once.
 
 from __future__ import annotations
 
-import asyncio
-
 from ..errors import CancelError, CancellationTimeout
 from ..pq.abc import NativeDriver
 
@@ -33,5 +31,7 @@ def from_native(
     if code == driver.OUTCOME_TIMEOUT:
         return timed_out(timeout)
     if code == driver.OUTCOME_ABORTED:
+        import asyncio  # (here: a blocking program never imports it)
+
         return asyncio.CancelledError()
     return CancelError(message or "the cancel request failed")

@@ -17,11 +17,9 @@ Default order (:func:`default_libpq_path`):
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -144,17 +142,21 @@ def _in_libs_dirs() -> str | None:
 
 
 def system_libpq_path() -> str | None:
+    from ctypes.util import find_library  # (here: it imports subprocess, shutil...)
+
     if sys.platform.startswith("linux"):
         found = _ldconfig_lookup("libpq.so.5")
         if found:
             return found
     if sys.platform == "win32":
-        return ctypes.util.find_library("libpq")
-    return ctypes.util.find_library("pq")
+        return find_library("libpq")
+    return find_library("pq")
 
 
 def _ldconfig_lookup(soname: str) -> str | None:
     """The full path ldconfig's cache gives for ``soname`` on this arch."""
+    import subprocess  # (here, not at import: most programs never need it)
+
     for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
         try:
             out = subprocess.run(
@@ -186,7 +188,11 @@ class _DlInfo(ctypes.Structure):
 def _dladdr_function() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     if sys.platform == "win32":
         return None
-    for lib in (None, ctypes.util.find_library("dl")):
+    for lib in (None, "libdl"):
+        if lib is not None:  # the process's symbols lack dladdr (glibc < 2.34): libdl's
+            from ctypes.util import find_library  # (only then: it imports subprocess...)
+
+            lib = find_library("dl")
         try:
             func = ctypes.CDLL(lib).dladdr
         except (OSError, AttributeError):
