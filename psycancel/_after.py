@@ -82,6 +82,7 @@ import warnings
 from types import TracebackType
 from typing import Any
 
+from ._confirm import Confirmation, confirm_asyncio, confirm_blocking, resend_plan
 from ._drivers.adapter import Unwatch
 from ._drivers.resolve import resolve
 from ._engine import blocking, outcomes, timers
@@ -90,9 +91,10 @@ from ._engine.asyncio_loop import run_asyncio
 from ._engine.breaker import SocketFence
 from ._engine.plan import DEFAULT_TIMEOUT, Plan, check_options, check_seconds, rearmed
 from ._engine.trace import logger
-from ._procedure import prepare_fenced
+from ._procedure import prepare_target
 from ._typing import Cancellable
-from .errors import CancelError, QueryTimeout
+from .errors import CancelError, CancelNotTakenWarning, QueryTimeout
+from .pq.abc import PGconn
 
 __all__ = ["QUERY_CANCELED", "cancel_after", "cancel_on_cancellation"]
 
@@ -235,6 +237,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         "_break_connection",
         "_break_entry",
         "_broken",
+        "_confirmation",
         "_conn",
         "_entered_at",
         "_entry",
@@ -242,8 +245,11 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         "_fence",
         "_fired",
         "_fired_at",
+        "_first",
         "_handle",
+        "_left",
         "_lock",
+        "_pgconn",
         "_plan",
         "_seconds",
         "_sent",
@@ -283,6 +289,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._error: BaseException | None = None
         self._plan: Plan | None = None
         self._fence: SocketFence | None = None
+        self._pgconn: PGconn | None = None  # for a re-send (psycancel._confirm)
+        self._first: Plan | None = None  # the fired plan (a re-send copies its API)
+        self._left: threading.Event | None = None  # made when fired: set when leaving
+        self._confirmation: Confirmation | None = None
         self._sent = False
         self._unwatch: Unwatch | None = None
         self._watch_error: Exception | None = None
@@ -323,8 +333,8 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._state = _DONE  # whatever happens next, never entered twice
         found = resolve(self._conn)
         watch = found.watch
-        # Frames above prepare_fenced: _prepare, __enter__/_aenter(/__aenter__), the caller.
-        self._plan, self._fence = prepare_fenced(
+        # Frames above prepare_target: _prepare, __enter__/_aenter(/__aenter__), the caller.
+        self._plan, self._fence, self._pgconn = prepare_target(
             found, timeout=self._timeout, strict=self._strict, stacklevel=3
         )
         if watch is not None:
@@ -342,16 +352,17 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
     def _acquired(self, conn: object) -> None:
         """The watched framework object acquired ``conn`` (its thread): prepare its cancel."""
         try:
-            plan, fence = prepare_fenced(
+            plan, fence, pgconn = prepare_target(
                 resolve(conn), timeout=self._timeout, strict=self._strict, stacklevel=2
             )
         except Exception as ex:  # not raised inside the framework's code: at the block's exit
             self._watch_error = ex
-            plan, fence = None, None
+            plan, fence, pgconn = None, None, None
         with self._lock:
             if self._state == _ARMED:
                 plan, self._plan = self._plan, plan
                 self._fence = fence
+                self._pgconn = pgconn
         if plan is not None:
             plan.discard()
 
@@ -359,6 +370,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         """The watched object gave its connection back: it must not be cancelled any more."""
         plan = None
         with self._lock:
+            self._pgconn = None  # given back (maybe to a pool): never re-sent to
             if self._state == _ARMED:
                 plan, self._plan = self._plan, None
                 self._fence = None
@@ -380,6 +392,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         """Free the prepared plan's cancel object (only when it was never sent)."""
         plan, self._plan = self._plan, None
         self._fence = None
+        self._pgconn = None
         if plan is not None:
             plan.discard()
 
@@ -400,11 +413,60 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 return None
             self._sent = True
             self._sent_done = threading.Event()
+            self._left = threading.Event()
             if self._break_connection:
                 self._break_entry = timers.call_at(
                     self._fired_at + self._timeout, self._break_at_bound
                 )
-            return rearmed(plan)
+            self._first = plan = rearmed(plan)
+            return plan
+
+    def _again(self) -> Plan | None:
+        """A re-send of the fired cancel while the block still runs (``_confirm``), else None.
+
+        Made under the block's lock, which its exit takes: the block cannot
+        leave (and its owner close the connection) meanwhile.
+        """
+        with self._lock:
+            pgconn, first = self._pgconn, self._first
+            if self._state != _FIRING or self._broken or pgconn is None or first is None:
+                return None
+            try:
+                return resend_plan(first, pgconn, self._fired_at + self._timeout)
+            except Exception as ex:  # libpq could not prepare it: no re-send
+                logger.warning("%s: the cancel could not be re-sent (%r)", self._label(), ex)
+                return None
+
+    def _label(self) -> str:
+        seconds = "" if self._seconds is None else f"{self._seconds:g} s"
+        return f"psycancel.{type(self).__name__}({seconds})"
+
+    def _confirm_blocking(self) -> None:
+        """After a successful cancel (its thread): confirm it took, else re-send, report."""
+        left = self._left
+        assert left is not None
+        self._confirmation = confirm_blocking(
+            left, self._again, until=self._fired_at + self._timeout, label=self._label()
+        )
+
+    async def _confirm_asyncio(self) -> None:
+        left = self._left
+        assert left is not None
+        self._confirmation = await confirm_asyncio(
+            left, self._again, until=self._fired_at + self._timeout, label=self._label()
+        )
+
+    @property
+    def resends(self) -> int:
+        """How many times the fired cancel was sent again because the block still ran."""
+        confirmation = self._confirmation
+        return 0 if confirmation is None else confirmation.resends
+
+    @property
+    def cancel_lost(self) -> bool:
+        """True if the block still ran after its cancel and every re-send (reported)."""
+        confirmation = self._confirmation
+        return confirmation is not None and confirmation.lost
 
     def _break_at_bound(self) -> None:
         self._break(f"had not ended {self._timeout:g} s after its cancel was sent")
@@ -463,6 +525,9 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             state = self._state
             self._state = _DONE
             entries = (self._entry, self._break_entry)
+            left = self._left
+        if left is not None:
+            left.set()  # a confirmation waiting for the block to leave: it has
         for entry in entries:
             if entry is not None:
                 timers.cancel(entry)
@@ -505,12 +570,37 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 connection_broken=True,
             ) from (error if error is not None else exc)
         if error is None:
-            return  # the query ended just before the cancel reached the server
+            self._warn_not_taken(exc)
+            return  # the query ended just before the cancel reached the server, or not taken
         if exc is not None:
             # The block failed on its own; keep its error, mention ours.
             _note(exc, f"psycancel.cancel_after: the timeout's cancel also failed: {error!r}")
             return
         raise error
+
+    def _warn_not_taken(self, exc: BaseException | None) -> None:
+        """The block outlived its fired cancel (re-sent, never taken): never silently.
+
+        The block's own outcome is kept (its result, or its exception, which
+        gets a note): the work it did is done and must not look undone; the
+        deadline that did not hold is reported with
+        :class:`CancelNotTakenWarning` (and a WARNING on the logger).
+        """
+        confirmation = self._confirmation
+        if confirmation is None or confirmation.resends == 0:
+            return
+        text = (
+            f"{self._label()}: the block ran past its deadline: its cancel was reported "
+            f"processed but did not end the query (re-sent {confirmation.resends} time(s)); "
+            "the cancel request most likely reached another server or process than the "
+            "session's (an unpeered pooler over several processes, a load balancer): "
+            "see docs/deployments.md"
+        )
+        if exc is not None:
+            _note(exc, text)
+            return
+        logger.warning("%s", text)
+        warnings.warn(text, CancelNotTakenWarning, stacklevel=4)
 
     # -- ``with``: the shared timer thread ----------------------------------------
 
@@ -545,6 +635,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
     def _send_blocking(self, plan: Plan) -> None:
         try:
             blocking.run_blocking(plan)
+            self._confirm_blocking()
         except BaseException as ex:  # whatever ends the cancel, the block hears of it
             self._cancel_failed(ex)
         finally:
@@ -618,6 +709,8 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         error = await _sent_or_error(plan)
         if error is not None:
             self._cancel_failed(error)
+            return
+        await self._confirm_asyncio()
 
     async def _join_task(self) -> None:
         """Wait for the fired cancel task, even if this task is cancelled meanwhile."""

@@ -16,7 +16,7 @@ from .errors import InterfaceError
 from .pq import PGconn
 from .pq.enums import ConnStatus
 
-__all__ = ["check_offload", "prepare_cancel", "prepare_fenced"]
+__all__ = ["check_offload", "prepare_cancel", "prepare_fenced", "prepare_target"]
 
 
 def check_offload(offload: bool | None) -> None:
@@ -57,11 +57,21 @@ def prepare_fenced(
     connection); (None, None) when there is nothing to cancel. ``timeout``
     and ``strict`` were validated by the caller.
     """
+    plan, fence, _pgconn = prepare_target(
+        found, timeout=timeout, strict=strict, stacklevel=stacklevel + 1
+    )
+    return plan, fence
+
+
+def prepare_target(
+    found: Resolution, *, timeout: float, strict: bool, stacklevel: int
+) -> tuple[Plan | None, SocketFence | None, PGconn | None]:
+    """:func:`prepare_fenced`, plus the ``PGconn`` (for a re-send: ``psycancel._confirm``)."""
     pgconn = found.pgconn()
     plan = _plan(pgconn, timeout=timeout, strict=strict, stacklevel=stacklevel + 1)
     if plan is None or pgconn is None:
-        return None, None
-    return plan, capture_socket(pgconn)
+        return None, None, None
+    return plan, capture_socket(pgconn), pgconn
 
 
 def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: int) -> Plan | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "CancelError",
+    "CancelNotTakenWarning",
     "CancellationTimeout",
     "Error",
     "InsecureCancelError",
@@ -48,6 +49,18 @@ class InsecureCancelError(Error):
 
 class InsecureCancelWarning(UserWarning):
     """A cancel for an encrypted connection is being sent in clear text."""
+
+
+class CancelNotTakenWarning(UserWarning):
+    """A block outlived its cancel: the cancel was reported processed, the query went on.
+
+    Raised (as a warning) at the exit of a :func:`psycancel.cancel_after`
+    block that completed normally after its deadline although its cancel was
+    sent and re-sent: the request most likely reached another server or
+    process than the session's (an unpeered pooler spread over processes, a
+    load balancer). Turn it into an error with ``warnings.simplefilter("error",
+    CancelNotTakenWarning)``. See docs/deployments.md.
+    """
 
 
 class QueryTimeout(Error, TimeoutError):
