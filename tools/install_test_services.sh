@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Install the system services and tools some tests use themselves (Debian packages):
 #   pgbouncer  - tests/drivers/test_pgbouncer.py (started by the test, on loopback)
+#   haproxy    - tests/drivers/test_deployments.py (TCP balancer in front of two
+#                throwaway servers, started by the test, on loopback)
+#   PgBouncer >= 1.19 (peering, for tests/drivers/test_deployments.py) is built
+#                from Debian's source package by tools/build_pgbouncer.sh (cached
+#                under the cache directory; run at the end of this script).
 #   valgrind   - tools/valgrind.sh (memory checking of the compiled twin)
 #   iproute2   - tests/support/netns.py: `ip netns`, veth pairs (a path to the
 #                test server through a network namespace the test creates)
@@ -20,6 +25,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 has() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 need=()
 has pgbouncer || need+=(pgbouncer)
+has haproxy || need+=(haproxy)
 has valgrind || need+=(valgrind)
 has ip || need+=(iproute2)
 has iptables || need+=(iptables)
@@ -36,3 +42,5 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # The GSSAPI build of PostgreSQL (its own cache key; a no-op once built).
 PSYCANCEL_PG_GSSAPI=1 bash "$(dirname "$0")/build_postgres.sh" >/dev/null
+# The peering PgBouncer (nice: the machine may be shared); cached after the first build.
+nice bash "$(dirname "$0")/build_pgbouncer.sh" >/dev/null

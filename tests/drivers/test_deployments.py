@@ -1,0 +1,297 @@
+"""Cancels through the deployments users run: PgBouncer over processes, HAProxy (TCP).
+
+libpq sends a cancel request on a *new* connection to the address the
+session used. Whatever sits at that address decides where it goes:
+
+* PgBouncer spread over processes with ``so_reuseport`` (the kernel picks the
+  process for each new connection): **peered** (``peer_id``/``[peers]``), a
+  cancel that lands on another process is forwarded to the one holding the
+  session: every cancel ends its query, at once (no re-send). **Not
+  peered**, the other process does not know the key and drops the request
+  after the client closed it: the cancel "succeeded" and the query runs on.
+* HAProxy in TCP mode in front of two servers: ``source`` sends the cancel to
+  the session's server (same client address), ``roundrobin`` to the next
+  server (lost; the re-send, next in turn, reaches the session's server),
+  ``leastconn`` to the server with fewer connections, which is never the
+  session's (lost, every re-send too).
+
+Each round runs ``cancel_after(0.3)`` around a longer ``pg_sleep`` with
+psycopg2 and psycopg (TLS through the pooler/balancer) and classifies it
+(see :class:`Round`): *lost* (the block still ran after the confirm window:
+re-sent), *recovered* (a re-send ended the query: ``QueryTimeout``),
+*reported* (still running after every re-send: WARNING, then
+``CancelNotTakenWarning`` when the block completes, or the bound broke the
+connection). The counts are printed (``-s``) and asserted: no block ever
+completes past its deadline without ``CancelNotTakenWarning``.
+
+``PSYCANCEL_DEPLOY_ROUNDS`` sets the rounds (default 6 per case).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+import psycancel
+from testing import ThrowawayServer, find_postgres_prefix
+from tests.support.deployments import HAPROXY, HAProxy, PgBouncerFarm, peering_pgbouncer
+from tests.support.drivers import need
+
+ROUNDS = int(os.environ.get("PSYCANCEL_DEPLOY_ROUNDS", "6"))
+DEADLINE = 0.3
+TIMEOUT = 10.0
+
+psycopg2 = need("psycopg2")
+psycopg = need("psycopg")
+
+DRIVERS = ["psycopg2", "psycopg"]
+
+
+@dataclass
+class Round:
+    """One ``cancel_after`` block through a deployment."""
+
+    outcome: str
+    """``cancelled`` (QueryTimeout from 57014), ``broken`` (the bound), ``completed``."""
+    resends: int
+    lost_reported: bool
+    warned: bool
+
+
+@dataclass
+class Tally:
+    """Counts over the rounds of one case (the note's table)."""
+
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return sum(r.resends > 0 for r in self.rounds)
+
+    @property
+    def recovered(self) -> int:
+        return sum(r.resends > 0 and r.outcome == "cancelled" for r in self.rounds)
+
+    @property
+    def reported(self) -> int:
+        return sum(r.lost_reported for r in self.rounds)
+
+    @property
+    def silent(self) -> int:
+        """Blocks that completed past the deadline with no warning (must be 0)."""
+        return sum(r.outcome == "completed" and not r.warned for r in self.rounds)
+
+    def line(self, case: str) -> str:
+        resends = sum(r.resends for r in self.rounds)
+        return (
+            f"{case}: rounds {len(self.rounds)} lost {self.lost} recovered {self.recovered} "
+            f"reported {self.reported} (re-sends {resends}; outcomes "
+            f"{[r.outcome for r in self.rounds]})"
+        )
+
+    def check(self) -> None:
+        assert self.silent == 0, self.rounds
+        for r in self.rounds:
+            # Every round ends by the deadline's cancel, or is reported.
+            assert r.outcome == "cancelled" or r.lost_reported, r
+            if r.outcome == "completed":
+                assert r.warned, r
+
+
+def _connect(driver: str, dsn: str) -> Any:
+    if driver == "psycopg2":
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        return conn
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def one_round(driver: str, dsn: str, sleep: float) -> Round:
+    """``cancel_after(DEADLINE)`` around ``pg_sleep(sleep)`` on a new connection."""
+    conn = _connect(driver, dsn)
+    try:
+        block = psycancel.cancel_after(conn, DEADLINE, timeout=TIMEOUT)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                with block, conn.cursor() as cur:
+                    cur.execute(f"select pg_sleep({sleep})")
+                outcome = "completed"
+            except psycancel.QueryTimeout as ex:
+                outcome = "broken" if ex.connection_broken else "cancelled"
+        warned = any(issubclass(w.category, psycancel.CancelNotTakenWarning) for w in seen)
+        return Round(outcome, block.resends, block.cancel_lost, warned)
+    finally:
+        conn.close()
+
+
+async def one_round_async(dsn: str, sleep: float) -> Round:
+    """:func:`one_round` with psycopg's ``AsyncConnection`` and ``async with``."""
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        block = psycancel.cancel_after(conn, DEADLINE, timeout=TIMEOUT)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                async with block:
+                    await conn.execute(f"select pg_sleep({sleep})")
+                outcome = "completed"
+            except psycancel.QueryTimeout as ex:
+                outcome = "broken" if ex.connection_broken else "cancelled"
+        warned = any(issubclass(w.category, psycancel.CancelNotTakenWarning) for w in seen)
+        return Round(outcome, block.resends, block.cancel_lost, warned)
+    finally:
+        await conn.close()
+
+
+def tally(driver: str, dsn: str, sleep: float, rounds: int = ROUNDS) -> Tally:
+    result = Tally()
+    for _ in range(rounds):
+        if driver == "psycopg-async":
+            result.rounds.append(asyncio.run(one_round_async(dsn, sleep)))
+        else:
+            result.rounds.append(one_round(driver, dsn, sleep))
+    return result
+
+
+# -- PgBouncer over processes ------------------------------------------------------------
+
+
+def _bouncer_binary() -> str:
+    binary = peering_pgbouncer()
+    if binary is None:
+        pytest.skip("PgBouncer >= 1.19 is not built (run tools/build_pgbouncer.sh)")
+    return binary
+
+
+@pytest.fixture(scope="module", params=["session", "transaction"])
+def peered(request: pytest.FixtureRequest, pg_server: Any) -> Iterator[PgBouncerFarm]:
+    farm = PgBouncerFarm(_bouncer_binary(), pg_server, pool_mode=request.param, peered=True)
+    try:
+        yield farm.start()
+    finally:
+        farm.stop()
+
+
+@pytest.fixture(scope="module", params=["session", "transaction"])
+def unpeered(request: pytest.FixtureRequest, pg_server: Any) -> Iterator[PgBouncerFarm]:
+    farm = PgBouncerFarm(_bouncer_binary(), pg_server, pool_mode=request.param, peered=False)
+    try:
+        yield farm.start()
+    finally:
+        farm.stop()
+
+
+@pytest.mark.parametrize("driver", [*DRIVERS, "psycopg-async"])
+def test_peered_pgbouncer_every_cancel_ends_its_query(driver: str, peered: PgBouncerFarm) -> None:
+    """Peered: wherever the cancel lands, it ends the query, without a re-send."""
+    before = peered.forwarded()
+    result = tally(driver, peered.dsn(), sleep=20)
+    forwarded = peered.forwarded() - before
+    print(result.line(f"pgbouncer peered {peered.pool_mode} {driver}"), f"forwarded {forwarded}")
+    assert [r.outcome for r in result.rounds] == ["cancelled"] * len(result.rounds)
+    assert result.lost == 0, result.rounds
+
+
+@pytest.mark.parametrize("driver", [*DRIVERS, "psycopg-async"])
+def test_unpeered_pgbouncer_losses_are_resent(driver: str, unpeered: PgBouncerFarm) -> None:
+    """Not peered: about half the cancels land on the wrong process; re-sends catch them.
+
+    A round that every re-send missed is reported, and its block (``pg_sleep(3)``,
+    under the 10 s bound) completes with ``CancelNotTakenWarning``.
+    """
+    result = tally(driver, unpeered.dsn(), sleep=3, rounds=2 * ROUNDS)
+    print(result.line(f"pgbouncer unpeered {unpeered.pool_mode} {driver}"))
+    result.check()
+    assert result.lost > 0, "no loss: the layout does not spread cancels over its processes"
+    assert result.recovered > 0, result.rounds
+
+
+# -- HAProxy in front of two servers -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second_server() -> Iterator[ThrowawayServer]:
+    with ThrowawayServer(find_postgres_prefix()) as server:
+        yield server
+
+
+def _haproxy(servers: list[Any], balance: str) -> HAProxy:
+    if not os.path.exists(HAPROXY):
+        pytest.skip("haproxy is not installed (run tools/install_test_services.sh)")
+    return HAProxy(servers, balance).start()
+
+
+@pytest.mark.parametrize("driver", [*DRIVERS, "psycopg-async"])
+def test_haproxy_roundrobin_first_resend_recovers(
+    driver: str, pg_server: Any, second_server: ThrowawayServer
+) -> None:
+    """roundrobin: the cancel goes to the other server (lost), its re-send to the session's."""
+    lb = _haproxy([pg_server, second_server], "roundrobin")
+    try:
+        result = tally(driver, lb.dsn(), sleep=20)
+    finally:
+        lb.stop()
+    print(result.line(f"haproxy roundrobin {driver}"))
+    result.check()
+    # Usually every round: the rotation shifts when a driver opens another
+    # connection in between (psycopg's first connection did, once).
+    assert result.lost >= len(result.rounds) // 2, result.rounds
+    assert result.recovered == result.lost, result.rounds
+    assert all(r.resends <= 1 for r in result.rounds), result.rounds
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_haproxy_leastconn_loses_every_cancel_and_reports_it(
+    driver: str, pg_server: Any, second_server: ThrowawayServer
+) -> None:
+    """leastconn: every cancel goes to the idle server: reported, never silent."""
+    lb = _haproxy([pg_server, second_server], "leastconn")
+    try:
+        result = tally(driver, lb.dsn(), sleep=2.5, rounds=max(2, ROUNDS // 2))
+    finally:
+        lb.stop()
+    print(result.line(f"haproxy leastconn {driver}"))
+    result.check()
+    assert result.reported == len(result.rounds), result.rounds
+    assert all(r.outcome == "completed" and r.warned for r in result.rounds), result.rounds
+
+
+def test_haproxy_leastconn_bound_still_ends_the_block(
+    pg_server: Any, second_server: ThrowawayServer
+) -> None:
+    """A lost cancel under the bound: the break at ``fired + timeout`` ends the block."""
+    lb = _haproxy([pg_server, second_server], "leastconn")
+    try:
+        conn = _connect("psycopg2", lb.dsn())
+        try:
+            block = psycancel.cancel_after(conn, DEADLINE, timeout=2.0)
+            with pytest.raises(psycancel.QueryTimeout) as info, block, conn.cursor() as cur:
+                cur.execute("select pg_sleep(30)")
+            assert info.value.connection_broken
+            assert block.cancel_lost and block.resends > 0
+        finally:
+            conn.close()
+    finally:
+        lb.stop()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_haproxy_source_keeps_cancels_working(
+    driver: str, pg_server: Any, second_server: ThrowawayServer
+) -> None:
+    """source: the cancel comes from the session's address, so it reaches its server."""
+    lb = _haproxy([pg_server, second_server], "source")
+    try:
+        result = tally(driver, lb.dsn(), sleep=20)
+    finally:
+        lb.stop()
+    print(result.line(f"haproxy source {driver}"))
+    assert [r.outcome for r in result.rounds] == ["cancelled"] * len(result.rounds)
+    assert result.lost == 0, result.rounds
