@@ -21,6 +21,8 @@ from .errors import (
     InsecureCancelWarning,
     InterfaceError,
     OperationalError,
+    QueryCancelled,
+    QueryInterrupted,
     QueryTimeout,
 )
 
@@ -38,6 +40,8 @@ __all__ = [
     "InsecureCancelWarning",
     "InterfaceError",
     "OperationalError",
+    "QueryCancelled",
+    "QueryInterrupted",
     "QueryTimeout",
     "SupportsPsycancelPgconn",
     "__version__",

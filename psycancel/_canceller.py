@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
+from types import TracebackType
 
+from ._after import _query_canceled
 from ._api import DEFAULT_TIMEOUT, cancel_blocking, cancel_nonblocking
 from ._drivers.adapter import Acquired, Released, Unwatch, Watch
 from ._drivers.protocol import describe
 from ._drivers.resolve import Resolution, resolve
 from ._typing import Cancellable
-from .errors import InterfaceError
+from .errors import CancelError, InterfaceError, QueryCancelled
 from .pq import PGconn
 
 __all__ = ["Canceller"]
@@ -124,14 +126,33 @@ class Canceller:
     cancel, returns; none yet: returns at once). A handle is also accepted
     by ``cancel``, ``cancel_async`` and ``cancel_after`` (which then follows
     it as it follows the framework's object).
+
+    **Telling its cancels apart.** Run the query inside ``with handle:`` (or
+    ``async with handle:``), in its own thread or task: if the handle sent a
+    cancel while the block ran and the block ends with the driver's "query
+    cancelled" error (SQLSTATE 57014, also wrapped by a framework), the block
+    raises :class:`psycancel.QueryCancelled` ``from`` it. The server's own
+    ``statement_timeout`` or another session's ``pg_cancel_backend`` leave the
+    driver's error unchanged. The block sends nothing itself and costs
+    nothing more; blocks may nest. :attr:`cancels` counts the cancels sent.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_holder", "_subscribers", "_target")
+    __slots__ = (
+        "__weakref__",
+        "_entries",
+        "_finalizer",
+        "_holder",
+        "_sent",
+        "_subscribers",
+        "_target",
+    )
 
     def __init__(self, conn: Cancellable) -> None:
         found = resolve(conn)
         found.pgconn()  # the owning libpq, now: an unknown owner fails here, not later
         self._subscribers = _Subscribers()
+        self._sent = 0
+        self._entries: list[int] = []
         self._finalizer: weakref.finalize[[], Canceller] | None = None
         self._holder = "" if found.holder is None else _label(found.holder)
         if found.driver is not None:
@@ -201,7 +222,12 @@ class Canceller:
         """Cancel the connection's running query, blocking this thread: :func:`psycancel.cancel`."""
         driver = self._current().driver
         if driver is not None:
-            cancel_blocking(driver, timeout=timeout, strict=strict, stacklevel=2)
+            self._sent += 1  # first: the query may end before the call returns
+            try:
+                cancel_blocking(driver, timeout=timeout, strict=strict, stacklevel=2)
+            except CancelError:
+                self._sent -= 1  # not delivered (a timeout may have been: it counts)
+                raise
 
     async def cancel_async(
         self, *, timeout: float = DEFAULT_TIMEOUT, strict: bool = False, offload: bool | None = None
@@ -209,9 +235,50 @@ class Canceller:
         """Cancel it without blocking the event loop: :func:`psycancel.cancel_async`."""
         driver = self._current().driver
         if driver is not None:
-            await cancel_nonblocking(
-                driver, timeout=timeout, strict=strict, offload=offload, stacklevel=2
-            )
+            self._sent += 1
+            try:
+                await cancel_nonblocking(
+                    driver, timeout=timeout, strict=strict, offload=offload, stacklevel=2
+                )
+            except CancelError:
+                self._sent -= 1
+                raise
+
+    @property
+    def cancels(self) -> int:
+        """How many cancel requests this handle sent (or is sending)."""
+        return self._sent
+
+    def __enter__(self) -> Canceller:
+        self._entries.append(self._sent)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        start = self._entries.pop() if self._entries else self._sent
+        if exc is None or self._sent == start:
+            return
+        canceled = _query_canceled(exc)
+        if canceled is not None:
+            raise QueryCancelled(
+                "the query was cancelled by psycancel.Canceller.cancel"
+                f"{'' if self._holder == '' else ' (' + self._holder + ')'}"
+            ) from canceled
+
+    async def __aenter__(self) -> Canceller:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
     def __psycancel_pgconn__(self) -> PGconn | tuple[int, str]:
         """The driver connection's ``PGconn`` now (the driver protocol); ``(0, "")``: none."""

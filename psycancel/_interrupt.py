@@ -77,6 +77,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import CodeType, FrameType, TracebackType
 from typing import Any
 
+from ._after import _query_canceled
 from ._drivers.resolve import resolve
 from ._engine import blocking, outcomes
 from ._engine.breaker import SocketFence
@@ -85,7 +86,7 @@ from ._engine.plan import DEFAULT_TIMEOUT, Plan, check_options, rearmed
 from ._engine.waits import wait_fd
 from ._procedure import prepare_fenced
 from ._typing import Cancellable
-from .errors import InterfaceError
+from .errors import InterfaceError, QueryInterrupted
 
 __all__ = ["cancel_on_interrupt", "check_signals"]
 
@@ -738,20 +739,53 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
     ) -> None:
         if self._thread is None:
             return
+        typed: QueryInterrupted | None = None
         try:
             self._uninstall()
         finally:
+            typed = self._interrupted(exc)
             try:
-                self._hand_on(exc)
+                self._hand_on_typed(exc, typed)
             except BaseException as interrupt:
                 _note(interrupt, self._error, self._broken)
                 raise
         error = self._error
         if exc is not None:
             _note(exc, error, self._broken)
+            if typed is not None:  # the previous handler did not raise
+                raise typed
             return
         if error is not None:
             raise error
+
+    def _interrupted(self, exc: BaseException | None) -> QueryInterrupted | None:
+        """The typed outcome when our signal's cancel ended the query (SQLSTATE 57014)."""
+        if not isinstance(exc, Exception) or not self._fired or self._broken is not None:
+            return None  # (a KeyboardInterrupt raised in the block stays what it is)
+        canceled = _query_canceled(exc)
+        if canceled is None:
+            return None  # another cause: statement_timeout, pg_cancel_backend, a failure
+        typed = QueryInterrupted(
+            "the query was cancelled by psycancel.cancel_on_interrupt on "
+            f"{_name(self._first_signal)}",
+            signal=self._first_signal,
+        )
+        typed.__cause__ = canceled
+        return typed
+
+    def _hand_on_typed(self, exc: BaseException | None, typed: QueryInterrupted | None) -> None:
+        """:meth:`_hand_on`, with ``typed`` (when there is one) as the context of what it raises.
+
+        The previous handler's exception (``KeyboardInterrupt``) then reads
+        ``KeyboardInterrupt`` <- :class:`QueryInterrupted` <- the driver's error.
+        """
+        if typed is None:
+            self._hand_on(exc)
+            return
+        try:
+            raise typed from typed.__cause__
+        except QueryInterrupted:
+            self._hand_on(exc)
 
 
 def _note(exc: BaseException, error: BaseException | None, broken: str | None) -> None:

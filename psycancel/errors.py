@@ -11,6 +11,8 @@ __all__ = [
     "InsecureCancelWarning",
     "InterfaceError",
     "OperationalError",
+    "QueryCancelled",
+    "QueryInterrupted",
     "QueryTimeout",
 ]
 
@@ -63,7 +65,50 @@ class CancelNotTakenWarning(UserWarning):
     """
 
 
-class QueryTimeout(Error, TimeoutError):
+class QueryCancelled(Error):
+    """A cancel psycancel sent ended the query: the typed outcome of psycancel's own cancels.
+
+    Raised ``from`` the driver's "query cancelled" error (SQLSTATE 57014,
+    kept as ``__cause__``, wrapped by the framework where there is one), so
+    that a query ended by psycancel is told apart from one ended by the
+    server's own ``statement_timeout`` or by another session's
+    ``pg_cancel_backend``: those raise the driver's error unchanged, even
+    inside psycancel's blocks. Raised by the exit of a
+    :class:`psycancel.Canceller`'s ``with``/``async with`` block when that
+    handle sent a cancel during the block; subclasses: :class:`QueryTimeout`
+    (:func:`psycancel.cancel_after`'s deadline, the integrations' configured
+    ones) and :class:`QueryInterrupted` (:func:`psycancel.cancel_on_interrupt`).
+    ``except psycancel.QueryCancelled`` catches all of them.
+    """
+
+
+class QueryInterrupted(QueryCancelled):
+    """A signal's cancel ended the query (:func:`psycancel.cancel_on_interrupt`).
+
+    With the default SIGINT handler the block raises ``KeyboardInterrupt``
+    (as a program without psycancel would), whose ``__context__`` is this
+    exception, itself raised ``from`` the driver's 57014 error. With a
+    handler that does not raise (a SIGTERM handler that sets a flag), the
+    block raises this exception. :attr:`signal` is the signal's number.
+    """
+
+    signal: int = 0
+    """The number of the signal that sent the cancel."""
+
+    def __init__(self, *args: object, signal: int = 0) -> None:
+        super().__init__(*args)
+        self.signal = signal
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_query_interrupted, (self.args, self.signal))
+
+
+def _query_interrupted(args: tuple[object, ...], signal: int) -> QueryInterrupted:
+    """Unpickle a :class:`QueryInterrupted` (keeps :attr:`~QueryInterrupted.signal`)."""
+    return QueryInterrupted(*args, signal=signal)
+
+
+class QueryTimeout(QueryCancelled, TimeoutError):
     """The query ran past a :func:`psycancel.cancel_after` limit.
 
     Two cases, told apart by :attr:`connection_broken`:
