@@ -61,9 +61,11 @@ def prepare(conn: Cancellable, *, strict: bool = False) -> PreparedCancel:
     if plan is None:
         return PreparedCancel(None, None, None)
     if isinstance(plan, NewApiPlan):
-        return PreparedCancel(plan.cc, None, plan.libpq)
+        # A step that may block (a GSS session's KDC): never in an event loop's thread.
+        may_block = bool(getattr(plan, "may_block", False))
+        return PreparedCancel(plan.cc, None, plan.libpq, plan.encrypted, may_block)
     assert isinstance(plan, LegacyPlan)
-    return PreparedCancel(None, plan.handle, plan.libpq)
+    return PreparedCancel(None, plan.handle, plan.libpq, plan.encrypted)
 
 
 class PreparedCancel:
@@ -77,14 +79,31 @@ class PreparedCancel:
     :meth:`close` on exit.
     """
 
-    __slots__ = ("_busy", "_cc", "_closed", "_handle", "_legacy_runs", "_libpq", "_lock")
+    __slots__ = (
+        "_busy",
+        "_cc",
+        "_closed",
+        "_encrypted",
+        "_handle",
+        "_legacy_runs",
+        "_libpq",
+        "_lock",
+        "_may_block",
+    )
 
     def __init__(
-        self, cc: PGcancelConn | None, handle: PGcancel | None, libpq: Libpq | None
+        self,
+        cc: PGcancelConn | None,
+        handle: PGcancel | None,
+        libpq: Libpq | None,
+        encrypted: bool = False,
+        may_block: bool = False,
     ) -> None:
         self._cc = cc
         self._handle = handle
         self._libpq = libpq
+        self._encrypted = encrypted
+        self._may_block = may_block
         self._lock = threading.Lock()
         self._busy = False
         self._closed = False
@@ -191,26 +210,47 @@ class PreparedCancel:
         finally:
             self._release()
 
-    async def cancel_async(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    async def cancel_async(
+        self, *, timeout: float = DEFAULT_TIMEOUT, offload: bool | None = None
+    ) -> None:
         """Send the request without blocking the event loop (asyncio, or Trio through AnyIO).
 
-        The waits go through the loop (the TLS handshake's work, if any, runs
-        in the loop thread: :meth:`fire` runs it in a background thread). If
-        the awaiting task is cancelled, the cancel connection is closed, the
-        object made ready again, and ``CancelledError`` propagates.
+        ``offload`` as :func:`psycancel.cancel_async`'s: ``True`` sends from a
+        background thread (the TLS handshake's work then never runs in the
+        loop thread), ``False`` through the loop's own waits, ``None``
+        (default) offloads exactly the cancels of encrypted sessions. If the
+        awaiting task is cancelled, ``CancelledError`` propagates at once: an
+        inline send closes its cancel connection (the object is ready again),
+        an offloaded one ends in its thread by its deadline.
         """
+        if offload is not None and not isinstance(offload, bool):
+            raise TypeError(f"offload must be a bool or None, got {type(offload).__name__}")
         deadline = Deadline.after(check_options(timeout, False))
         if self.empty:
             return
         self._claim()
-        try:
-            from ._engine.async_library import running_asyncio
+        from ._engine.async_library import running_asyncio
 
-            if self._cc is None:
-                await self._legacy_async(deadline, running_asyncio())
-                return
-            steps = machine.cancel_steps(self._cc)
-            if running_asyncio():
+        on_asyncio = running_asyncio()
+        cc = self._cc
+        threaded = cc is not None and (
+            self._may_block or (self._encrypted if offload is None else offload)
+        )
+        if cc is None or threaded:
+            try:
+                done = self._legacy_start() if cc is None else self._start_thread(deadline)
+            except BaseException:
+                self._release()
+                raise
+            try:
+                await _await_future(done, deadline, on_asyncio, legacy=cc is None)
+            finally:
+                if cc is None:
+                    self._release()  # (the thread of a threaded send releases it itself)
+            return
+        try:
+            steps = machine.cancel_steps(cc)
+            if on_asyncio:
                 from ._engine.asyncio_loop import wait_asyncio
 
                 await wait_asyncio(steps, deadline)
@@ -221,28 +261,28 @@ class PreparedCancel:
         finally:
             self._release()
 
-    async def _legacy_async(self, deadline: Deadline, asyncio_: bool) -> None:
-        done = self._legacy_start()
-        if not asyncio_:
-            from ._engine.anyio_loop import wait_future_anyio
+    def _start_thread(
+        self, deadline: Deadline, callback: FireCallback | None = None, report: bool = False
+    ) -> concurrent.futures.Future[None]:
+        """The claimed send, in a new daemon thread (released there); its outcome."""
+        outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+        outcome.set_running_or_notify_cancel()
 
-            await wait_future_anyio(done, deadline)
-            return
-        import asyncio
+        def send() -> None:
+            error: BaseException | None = None
+            try:
+                self._send_blocking(deadline)
+            except BaseException as ex:  # the outcome, delivered below
+                error = ex
+            if error is None:
+                outcome.set_result(None)
+            else:
+                outcome.set_exception(error)
+            if report:
+                _report(callback, error)
 
-        wrapped = asyncio.wrap_future(done)
-        try:
-            await asyncio.wait((wrapped,), timeout=max(0.0, deadline.remaining()))
-        finally:
-            if not wrapped.done():
-                # Its outcome arrives later: read it then, so that asyncio never logs
-                # "Future exception was never retrieved".
-                from ._engine.asyncio_loop import retrieve_later
-
-                wrapped.add_done_callback(retrieve_later)
-        if not wrapped.done():
-            raise deadline.expired(legacy=True)
-        wrapped.result()
+        threading.Thread(target=send, name="psycancel-prepared-send", daemon=True).start()
+        return outcome
 
     def fire(
         self, callback: FireCallback | None = None, *, timeout: float = DEFAULT_TIMEOUT
@@ -267,25 +307,11 @@ class PreparedCancel:
             _report(callback, None)
             return outcome
         self._claim()
-
-        def send() -> None:
-            error: BaseException | None = None
-            try:
-                self._send_blocking(deadline)
-            except BaseException as ex:  # the outcome, delivered below
-                error = ex
-            if error is None:
-                outcome.set_result(None)
-            else:
-                outcome.set_exception(error)
-            _report(callback, error)
-
         try:
-            threading.Thread(target=send, name="psycancel-fire", daemon=True).start()
+            return self._start_thread(deadline, callback, report=True)
         except BaseException:
             self._release()
             raise
-        return outcome
 
     # -- the end ----------------------------------------------------------------------
 
@@ -318,6 +344,32 @@ class PreparedCancel:
         state = "closed" if self._closed else "busy" if self._busy else "ready"
         where = f" of {self._libpq.path}" if self._libpq is not None else ""
         return f"<psycancel.PreparedCancel {kind}{where}, {state}>"
+
+
+async def _await_future(
+    done: concurrent.futures.Future[None], deadline: Deadline, on_asyncio: bool, *, legacy: bool
+) -> None:
+    """Await a send's outcome in a thread until ``deadline``, re-raising its error."""
+    if not on_asyncio:
+        from ._engine.anyio_loop import wait_future_anyio
+
+        await wait_future_anyio(done, deadline)
+        return
+    import asyncio
+
+    from ._engine.asyncio_loop import retrieve_later
+
+    wrapped = asyncio.wrap_future(done)
+    try:
+        await asyncio.wait((wrapped,), timeout=max(0.0, deadline.remaining()))
+    finally:
+        if not wrapped.done():
+            # Its outcome arrives later: read it then, so that asyncio never logs
+            # "Future exception was never retrieved".
+            wrapped.add_done_callback(retrieve_later)
+    if not wrapped.done():
+        raise deadline.expired(legacy=legacy)
+    wrapped.result()
 
 
 def _report(callback: FireCallback | None, error: BaseException | None) -> None:

@@ -63,4 +63,4 @@ def test_mypy_rejects_what_is_not_a_connection(tmp_path: Path) -> None:
     assert not other, done.stdout + done.stderr
     assert errors == expected_errors(), done.stdout
     assert done.returncode == 1, done.stdout + done.stderr  # 1: type errors found (not a crash)
-    assert len(errors) == 6
+    assert len(errors) == 10

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import os
 
 import aiopg
@@ -55,6 +57,17 @@ async def accepted(
         pass
     async with psycancel.cancel_after(apg3, 1.0):
         pass
+    borrowed = psycancel.Borrowed(pg2.pgconn_ptr, "/usr/lib/libpq.so.5")
+    psycancel.cancel(borrowed)
+    psycancel.Borrowed(0, ctypes.CDLL(None))
+    psycancel.Borrowed(None, pg.libpq)
+    with psycancel.prepare(pg2, strict=True) as prepared:
+        prepared.cancel(timeout=1.0)
+        await prepared.cancel_async(timeout=1.0, offload=None)
+        outcome: concurrent.futures.Future[None] = prepared.fire(lambda error: None)
+        assert outcome is not None and not prepared.legacy
+    typed: psycancel.PreparedCancel = psycancel.prepare(borrowed)
+    typed.close()
 
 
 async def rejected(dsn: str) -> None:
@@ -65,3 +78,7 @@ async def rejected(dsn: str) -> None:
     with psycancel.cancel_after(None, 1.0):  # E: arg-type
         pass
     psycancel.cancel(psycopg2.connect(dsn), timeout="5")  # E: arg-type
+    psycancel.prepare(dsn)  # E: arg-type
+    psycancel.Borrowed("0x10", dsn)  # E: arg-type
+    psycancel.Borrowed(0, 42)  # E: arg-type
+    psycancel.prepare(Unrelated()).fire(callback=print, timeout=1.0).result()  # E: arg-type

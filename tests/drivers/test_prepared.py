@@ -125,6 +125,20 @@ def test_prepared_once_sent_three_ways(driver: Driver, made: list[PGcancelConn])
     assert prepared.closed and made[0].closed
 
 
+@pytest.mark.parametrize("offload", [None, True, False])
+def test_every_placement_reuses_the_object(
+    driver: Driver, made: list[PGcancelConn], offload: bool | None
+) -> None:
+    with psycancel.prepare(driver.conn) as prepared:
+        for _ in range(2):
+            query = driver.sleeping()
+            asyncio.run(prepared.cancel_async(timeout=TIMEOUT, offload=offload))
+            assert cancelled(query)
+        assert len(made) == 1 and not made[0].closed
+    with pytest.raises(TypeError):
+        asyncio.run(prepared.cancel_async(offload=1))  # type: ignore[arg-type]
+
+
 def test_prepared_in_the_owner_thread_sent_from_another(driver: Driver) -> None:
     prepared = psycancel.prepare(driver.conn)
     try:
@@ -138,11 +152,12 @@ def test_prepared_in_the_owner_thread_sent_from_another(driver: Driver) -> None:
         prepared.close()
 
 
-def test_trio_sends_it(driver: Driver) -> None:
+@pytest.mark.parametrize("offload", [False, True])
+def test_trio_sends_it(driver: Driver, offload: bool) -> None:
     trio = _need("trio")
     with psycancel.prepare(driver.conn) as prepared:
         query = driver.sleeping()
-        trio.run(lambda: prepared.cancel_async(timeout=TIMEOUT))
+        trio.run(lambda: prepared.cancel_async(timeout=TIMEOUT, offload=offload))
         assert cancelled(query)
 
 
@@ -244,16 +259,21 @@ def test_a_failed_fire_is_reported(
         conn.close()
 
 
+@pytest.mark.parametrize("offload", [False, True])
 def test_cancelled_task_leaves_nothing_stray(
-    pg_server: Any, proxy: Any, caplog: pytest.LogCaptureFixture
+    pg_server: Any, proxy: Any, caplog: pytest.LogCaptureFixture, offload: bool
 ) -> None:
-    """A task awaiting ``cancel_async`` cancelled: CancelledError, the object ready again."""
+    """A task awaiting ``cancel_async`` cancelled: CancelledError, the object ready again.
+
+    Inline, at once; offloaded, when its thread's send ends (by its deadline).
+    """
     px = proxy()
     conn = psycopg2.connect(px.dsn(pg_server, sslmode="disable"))
     prepared = psycancel.prepare(conn)
+    timeout = 0.5 if offload else TIMEOUT
 
     async def main() -> None:
-        task = asyncio.ensure_future(prepared.cancel_async(timeout=TIMEOUT))
+        task = asyncio.ensure_future(prepared.cancel_async(timeout=timeout, offload=offload))
         await asyncio.sleep(0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -264,6 +284,11 @@ def test_cancelled_task_leaves_nothing_stray(
         with caplog.at_level(logging.DEBUG, logger="asyncio"):
             asyncio.run(main())
             gc.collect()
+        for _ in range(int(TIMEOUT * 100)):  # an offloaded send ends by its deadline
+            if "ready" in repr(prepared):
+                break
+            threading.Event().wait(0.01)
+        gc.collect()
         assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
         assert "ready" in repr(prepared)  # reset, reusable
     finally:
@@ -365,4 +390,21 @@ def test_legacy_policy_applies_when_prepared(dsn_tls: str, legacy_libpq: Libpq) 
         assert seen[0].filename == __file__  # the caller's line
         with prepared:
             prepared.cancel(timeout=TIMEOUT)
+        assert drain(conn).sqlstate == QUERY_CANCELED
+
+
+def test_policy_set_once_for_the_process(dsn_tls: str, legacy_libpq: Libpq) -> None:
+    """docs/drivers.md: the warning made an error refuses every clear-text cancel, unsent."""
+    with sleeping(dsn_tls, legacy_libpq) as conn:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", psycancel.InsecureCancelWarning)
+            with pytest.raises(psycancel.InsecureCancelWarning):
+                psycancel.prepare(conn)
+            with pytest.raises(psycancel.InsecureCancelWarning):
+                psycancel.cancel(conn, timeout=TIMEOUT)
+        assert conn.is_busy()  # nothing was sent: the query runs on
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", psycancel.InsecureCancelWarning)
+            with psycancel.prepare(conn) as prepared:
+                prepared.cancel(timeout=TIMEOUT)
         assert drain(conn).sqlstate == QUERY_CANCELED
