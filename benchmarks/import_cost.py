@@ -3,6 +3,7 @@
     python benchmarks/import_cost.py              # 15 rounds
     python benchmarks/import_cost.py --quick      # smoke form (correctness only)
     python benchmarks/import_cost.py --json out.json
+    python benchmarks/import_cost.py --root /tmp/old-tree   # another checkout's psycancel
 
 Each round runs each contender in a fresh interpreter (``python -X importtime
 -c "import NAME"``), the contenders in a new random order every round so that
@@ -29,6 +30,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+"""Where psycancel is imported from (``--root``): this checkout by default."""
 TARGET_RATIO = 1.5
 CONTENDERS = {
     "psycancel": "import psycancel",
@@ -65,6 +67,7 @@ def _top_level(code: str) -> dict[str, int]:
         capture_output=True,
         text=True,
         env=env,
+        cwd=ROOT,  # (sys.path[0] of -c is the working directory)
         timeout=120,
         check=True,
     )
@@ -102,7 +105,7 @@ def loaded(statement: str) -> tuple[int, list[str]]:
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True
     ).stdout
     count, heavy = json.loads(out)
     return int(count), list(heavy)
@@ -113,7 +116,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="3 rounds (smoke form)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument(
+        "--root", type=Path, help="import psycancel from this checkout (e.g. an older commit's)"
+    )
     args = parser.parse_args()
+    if args.root:
+        global ROOT
+        ROOT = args.root.resolve()
     rounds = 3 if args.quick else args.rounds
 
     samples: dict[str, list[int]] = {name: [] for name in CONTENDERS}
@@ -125,7 +134,10 @@ def main() -> int:
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
     ratio = medians["psycancel"] / medians["psycopg2"]
-    print(f"python {sys.version.split()[0]}, {rounds} rounds, -X importtime (cumulative)")
+    print(
+        f"python {sys.version.split()[0]}, {rounds} rounds, -X importtime (cumulative), "
+        f"psycancel from {ROOT}, PSYCANCEL_IMPL={os.environ.get('PSYCANCEL_IMPL', 'auto')}"
+    )
     print(f"{'contender':<17} {'median ms':>9} {'min ms':>7} {'max ms':>7}  modules added, heavy")
     report: dict[str, object] = {"rounds": rounds, "ratio": ratio, "target": TARGET_RATIO}
     for name in CONTENDERS:
