@@ -1,33 +1,46 @@
 #!/usr/bin/env bash
-# The whole test suite, both twins, on every CPython >= 3.10 on this machine.
+# The whole test suite, both twins, on every CPython >= 3.10 on this machine,
+# plus the ones tools/build_python.sh makes (3.14, 3.15, free-threaded 3.14t).
 #
-#   bash tools/matrix.sh                 # every interpreter found
+#   bash tools/matrix.sh                 # every interpreter found or built
 #   bash tools/matrix.sh --skip 3.11     # leave out 3.11 (e.g. the caller just ran it)
 #
 # Interpreters: $PYTHON (default python3), every
-# ${PYENV_ROOT:-~/.pyenv}/versions/*/bin/python3, and the paths in
-# $PSYCANCEL_PYTHONS (space-separated); only CPython >= 3.10, one per X.Y.
-# Each gets a venv of its own in .venv-matrix/<X.Y> with psycancel installed
-# editable and its compiled twin built and linked with the PostgreSQL 18 build
-# (as tools/quickstart.sh does), the test drivers (a psycopg2 built for that
-# interpreter against the system libpq included), then the suite runs once per
+# ${PYENV_ROOT:-~/.pyenv}/versions/*/bin/python3, the paths in $PSYCANCEL_PYTHONS
+# (space-separated), and what `tools/build_python.sh V` prints for each V in
+# $PSYCANCEL_BUILD_PYTHONS (default "3.14 3.15 3.14t"; "" for none). A
+# free-threaded V ("X.Yt") whose source cannot be had falls back to the newest
+# older X.Yt that can (3.14t -> 3.13t), and says so. Only CPython >= 3.10, one
+# per X.Y and build kind (a free-threaded X.Yt is its own entry).
+#
+# Each interpreter is one job: (build it,) a venv of its own in
+# .venv-matrix/<X.Y[t]> with psycancel installed editable and its compiled twin
+# built and linked with the PostgreSQL 18 build (as tools/quickstart.sh does),
+# the test drivers (tools/install_test_drivers.sh), then the suite once per
 # twin with skips counted as failures, spread over $PSYCANCEL_TEST_WORKERS
 # pytest-xdist workers (default: twice the CPU count, at most 8; 0: one
-# process). A table of the counts ends the output; the exit status is non-zero
-# if any run failed. With $PSYCANCEL_STAGE_TIMES (tools/quickstart.sh's), each
-# venv set-up and each suite run also adds a row there: name, wall seconds, ok/FAIL.
+# process); on a free-threaded interpreter also the free-threading stress test
+# (tests/freethreading, both twins, PYTHON_GIL=0). $PSYCANCEL_MATRIX_JOBS jobs
+# run at once (default 3): the suite mostly waits on the server and timeouts,
+# and a build overlaps the others' suites. A job's output goes to
+# .venv-matrix/<name>.log and is printed when it ends.
+#
+# A table of the counts ends the output; the exit status is non-zero if any run
+# failed. With $PSYCANCEL_STAGE_TIMES (tools/quickstart.sh's), each build, venv
+# set-up and suite run also adds a row there: name, wall seconds, ok/FAIL, and
+# the start in seconds since $PSYCANCEL_STAGE_EPOCH (the jobs overlap).
 #
 # Needs what tools/quickstart.sh installs (system packages, PostgreSQL 18).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '\n== matrix: %s\n' "$*" >&2; }
 row() {
-    [ -z "${PSYCANCEL_STAGE_TIMES:-}" ] || printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$PSYCANCEL_STAGE_TIMES"
+    # (name, seconds, ok/FAIL, and the start in seconds since $PSYCANCEL_STAGE_EPOCH)
+    [ -n "${PSYCANCEL_STAGE_TIMES:-}" ] || return 0
+    local from=""
+    [ -z "${PSYCANCEL_STAGE_EPOCH:-}" ] || from="$(($(date +%s) - PSYCANCEL_STAGE_EPOCH - $2))"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$from" >>"$PSYCANCEL_STAGE_TIMES"
 }
-# A venv set-up that stops the script is recorded as FAIL.
-setup_name=""
-setup_start=0
-trap '[ -z "$setup_name" ] || row "$setup_name" "$((SECONDS - setup_start))" FAIL' EXIT
 
 skip=()
 while [ $# -gt 0 ]; do
@@ -36,6 +49,15 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--skip X.Y]..." >&2; exit 2 ;;
     esac
 done
+is_skipped() { local s; for s in ${skip[@]+"${skip[@]}"}; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+# "X.Y" or "X.Yt" (free-threaded), or "" for anything that is not a CPython >= 3.10.
+version_of() {
+    "$1" -c 'import sys, platform, sysconfig
+ok = platform.python_implementation() == "CPython" and sys.version_info >= (3, 10)
+t = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
+print("%d.%d%s" % (sys.version_info[:2] + (t,)) if ok else "")' 2>/dev/null
+}
 
 candidates=("${PYTHON:-python3}")
 pyenv_root="${PYENV_ROOT:-$HOME/.pyenv}"
@@ -46,14 +68,19 @@ for py in "$pyenv_root"/versions/*/bin/python3; do [ -x "$py" ] && candidates+=(
 declare -A chosen=()
 order=()
 for py in "${candidates[@]}"; do
-    version="$("$py" -c 'import sys, platform
-ok = platform.python_implementation() == "CPython" and sys.version_info >= (3, 10)
-print("%d.%d" % sys.version_info[:2] if ok else "")' 2>/dev/null)" || continue
+    version="$(version_of "$py")" || continue
     [ -n "$version" ] || continue
     [ -z "${chosen[$version]:-}" ] || continue
-    for s in "${skip[@]}"; do [ "$s" = "$version" ] && continue 2; done
+    is_skipped "$version" && continue
     chosen[$version]="$py"
     order+=("$version")
+done
+# Built by tools/build_python.sh inside the job ("build:V" until then).
+for want in ${PSYCANCEL_BUILD_PYTHONS-3.14 3.15 3.14t}; do
+    [ -z "${chosen[$want]:-}" ] || continue
+    is_skipped "$want" && continue
+    chosen[$want]="build:$want"
+    order+=("$want")
 done
 if [ "${#order[@]}" -eq 0 ]; then
     log "no other CPython >= 3.10 found: nothing to do"
@@ -64,42 +91,135 @@ log "interpreters: $(for v in "${order[@]}"; do printf '%s (%s) ' "$v" "${chosen
 prefix="$(bash tools/build_postgres.sh)"
 export PSYCANCEL_PG_PREFIX="$prefix"
 export PSYCANCEL_NO_SKIP=1
-results=()
-status=0
-for version in "${order[@]}"; do
-    py="${chosen[$version]}"
-    venv=".venv-matrix/$version"
-    log "Python $version: $venv"
-    setup_name="matrix $version: venv, psycancel, drivers"
-    setup_start=$SECONDS
-    [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip
-    PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
-        "$venv/bin/python" -m pip install -q -e '.[test,drivers]'
-    bash tools/install_test_drivers.sh "$venv"
-    "$venv/bin/python" -m psycancel info
-    row "$setup_name" "$((SECONDS - setup_start))" ok
-    setup_name=""
+mkdir -p .venv-matrix
+results_dir="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-matrix.XXXXXX")"
+trap 'rm -rf "$results_dir"' EXIT
+
+# One interpreter: build, venv, drivers, the suite per twin (and the stress test).
+# Writes "$results_dir/<name>" (result lines) and exits non-zero on a failure.
+run_one() {
+    local name="$1" py="$2" venv=".venv-matrix/$1" t0 rc status=0 want
+    local out="$results_dir/$name"
+    : >"$out"
+    if [ "${py#build:}" != "$py" ]; then
+        want="${py#build:}"
+        t0=$SECONDS
+        rc=0
+        py="$(bash tools/build_python.sh "$want" | tail -n1)" || rc=$?
+        if [ "$rc" != 0 ] && [ "${want%t}" != "$want" ]; then
+            # No source for it: the newest older free-threaded CPython that has one.
+            local minor="${want#3.}"
+            minor="${minor%t}"
+            while [ "$rc" != 0 ] && [ "$minor" -gt 13 ]; do
+                minor=$((minor - 1))
+                log "no $want: falling back to 3.${minor}t"
+                rc=0
+                py="$(bash tools/build_python.sh "3.${minor}t" | tail -n1)" || rc=$?
+            done
+        fi
+        row "matrix $name: tools/build_python.sh" "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+        if [ "$rc" != 0 ]; then
+            printf '%-6s %-7s %-5s %6s  %s\n' "$name" - FAIL - "tools/build_python.sh $want failed" >>"$out"
+            return 1
+        fi
+        local got
+        got="$(version_of "$py")"
+        [ "$got" = "$name" ] || log "$name: built $got instead"
+    fi
+    log "Python $name ($py): $venv"
+    t0=$SECONDS
+    rc=0
+    # (A chain of &&: set -e does not apply in a function whose status is tested.)
+    { [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"; } &&
+        "$venv/bin/python" -m pip install -q --upgrade pip &&
+        PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
+            "$venv/bin/python" -m pip install -q -e '.[test,drivers]' &&
+        bash tools/install_test_drivers.sh "$venv" &&
+        "$venv/bin/python" -m psycancel info || rc=$?
+    row "matrix $name: venv, psycancel, drivers" "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+    if [ "$rc" != 0 ]; then
+        printf '%-6s %-7s %-5s %6s  %s\n' "$name" - FAIL "$((SECONDS - t0))" "venv set-up failed" >>"$out"
+        return 1
+    fi
+    local workers
     workers="${PSYCANCEL_TEST_WORKERS:-$("$venv/bin/python" -c \
         'import os; print(min(8, 2 * (os.cpu_count() or 1)))')}"
+    local impl runs=(tests)
     for impl in c python; do
-        log "Python $version, PSYCANCEL_IMPL=$impl ($workers workers)"
-        out="$(mktemp)"
+        log "Python $name, PSYCANCEL_IMPL=$impl ($workers workers)"
+        local log_file="$results_dir/$name-$impl.out"
         t0=$SECONDS
         rc=0
         PSYCANCEL_IMPL="$impl" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-            -n "$workers" tests 2>&1 | tee "$out" || rc=$?
+            -n "$workers" "${runs[@]}" 2>&1 | tee "$log_file" || rc=$?
         [ "$rc" = 0 ] || status=1
-        row "suite matrix $version, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" \
+        row "matrix $name: suite, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" \
             "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
-        summary="$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$out" | tail -1 |
+        local summary
+        summary="$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$log_file" | tail -1 |
             sed 's/=//g; s/^ *//; s/ *$//')"
-        results+=("$(printf '%-6s %-7s %-5s %5ss  %s' "$version" "$impl" \
-            "$([ "$rc" = 0 ] && echo ok || echo FAIL)" "$((SECONDS - t0))" "$summary")")
-        rm -f "$out"
+        printf '%-6s %-7s %-5s %5ss  %s\n' "$name" "$impl" \
+            "$([ "$rc" = 0 ] && echo ok || echo FAIL)" "$((SECONDS - t0))" "$summary" >>"$out"
     done
+    if [ "${name%t}" != "$name" ]; then
+        # Free-threaded: the long form of the stress test, GIL off, per twin.
+        for impl in c python; do
+            log "Python $name, PSYCANCEL_IMPL=$impl: free-threading stress test (PYTHON_GIL=0)"
+            local stress_out="$results_dir/$name-stress-$impl.out"
+            t0=$SECONDS
+            rc=0
+            PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" "$venv/bin/python" -m tests.freethreading.stress \
+                --rounds "${PSYCANCEL_STRESS_ROUNDS:-3}" --threads "${PSYCANCEL_STRESS_THREADS:-32}" \
+                2>&1 | tee "$stress_out" || rc=$?
+            [ "$rc" = 0 ] || status=1
+            row "matrix $name: stress test, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" \
+                "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+            printf '%-6s %-7s %-5s %5ss  stress: %s\n' "$name" "$impl" \
+                "$([ "$rc" = 0 ] && echo ok || echo FAIL)" "$((SECONDS - t0))" \
+                "$(grep '^stress:' "$stress_out" | tail -n1 | cut -c9-)" >>"$out"
+        done
+    fi
+    return "$status"
+}
+
+jobs_max="${PSYCANCEL_MATRIX_JOBS:-3}"
+declare -A pids=()
+status=0
+t_all=$SECONDS
+finish() {
+    # The job $1 (a name) has ended: print its log, record its status.
+    local name="$1" rc
+    wait "${pids[$name]}" 2>/dev/null || true
+    rc="$(cat "$results_dir/$name.rc" 2>/dev/null || echo 1)"
+    [ "$rc" = 0 ] || status=1
+    log "Python $name: done ($([ "$rc" = 0 ] && echo ok || echo FAIL)); its output:"
+    cat ".venv-matrix/$name.log" >&2
+    unset "pids[$name]"
+}
+reap() {
+    local name
+    for name in "${!pids[@]}"; do
+        [ ! -e "$results_dir/$name.rc" ] || finish "$name"
+    done
+}
+for version in "${order[@]}"; do
+    while [ "${#pids[@]}" -ge "$jobs_max" ]; do
+        sleep 2
+        reap
+    done
+    log "starting Python $version (log: .venv-matrix/$version.log)"
+    {
+        rc=0
+        run_one "$version" "${chosen[$version]}" || rc=$?
+        echo "$rc" >"$results_dir/$version.rc"
+    } >".venv-matrix/$version.log" 2>&1 &
+    pids[$version]=$!
 done
-log "summary"
+while [ "${#pids[@]}" -gt 0 ]; do
+    sleep 2
+    reap
+done
+log "summary ($((SECONDS - t_all)) s wall, $jobs_max Pythons at a time)"
 printf '%-6s %-7s %-5s %6s  %s\n' python twin state time counts
-printf '%s\n' "${results[@]}"
+for version in "${order[@]}"; do cat "$results_dir/$version" 2>/dev/null || true; done
 exit "$status"

@@ -15,9 +15,10 @@
 # (tools/check_sdist.sh: its file list, twine check, installs in fresh venvs
 # without Cython, without a C compiler, with Cython); the binary
 # wheel (sdist, wheel, auditwheel, a fresh venv, the suite against it); the
-# benchmarks' smoke runs; valgrind on the compiled twin; then tools/matrix.sh,
-# the suite on every other CPython >= 3.10 of the machine (PSYCANCEL_MATRIX=0
-# leaves that out).
+# benchmarks' smoke runs; valgrind on the compiled twin; and, in the background
+# beside all of those, tools/matrix.sh: the suite on every other CPython >= 3.10
+# of the machine and on 3.14, 3.15 and free-threaded 3.14t (tools/build_python.sh),
+# with the free-threading stress test (PSYCANCEL_MATRIX=0 leaves that out).
 #
 # Each suite run is spread over PSYCANCEL_TEST_WORKERS pytest-xdist workers
 # (default: twice the CPU count, at most 8; 0 runs it in one process), each
@@ -45,7 +46,15 @@ export PSYCANCEL_STAGE_TIMES
 stage_name=""
 stage_start=0
 failed=()
-row() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$PSYCANCEL_STAGE_TIMES"; }
+# A fourth column, when there, is the second (since the script started) at which
+# the stage started: stages that overlap (tools/matrix.sh runs beside the others)
+# show it. PSYCANCEL_STAGE_EPOCH is that start, for the scripts that add rows.
+PSYCANCEL_STAGE_EPOCH="$(date +%s)"
+export PSYCANCEL_STAGE_EPOCH
+row() {
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(($(date +%s) - PSYCANCEL_STAGE_EPOCH - $2))" \
+        >>"$PSYCANCEL_STAGE_TIMES"
+}
 begin() { log "$1"; stage_name="$1"; stage_start=$SECONDS; }
 end() { row "$stage_name" "$((SECONDS - stage_start))" ok; stage_name=""; }
 check() {
@@ -61,12 +70,15 @@ stage_table() {
     [ -z "$stage_name" ] || row "$stage_name" "$((SECONDS - stage_start))" FAIL
     if [ -s "$PSYCANCEL_STAGE_TIMES" ]; then
         printf '\n== stage timings (wall seconds)\n'
-        awk -F '\t' '{ printf "%-50s %7d  %s\n", $1, $2, $3 }
-            BEGIN { printf "%-50s %7s  %s\n", "stage", "seconds", "state" }' \
+        # In the order they ended; "from-to" (seconds since the start) shows the
+        # stages that ran at the same time.
+        awk -F '\t' '{ printf "%-50s %7d  %-5s %s\n", $1, $2, $3, ($4 == "" ? "" : $4 "-" $4 + $2) }
+            BEGIN { printf "%-50s %7s  %-5s %s\n", "stage", "seconds", "state", "from-to" }' \
             "$PSYCANCEL_STAGE_TIMES"
         printf '%-50s %7d  %s\n' total "$SECONDS" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
     fi
     rm -f "$PSYCANCEL_STAGE_TIMES"
+    [ -z "${matrix_pid:-}" ] || kill "$matrix_pid" 2>/dev/null || true
     return "$rc"
 }
 trap stage_table EXIT
@@ -121,6 +133,22 @@ bash tools/install_test_drivers.sh .venv
 bash tools/install_test_services.sh
 end
 
+# tools/matrix.sh (every other CPython and the ones tools/build_python.sh makes:
+# 3.14, 3.15, free-threaded 3.14t; both twins each; the free-threading stress
+# test) runs in the background from here, beside the stages below: the suites
+# mostly wait on servers and timeouts. Its rows join the stage table; its output
+# is printed at the end.
+matrix_pid=""
+if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
+    log "tools/matrix.sh: started in the background (output: .venv-matrix/matrix.log)"
+    mkdir -p .venv-matrix
+    matrix_start=$SECONDS
+    PSYCANCEL_NO_SKIP=1 bash tools/matrix.sh \
+        --skip "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+        >.venv-matrix/matrix.log 2>&1 &
+    matrix_pid=$!
+fi
+
 check "static checks: ruff" .venv/bin/python -m ruff check .
 check "static checks: mypy --strict" .venv/bin/python -m mypy --strict psycancel
 # The documentation site (docs/conf.py): warnings are errors, and so is a link to
@@ -160,11 +188,16 @@ check "benchmarks: import_cost.py --quick (smoke)" \
 check "valgrind: compiled twin, short form" env PYTHON=.venv/bin/python \
     bash tools/valgrind.sh --short
 
-if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
-    # Its own rows: per Python, the venv and the suite per twin.
-    log "the suite on the machine's other CPythons (tools/matrix.sh)"
-    bash tools/matrix.sh --skip "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ||
-        failed+=("matrix (tools/matrix.sh)")
+if [ -n "$matrix_pid" ]; then
+    # Its own rows: per Python, the build, the venv and the suite per twin.
+    log "waiting for tools/matrix.sh (running since the end of the setup)"
+    rc=0
+    wait "$matrix_pid" || rc=$?
+    matrix_pid=""
+    cat .venv-matrix/matrix.log
+    row "matrix: all of it (beside the stages above)" "$((SECONDS - matrix_start))" \
+        "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+    [ "$rc" = 0 ] || failed+=("matrix (tools/matrix.sh)")
 fi
 if [ "${#failed[@]}" -gt 0 ]; then
     log "FAILED: ${failed[*]}"
