@@ -184,6 +184,8 @@ check "benchmarks: block_cost.py --quick (smoke)" \
     bash -c '.venv/bin/python benchmarks/block_cost.py --quick >/dev/null'
 check "benchmarks: import_cost.py --quick (smoke)" \
     bash -c '.venv/bin/python benchmarks/import_cost.py --quick >/dev/null'
+check "benchmarks: configured_overhead.py --quick (smoke)" \
+    bash -c '.venv/bin/python benchmarks/configured_overhead.py --quick >/dev/null'
 
 check "valgrind: compiled twin, short form" env PYTHON=.venv/bin/python \
     bash tools/valgrind.sh --short

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import contextvars
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, final
+from typing import Final, NamedTuple, final
 
-from .._after import cancel_after
-from .._engine.plan import DEFAULT_TIMEOUT, check_options, check_seconds
+from .._after import _DONE, _NEW, cancel_after
+from .._drivers.resolve import resolve
+from .._engine.breaker import SocketFence
+from .._engine.plan import DEFAULT_TIMEOUT, Plan, check_options, check_seconds
+from .._procedure import prepare_target
+from ..pq.abc import PGconn
+from ..pq.enums import ConnStatus
 
-__all__ = ["UNSET", "Deadline", "Unset", "check_limit", "pick", "query_timeout"]
+__all__ = ["UNSET", "Deadline", "Unset", "check_limit", "pick", "query_timeout", "reusing"]
 
 
 @final
@@ -93,6 +101,106 @@ def pick(statement: float | Unset | None, default: float | None) -> float | None
     return default
 
 
+class _Prepared(NamedTuple):
+    """A connection's prepared, never-sent cancel, kept for its next query's block."""
+
+    plan: Plan
+    fence: SocketFence
+    """The connection's socket when the cancel was made: still the same, still open."""
+    pgconn: PGconn
+    """The session it targets (read only once the fence says the socket is the same)."""
+    timeout: float
+    strict: bool
+
+
+_prepared: weakref.WeakKeyDictionary[object, _Prepared] = weakref.WeakKeyDictionary()
+"""Driver connection -> its kept cancel (dropped, and freed, with the connection)."""
+_prepared_lock = threading.Lock()
+
+
+def _take(conn: object) -> _Prepared | None:
+    with _prepared_lock:
+        try:
+            return _prepared.pop(conn, None)
+        except TypeError:  # not weakly referenceable: nothing is kept for it
+            return None
+
+
+def _keep(conn: object, kept: _Prepared) -> None:
+    with _prepared_lock:
+        try:
+            displaced = _prepared.get(conn)
+            _prepared[conn] = kept
+        except TypeError:
+            displaced = kept
+    if displaced is not None:
+        displaced.plan.discard()
+
+
+class reusing(cancel_after):  # lower case: a cancel_after
+    """:class:`psycancel.cancel_after` for a driver connection, reusing its prepared cancel.
+
+    What the integrations run around each query. Everything but the
+    preparation is ``cancel_after``'s (the timer, the cancel, the break, the
+    fence of late cancels, the exceptions). The cancel object a block
+    prepared and never sent (a query that ended in time: nearly every one)
+    is kept for the connection's next block instead of being freed, and
+    reused while the connection still is the same open session: its socket
+    the same (the fence's check: a closed connection closed it, a
+    reconnection made another), status OK, the same ``timeout`` and
+    ``strict``. Preparing one (``PQcancelCreate``, the
+    socket's fence) is most of a block's cost. A block whose cancel was sent
+    keeps nothing: the next one prepares a new one. In the owning thread, as
+    for ``cancel_after`` (entering resolves the connection there).
+    """
+
+    __slots__ = ()
+
+    def _prepare(self) -> bool:
+        if self._state != _NEW:
+            raise RuntimeError("cancel_after() objects are single use: make a new one")
+        self._state = _DONE
+        conn = self._conn
+        kept = _take(conn)
+        if kept is not None:
+            # The socket first: a driver that closed the connection closed it (and freed
+            # the PGconn, which must not be read then); a reconnection has another one.
+            if (
+                kept.fence.same_socket()
+                and kept.timeout == self._timeout
+                and kept.strict == self._strict
+                and kept.pgconn.status == ConnStatus.OK
+            ):
+                self._plan, self._fence, self._pgconn = kept.plan, kept.fence, kept.pgconn
+                self._entered_at = time.monotonic()
+                return True
+            kept.plan.discard()
+        found = resolve(conn)
+        if found.watch is not None:  # a framework's object, not a driver's: no reuse
+            self._state = _NEW
+            return super()._prepare()
+        # Frames above prepare_target: _prepare, __enter__/_aenter(/__aenter__), the caller.
+        self._plan, self._fence, self._pgconn = prepare_target(
+            found, timeout=self._timeout, strict=self._strict, stacklevel=3
+        )
+        if self._plan is None:
+            return False
+        self._entered_at = time.monotonic()
+        return True
+
+    def _release(self) -> None:
+        """The block's unsent cancel: kept for the connection's next block."""
+        plan, self._plan = self._plan, None
+        fence, self._fence = self._fence, None
+        pgconn, self._pgconn = self._pgconn, None
+        if plan is None:
+            return
+        if pgconn is None or fence is None or self._unwatch is not None:
+            plan.discard()
+            return
+        _keep(self._conn, _Prepared(plan, fence, pgconn, self._timeout, self._strict))
+
+
 @dataclass(frozen=True)
 class Deadline:
     """A configured default deadline: what every query gets unless overridden.
@@ -116,11 +224,15 @@ class Deadline:
             raise TypeError("break_connection must be a bool")
 
     def guard(self, conn: object, statement: float | Unset | None = UNSET) -> cancel_after | None:
-        """The ``cancel_after`` block for one query on ``conn``; None: no deadline applies."""
+        """The ``cancel_after`` block for one query on ``conn``; None: no deadline applies.
+
+        ``conn`` is a driver connection (a psycopg or psycopg2 connection...):
+        the block is a :class:`reusing` one.
+        """
         seconds = pick(statement, self.seconds)
         if seconds is None:
             return None
-        return cancel_after(
+        return reusing(
             conn,  # type: ignore[arg-type]  # any driver connection psycancel resolves
             seconds,
             timeout=self.timeout,

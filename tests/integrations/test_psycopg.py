@@ -158,6 +158,7 @@ def test_pool_replaces_a_connection_the_deadline_broke(black_hole: BlackHole) ->
     ) as pool:
         with pool.connection() as conn:
             pid = conn.info.backend_pid
+            conn.execute("select 1")  # its block's cancel is kept: the next one breaks with it
             black_hole.freeze_when_sleeping(pid)
             with pytest.raises(psycancel.QueryTimeout) as info:
                 conn.execute(SLOW)

@@ -104,6 +104,8 @@ def test_a_black_holed_query_breaks_the_connection(black_hole: BlackHole) -> Non
     try:
         conn.autocommit = True
         deadlines.install(conn, SECONDS, timeout=TIMEOUT)
+        with conn.cursor() as cur:
+            cur.execute("select 1")  # its block's cancel is kept: the next one breaks with it
         black_hole.freeze_when_sleeping(pid)
         with conn.cursor() as cur, pytest.raises(psycancel.QueryTimeout) as info:
             cur.execute(SLOW)
