@@ -10,6 +10,7 @@ runner of ``psycancel._engine`` then runs the plan.
 from __future__ import annotations
 
 from ._drivers.resolve import Resolution, as_pgconn
+from ._engine import telemetry
 from ._engine.breaker import SocketFence, capture_socket
 from ._engine.plan import Deadline, Plan, check_options, make_plan
 from .errors import InterfaceError
@@ -78,10 +79,12 @@ def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: in
     """The plan for the resolved ``pgconn`` (see :func:`prepare_cancel`; arguments valid)."""
     deadline = Deadline.after(timeout)
     if pgconn is None:
+        telemetry.no_op("closed")
         return None
     try:
         status = pgconn.status
         if status == ConnStatus.BAD:
+            telemetry.no_op("broken")
             return None
         if status != ConnStatus.OK:
             raise InterfaceError(
@@ -91,5 +94,6 @@ def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: in
         return make_plan(pgconn, deadline, strict=strict, stacklevel=stacklevel + 1)
     except InterfaceError:
         if pgconn.closed:
+            telemetry.no_op("closed")
             return None  # finished by another thread meanwhile: nothing to cancel
         raise

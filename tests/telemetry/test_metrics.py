@@ -133,3 +133,19 @@ def test_span_event_on_the_current_span(dsn_plain: str, libpq: Libpq) -> None:
     assert event.attributes["db.system.name"] == "postgresql"
     duration = event.attributes["psycancel.cancel.duration"]
     assert isinstance(duration, float) and 0 < duration < 10
+
+
+def test_no_op_on_a_closed_connection(dsn_plain: str, libpq: Libpq) -> None:
+    conn = connect(dsn_plain, libpq=libpq)
+    conn.finish()
+    before = Snapshot()
+    psycancel.cancel(conn, timeout=10)  # nothing to cancel: nothing sent
+    after = Snapshot()
+    counted, n = only(after.added(before, CANCELS))
+    assert n == 1
+    assert counted == {
+        "db.system.name": "postgresql",
+        "psycancel.cancel.outcome": "no_op",
+        "psycancel.cancel.no_op_reason": "closed",
+    }
+    assert after.recorded(before, DURATION) == {}  # nothing ran, nothing timed
