@@ -591,10 +591,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             return
         text = (
             f"{self._label()}: the block ran past its deadline: its cancel was reported "
-            f"processed but did not end the query (re-sent {confirmation.resends} time(s)); "
-            "the cancel request most likely reached another server or process than the "
-            "session's (an unpeered pooler over several processes, a load balancer): "
-            "see docs/deployments.md"
+            f"processed but the block went on (re-sent {confirmation.resends} time(s)); if "
+            "a query was running, the cancel request most likely reached another server or "
+            "process than the session's (an unpeered pooler over several processes, a load "
+            "balancer): see docs/deployments.md"
         )
         if exc is not None:
             _note(exc, text)

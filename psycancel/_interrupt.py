@@ -78,15 +78,17 @@ from types import CodeType, FrameType, TracebackType
 from typing import Any
 
 from ._after import _query_canceled
+from ._confirm import confirm_blocking, resend_plan
 from ._drivers.resolve import resolve
 from ._engine import blocking, outcomes
 from ._engine.breaker import SocketFence
 from ._engine.machine import READ
 from ._engine.plan import DEFAULT_TIMEOUT, Plan, check_options, rearmed
 from ._engine.waits import wait_fd
-from ._procedure import prepare_fenced
+from ._procedure import prepare_target
 from ._typing import Cancellable
 from .errors import InterfaceError, QueryInterrupted
+from .pq.abc import PGconn
 
 __all__ = ["cancel_on_interrupt", "check_signals"]
 
@@ -309,12 +311,18 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         # Watcher only (and the cancel thread's result, read once it has ended).
         self._fired = False
         self._fired_at = 0.0
+        self._pgconn: PGconn | None = None  # for a re-send (psycancel._confirm)
+        self._first: Plan | None = None
+        self._left = threading.Event()  # set when the block leaves (the confirmation waits)
         self._first_signal = 0
         self._canceller: threading.Thread | None = None
         self._cancel_error: BaseException | None = None
         self._cancel_done = False
         """Set by the cancel thread when the request is done (before its wake byte)."""
         self._cancel_seen = False
+        self._resent_done = False
+        """Set by the cancel thread when its re-sends are over (psycancel._confirm)."""
+        self._resent_seen = False
         self._deadline: float | None = None
         self._release_at: float | None = None
         self._broken_at = 0.0
@@ -474,8 +482,9 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         if plan is None:  # (never: the block installs nothing without a plan)
             self._settle()
             return
+        self._first = plan = rearmed(plan)
         thread = threading.Thread(
-            target=self._send, args=(rearmed(plan),), name="psycancel-interrupt-cancel", daemon=True
+            target=self._send, args=(plan,), name="psycancel-interrupt-cancel", daemon=True
         )
         try:
             thread.start()
@@ -499,9 +508,45 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             if writer is not None:
                 with contextlib.suppress(OSError):
                     writer.send(bytes([_WAKE]))
+        if self._cancel_error is None and not self._left.wait(_SETTLE_WAIT):
+            # Still running once the held signal was handed on (a block in Python code
+            # has left by then): re-send while it still runs (psycancel._confirm), report.
+            outcome = confirm_blocking(
+                self._left,
+                self._again,
+                until=self._fired_at + self._timeout,
+                label="psycancel.cancel_on_interrupt",
+            )
+            if outcome.resends:  # signals were held again: the watcher hands them on
+                self._resent_done = True
+                with self._lock:
+                    writer = None if self._sockets_closed else self._writer
+                    if writer is not None:
+                        with contextlib.suppress(OSError):
+                            writer.send(bytes([_WAKE]))
+
+    def _again(self) -> Plan | None:
+        """A re-send while the block still runs and is not broken (under the lock), else None."""
+        with self._lock:
+            pgconn, first = self._pgconn, self._first
+            if not self._running or self._phase == _BROKEN or pgconn is None or first is None:
+                return None
+            try:
+                plan = resend_plan(first, pgconn, self._fired_at + self._timeout)
+            except Exception as ex:  # libpq could not prepare it: no re-send
+                _logger.warning("psycancel.cancel_on_interrupt: no re-send (%r)", ex)
+                return None
+            if self._phase == _RELEASED:
+                # Hold signals again while a cancel is in flight (see the module doc): a
+                # KeyboardInterrupt raised as the driver builds its error would replace it.
+                self._phase = _CANCELLING
+            return plan
 
     def _tick(self) -> None:
         """After every wake: the cancel's outcome, the deadline, the held signals."""
+        if self._resent_done and not self._resent_seen:
+            self._resent_seen = True
+            self._settle()  # the re-sends are over: hand the held signals on soon
         if self._cancel_done and not self._cancel_seen:
             self._cancel_seen = True
             self._cancelled()
@@ -628,12 +673,13 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             )
         self._state = _DONE
         # The connection resolved once, for the plan and the socket's fence.
-        plan, fence = prepare_fenced(
+        plan, fence, pgconn = prepare_target(
             resolve(self._conn), timeout=self._timeout, strict=self._strict, stacklevel=2
         )
         if plan is None:
             return self  # a closed connection: nothing to cancel, nothing installed
         self._plan = plan
+        self._pgconn = pgconn
         if self._bound:
             self._fence = fence
         try:
@@ -678,6 +724,8 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         """Stop the watcher (waiting for a fired cancel), restore the handlers and fd."""
         with self._lock:
             self._running = False
+            self._pgconn = None
+        self._left.set()
         thread, writer = self._thread, self._writer
         if thread is not None and writer is not None:
             try:

@@ -30,7 +30,11 @@ completes past its deadline without ``CancelNotTakenWarning``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -295,3 +299,49 @@ def test_haproxy_source_keeps_cancels_working(
     print(result.line(f"haproxy source {driver}"))
     assert [r.outcome for r in result.rounds] == ["cancelled"] * len(result.rounds)
     assert result.lost == 0, result.rounds
+
+
+def test_haproxy_roundrobin_interrupt_resend(
+    pg_server: Any, second_server: ThrowawayServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """cancel_on_interrupt through roundrobin: Ctrl-C's lost cancel is re-sent and ends the query.
+
+    Without the re-send the block would last until the bound broke the
+    connection (``timeout`` after the signal). Three rounds: the rotation
+    usually sends each first cancel to the other server (a driver's extra
+    connection can shift it); at least one must have been re-sent.
+    """
+    lb = _haproxy([pg_server, second_server], "roundrobin")
+    caplog.set_level(logging.INFO, logger="psycancel")
+    try:
+        for _ in range(3):
+            interrupt_round(lb.dsn())
+    finally:
+        lb.stop()
+    assert "cancel re-sent (1)" in caplog.text
+    assert "broke the connection" not in caplog.text
+    assert "still ran" not in caplog.text  # nothing reported lost
+
+
+def interrupt_round(dsn: str) -> None:
+    """Ctrl-C during ``pg_sleep(20)`` under ``cancel_on_interrupt``: cancelled, promptly."""
+    conn = _connect("psycopg2", dsn)
+    try:
+        main = threading.get_ident()
+        timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt) as info:
+            timer.start()
+            with psycancel.cancel_on_interrupt(conn, timeout=TIMEOUT), conn.cursor() as cur:
+                cur.execute("select pg_sleep(20)")
+        elapsed = time.monotonic() - started
+        timer.join()
+        canceled = info.value.__context__
+        while canceled is not None and not isinstance(canceled, psycopg2.Error):
+            canceled = canceled.__context__ or canceled.__cause__
+        assert canceled is not None and canceled.pgcode == "57014", info.value
+        assert elapsed < TIMEOUT / 2, elapsed
+        with conn.cursor() as cur:  # the connection is usable
+            cur.execute("select 1")
+    finally:
+        conn.close()
