@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycancel
 from psycancel.pq import import_twin
+from testing import client
 
 TWINS = ("c", "python")
 
@@ -57,9 +58,9 @@ def server_dsns(dsn: str | None) -> Iterator[tuple[dict[str, str], str]]:
 
 def cheap_call_ns(twin: ModuleType, lib: Any, dsn: str, number: int) -> dict[str, float]:
     """ns per call of ``status`` and ``socket`` on an unstarted PGcancelConn."""
-    conn = twin.PGconn.connect(dsn, libpq=lib)
+    conn = client.connect(dsn, libpq=lib)
     try:
-        cc = conn.cancel_conn()
+        cc = conn.pgconn.cancel_conn()
         try:
             out = {}
             for attr in ("status", "socket"):
@@ -74,12 +75,13 @@ def cheap_call_ns(twin: ModuleType, lib: Any, dsn: str, number: int) -> dict[str
 
 def cpu_per_cancel_us(twin: ModuleType, lib: Any, dsn: str, cancels: int) -> float:
     """Client CPU microseconds per complete cancel (idle connection)."""
-    conn = twin.PGconn.connect(dsn, libpq=lib)
+    conn = client.connect(dsn, libpq=lib)
     try:
-        psycancel.cancel(conn)  # warm up
+        pg = conn.pgconn  # psycancel's PGconn of the twin measured
+        psycancel.cancel(pg)  # warm up
         c0 = time.process_time()
         for _ in range(cancels):
-            psycancel.cancel(conn)
+            psycancel.cancel(pg)
         return (time.process_time() - c0) / cancels * 1e6
     finally:
         conn.finish()

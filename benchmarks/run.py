@@ -60,6 +60,7 @@ from _common import (
 
 import psycancel
 from psycancel.pq import import_twin
+from testing import client
 
 TWINS = {"c": import_twin("c"), "python": import_twin("python")}
 CANCEL_REQUEST_CODE = 80877102
@@ -70,9 +71,9 @@ SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 
 def pgconn(twin: str, dsn: str, libpq_path: str) -> Any:
-    """A psycancel PGconn of the given twin."""
+    """A client connection (``testing.client``) whose ``pgconn`` is of the given twin."""
     mod = TWINS[twin]
-    return mod.PGconn.connect(dsn, libpq=mod.Libpq.load(libpq_path))
+    return client.connect(dsn, libpq=mod.Libpq.load(libpq_path))
 
 
 def raw_cancel(host: str, port: int, pid: int, tls: bool) -> None:
@@ -126,12 +127,12 @@ def bench_latency(env: Env, samples: int, repeat: int) -> dict[str, dict[str, fl
 
             contenders: dict[str, Callable[[], None]] = {}
             for t, conn in conns.items():
-                contenders[f"psycancel-{t} sync"] = lambda c=conn: psycancel.cancel(c)
+                contenders[f"psycancel-{t} sync"] = lambda c=conn.pgconn: psycancel.cancel(c)
                 contenders[f"psycancel-{t} async"] = timed_async(
-                    lambda c=conn: psycancel.cancel_async(c, offload=False)
+                    lambda c=conn.pgconn: psycancel.cancel_async(c, offload=False)
                 )
                 contenders[f"psycancel-{t} async offload"] = timed_async(
-                    lambda c=conn: psycancel.cancel_async(c, offload=True)
+                    lambda c=conn.pgconn: psycancel.cancel_async(c, offload=True)
                 )
             contenders["psycopg cancel_safe"] = pg3.cancel_safe
             contenders["psycopg async cancel_safe"] = timed_async(apg3.cancel_safe)
@@ -231,11 +232,14 @@ def bench_stall(
         pg3 = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(pool)]
         apg = [await asyncpg.connect(asyncpg_dsn(env, "require")) for _ in range(pool)]
         for t in TWINS:  # start the offload threads before any pinning
-            await psycancel.cancel_async(conns[t][0], offload=True)
+            await psycancel.cancel_async(conns[t][0].pgconn, offload=True)
 
         def ours(t: str, offload: bool, n: int) -> Callable[[], Awaitable[object]]:
             return lambda: asyncio.gather(
-                *(psycancel.cancel_async(conns[t][i % pool], offload=offload) for i in range(n))
+                *(
+                    psycancel.cancel_async(conns[t][i % pool].pgconn, offload=offload)
+                    for i in range(n)
+                )
             )
 
         def theirs(n: int) -> Callable[[], Awaitable[object]]:
@@ -300,7 +304,7 @@ def bench_legacy(env: Env, repeat: int, concurrency: int = 10) -> dict[str, floa
         theirs = [psycopg2.connect(dsn) for _ in range(concurrency)]
 
         async def psycancel_legacy() -> None:
-            await asyncio.gather(*(psycancel.cancel_async(c) for c in ours))
+            await asyncio.gather(*(psycancel.cancel_async(c.pgconn) for c in ours))
 
         async def psycopg2_in_loop() -> None:
             for c in theirs:
@@ -346,7 +350,8 @@ def bench_gil(env: Env, repeat: int) -> dict[str, float]:
         conns = {t: pgconn(t, dsn, env.libpq_path) for t in TWINS}
         pg2 = psycopg2.connect(dsn)
         contenders: dict[str, Callable[[], object]] = {
-            f"psycancel-{t} cancel()": (lambda c=c: psycancel.cancel(c)) for t, c in conns.items()
+            f"psycancel-{t} cancel()": (lambda c=c.pgconn: psycancel.cancel(c))
+            for t, c in conns.items()
         }
         contenders["psycopg2 cancel()"] = pg2.cancel
         results: dict[str, list[float]] = {name: [] for name in contenders}
@@ -373,7 +378,7 @@ def bench_cpu(env: Env, cancels: int, repeat: int) -> dict[str, dict[str, float]
         conns = {t: pgconn(t, dsn, env.libpq_path) for t in TWINS}
         pg3 = psycopg.connect(dsn, autocommit=True)
         contenders: dict[str, Callable[[], None]] = {
-            f"psycancel-{t}": (lambda c=c: psycancel.cancel(c)) for t, c in conns.items()
+            f"psycancel-{t}": (lambda c=c.pgconn: psycancel.cancel(c)) for t, c in conns.items()
         }
         contenders["psycopg cancel_safe"] = pg3.cancel_safe
         results: dict[str, list[float]] = {name: [] for name in contenders}

@@ -9,8 +9,11 @@ never needs. Run from the repository root (``tests/``, ``benchmarks/`` and
 * ``certificates``: a throwaway CA and server certificates;
 * ``installation``: find or build PostgreSQL (``tools/build_postgres.sh``);
 * ``server``: a throwaway TLS server on loopback (:class:`ThrowawayServer`);
+* ``client``: the query client the tests, benchmarks, soak and demo make
+  their connections with (psycancel itself only borrows connections); its
+  ``Client.pgconn`` is psycancel's ``PGconn.from_ptr`` of the connection;
 * ``demo``: ``python -m testing.demo``, the quick start's demo (a throwaway
-  server, then ``python -m psycancel demo --dsn ...`` against it).
+  server, or ``--dsn``: a long query cancelled from asyncio, with a timeline).
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testing import client
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -140,7 +142,6 @@ def run_soak(
     import psycancel
     from psycancel import pq
     from psycancel._engine import plan as _plan
-    from psycancel.pq import PGconn
     from tests.support.fds import loop_fds, sockets_to
     from tests.support.proxy import TcpProxy
     from tests.support.queries import QUERY_CANCELED, drain, wait_until_active
@@ -162,7 +163,7 @@ def run_soak(
         return cc
 
     def connect(dsn: str) -> Any:
-        return PGconn.connect(dsn, libpq=libpq)
+        return client.connect(dsn, libpq=libpq)
 
     px = TcpProxy(server.host, server.port).start()
     sessions: list[Any] = []

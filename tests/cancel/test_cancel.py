@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel.pq import ExecStatus, Libpq, PGconn
+from psycancel.pq import Libpq
 from psycancel.pq.abc import PGcancelConn
+from testing import client
+from testing.client import ExecStatus
 from tests.support.fds import loop_fds, open_fds, sockets_to
 from tests.support.modes import API_MODES, call_cancel, offload_kwargs
 from tests.support.queries import QUERY_CANCELED, drain, run, sleeping
@@ -42,7 +44,7 @@ def test_connection_was_encrypted_as_expected(mode: str, dsn: str, libpq: Libpq)
 
 @pytest.mark.parametrize("mode", API_MODES)
 def test_idle_connection(mode: str, dsn: str, libpq: Libpq, created: list[PGcancelConn]) -> None:
-    conn = PGconn.connect(dsn, libpq=libpq)
+    conn = client.connect(dsn, libpq=libpq)
     try:
         call_cancel(mode, conn)
         res = run(conn, "select 1")
@@ -57,7 +59,7 @@ def test_timeout_when_black_holed(
     mode: str, pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]
 ) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
     try:
         px.blackhole()
         before = sockets_to(px.port)  # the session's own connection
@@ -91,7 +93,7 @@ def test_refused(
     mode: str, pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]
 ) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
     try:
         px.close()
         fds = open_fds()
@@ -111,7 +113,7 @@ def test_task_cancellation_cleans_up(
     offload: bool, pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]
 ) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
     try:
         px.blackhole()
         before = sockets_to(px.port)
@@ -134,7 +136,7 @@ def test_task_cancellation_cleans_up(
 
 
 def test_bad_offload(dsn_plain: str, libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     try:
         with pytest.raises(TypeError, match="offload"):
             asyncio.run(psycancel.cancel_async(conn, offload="yes"))  # type: ignore[arg-type]
@@ -183,7 +185,7 @@ def test_finished_connection(
     mode: str, dsn_plain: str, libpq: Libpq, created: list[PGcancelConn]
 ) -> None:
     """A finished connection runs no query: nothing to cancel, nothing is sent."""
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     conn.finish()
     call_cancel(mode, conn)
     assert created == []
@@ -205,7 +207,7 @@ def test_finished_connection(
 def test_bad_timeout(
     mode: str, timeout: object, error: type[Exception], dsn_plain: str, libpq: Libpq
 ) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     try:
         with pytest.raises(error, match="timeout"):
             call_cancel(mode, conn, timeout=timeout)
@@ -233,7 +235,7 @@ def test_signal_handler_exception_interrupts_a_blocking_cancel(
         raise Interrupted
 
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
     old = signal.signal(signal.SIGALRM, handler)
     try:
         px.blackhole()

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel.pq import Libpq, PGconn
+from psycancel.pq import Libpq
 from psycancel.pq.abc import PGcancelConn
+from testing import client
 from tests.support.drivers import QUERY_CANCELED, SLEEP, Background, pgcode, run_legacy
 from tests.support.drivers import need as _need
 from tests.support.fds import loop_fds
@@ -229,7 +230,7 @@ def test_cancel_by_someone_else_is_not_a_timeout(
     sync_driver: Sync, dsn_plain: str, libpq: Libpq
 ) -> None:
     conn = sync_driver.connect(dsn_plain)
-    monitor = PGconn.connect(dsn_plain, libpq=libpq)
+    monitor = client.connect(dsn_plain, libpq=libpq)
     try:
 
         def body() -> None:
@@ -545,7 +546,7 @@ def test_block_error_keeps_priority_over_a_failed_cancel(
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_legacy_libpq_fires(mode: str, dsn_plain: str, legacy_libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=legacy_libpq)
+    conn = client.connect(dsn_plain, libpq=legacy_libpq)
     try:
         timer = psycancel.cancel_after(conn, 0.1, strict=True)
         if mode == "sync":
@@ -566,7 +567,7 @@ def test_legacy_libpq_fires(mode: str, dsn_plain: str, legacy_libpq: Libpq) -> N
 
 
 def test_legacy_tls_policy_at_entry(dsn_tls: str, legacy_libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_tls, libpq=legacy_libpq)
+    conn = client.connect(dsn_tls, libpq=legacy_libpq)
     try:
         strict = psycancel.cancel_after(conn, 5, strict=True)
         with pytest.raises(psycancel.InsecureCancelError), strict:

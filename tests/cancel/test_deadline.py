@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel.pq import Libpq, PGconn
+from psycancel.pq import Libpq
+from testing import client
 from tests.support import frameworks
 from tests.support.active import SLEEP
 from tests.support.drivers import ROOT, need
@@ -646,7 +647,7 @@ def test_black_hole_legacy_libpq(
     psycancel's own client returns an error result rather than raising: the
     block completes, and the broken connection is logged at WARNING."""
     px: TcpProxy = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=legacy_libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="disable"), libpq=legacy_libpq)
     pid = conn.backend_pid
     try:
         conn.send_query(SLEEP)

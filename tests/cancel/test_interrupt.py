@@ -27,7 +27,9 @@ import pytest
 
 import psycancel
 from psycancel import pq
-from psycancel.pq import Libpq, PGconn
+from psycancel.pq import Libpq
+from testing import client
+from testing.client import Client
 from tests.support.active import active_sleep_query
 from tests.support.drivers import need
 from tests.support.proxy import ServerLike, TcpProxy
@@ -100,21 +102,21 @@ class Child:
 
 
 @pytest.fixture
-def monitor(dsn_plain: str, libpq: Libpq) -> Iterator[PGconn]:
+def monitor(dsn_plain: str, libpq: Libpq) -> Iterator[Client]:
     """A psycancel connection that watches ``pg_stat_activity``."""
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     try:
         yield conn
     finally:
         conn.finish()
 
 
-def active(monitor: PGconn, pid: int) -> bool:
+def active(monitor: Client, pid: int) -> bool:
     """Backend ``pid`` is still inside ``pg_sleep``."""
     return bool(run(monitor, active_sleep_query(pid)).rows)
 
 
-def ended_after_signal(child: Child, monitor: PGconn, limit: float = 25.0) -> float:
+def ended_after_signal(child: Child, monitor: Client, limit: float = 25.0) -> float:
     """Send SIGINT; seconds until the server query ended (AssertionError past ``limit``)."""
     wait_until_active(monitor, child.backend_pid)
     start = time.monotonic()
@@ -146,7 +148,7 @@ def server_cancelled(pg_server: ServerLike, pid: int) -> bool | None:
 
 
 def interrupted(
-    args: dict[str, Any], monitor: PGconn, label: str, pg_server: ServerLike
+    args: dict[str, Any], monitor: Client, label: str, pg_server: ServerLike
 ) -> dict[str, Any]:
     child = Child(args)
     try:
@@ -175,7 +177,7 @@ def check_cancelled(result: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 def test_psycopg2_ctrl_c_cancels_the_query(
-    pg_server: ServerLike, monitor: PGconn, sslmode: str
+    pg_server: ServerLike, monitor: Client, sslmode: str
 ) -> None:
     need("psycopg2")
     args = {"driver": "psycopg2", "mode": "guarded", "dsn": pg_server.dsn(sslmode)}
@@ -186,7 +188,7 @@ def test_psycopg2_ctrl_c_cancels_the_query(
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 def test_psycopg_ctrl_c_cancels_the_query(
-    pg_server: ServerLike, monitor: PGconn, sslmode: str
+    pg_server: ServerLike, monitor: Client, sslmode: str
 ) -> None:
     need("psycopg")
     args = {"driver": "psycopg", "mode": "guarded", "dsn": pg_server.dsn(sslmode)}
@@ -195,7 +197,7 @@ def test_psycopg_ctrl_c_cancels_the_query(
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 def test_pgconn_ctrl_c_cancels_the_query(
-    pg_server: ServerLike, monitor: PGconn, libpq: Libpq, sslmode: str
+    pg_server: ServerLike, monitor: Client, libpq: Libpq, sslmode: str
 ) -> None:
     args = {"driver": "pgconn", "mode": "guarded", "dsn": pg_server.dsn(sslmode)}
     args["libpq"] = libpq.path
@@ -203,14 +205,14 @@ def test_pgconn_ctrl_c_cancels_the_query(
 
 
 def test_pgconn_legacy_libpq_ctrl_c_cancels_the_query(
-    dsn_plain: str, monitor: PGconn, legacy_libpq: Libpq, pg_server: ServerLike
+    dsn_plain: str, monitor: Client, legacy_libpq: Libpq, pg_server: ServerLike
 ) -> None:
     """libpq < 17: the helper sends the legacy PQcancel (plain session: no policy issue)."""
     args = {"driver": "pgconn", "mode": "guarded", "dsn": dsn_plain, "libpq": legacy_libpq.path}
     check_cancelled(interrupted(args, monitor, "PGconn legacy cancel_on_interrupt", pg_server))
 
 
-def test_psycopg2_without_it_the_query_keeps_running(dsn_plain: str, monitor: PGconn) -> None:
+def test_psycopg2_without_it_the_query_keeps_running(dsn_plain: str, monitor: Client) -> None:
     """For comparison: psycopg2's blocking execute ignores Ctrl-C until the query ends."""
     need("psycopg2")
     child = Child({"driver": "psycopg2", "mode": "bare", "dsn": dsn_plain})
@@ -233,7 +235,7 @@ def test_psycopg2_without_it_the_query_keeps_running(dsn_plain: str, monitor: PG
 # -- SIGTERM: a service being stopped ends its query ------------------------------------
 
 
-def ended_on_server(monitor: PGconn, pid: int, limit: float = 25.0) -> float:
+def ended_on_server(monitor: Client, pid: int, limit: float = 25.0) -> float:
     """Seconds until backend ``pid`` left its query (AssertionError past ``limit``)."""
     start = time.monotonic()
     while active(monitor, pid):
@@ -248,7 +250,7 @@ TERM_ARGS = {"mode": "guarded", "signals": ["SIGINT", "SIGTERM"]}
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
 def test_sigterm_cancels_the_query_then_the_process_ends(
-    pg_server: ServerLike, monitor: PGconn, driver: str, sslmode: str
+    pg_server: ServerLike, monitor: Client, driver: str, sslmode: str
 ) -> None:
     """SIGTERM's default action (the process ends) happens after the query was cancelled."""
     need(driver)
@@ -270,7 +272,7 @@ def test_sigterm_cancels_the_query_then_the_process_ends(
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
 def test_sigterm_calls_the_programs_own_handler(
-    pg_server: ServerLike, monitor: PGconn, driver: str
+    pg_server: ServerLike, monitor: Client, driver: str
 ) -> None:
     """A SIGTERM handler of the program (here: ``SystemExit``) runs after the cancel."""
     need(driver)
@@ -292,7 +294,7 @@ def test_sigterm_calls_the_programs_own_handler(
     assert result["wakeup_restored"] and signal.SIGTERM in result["forwarded"], result
 
 
-def test_sigterm_without_it_the_query_keeps_running(dsn_plain: str, monitor: PGconn) -> None:
+def test_sigterm_without_it_the_query_keeps_running(dsn_plain: str, monitor: Client) -> None:
     """For comparison: SIGTERM ends the process, and its query runs on without its client."""
     need("psycopg2")
     child = Child({"driver": "psycopg2", "mode": "bare", "dsn": dsn_plain})
@@ -309,7 +311,7 @@ def test_sigterm_without_it_the_query_keeps_running(dsn_plain: str, monitor: PGc
         run(monitor, f"select pg_cancel_backend({child.backend_pid})")
 
 
-def test_sigint_only_by_default(dsn_plain: str, monitor: PGconn) -> None:
+def test_sigint_only_by_default(dsn_plain: str, monitor: Client) -> None:
     """Without ``signals``, SIGTERM is not handled: the process ends, its query runs on."""
     need("psycopg2")
     child = Child({"driver": "psycopg2", "mode": "guarded", "dsn": dsn_plain})
@@ -383,7 +385,7 @@ def first_bytes_of_cancel(proxy: TcpProxy) -> bytes:
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 def test_psycopg2_wait_callback_ctrl_c(
-    pg_server: ServerLike, monitor: PGconn, sslmode: str
+    pg_server: ServerLike, monitor: Client, sslmode: str
 ) -> None:
     """psycancel's wait callback: the query is cancelled, encrypted when the session is."""
     need("psycopg2")
@@ -397,7 +399,7 @@ def test_psycopg2_wait_callback_ctrl_c(
     assert first[4:8] == (SSL_REQUEST if sslmode == "require" else CANCEL_REQUEST), first
 
 
-def test_psycopg2_wait_select_cancels_in_clear_text(pg_server: ServerLike, monitor: PGconn) -> None:
+def test_psycopg2_wait_select_cancels_in_clear_text(pg_server: ServerLike, monitor: Client) -> None:
     """For comparison: psycopg2's wait_select sends a clear-text PQcancel on a TLS session."""
     need("psycopg2")
     with through_proxy(pg_server) as proxy:
@@ -418,7 +420,7 @@ def wakeup_fd() -> int:
 
 
 def test_handler_and_wakeup_fd_restored(dsn_plain: str, libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     before_handler, before_fd = signal.getsignal(signal.SIGINT), wakeup_fd()
     try:
         guard = psycancel.cancel_on_interrupt(conn)
@@ -438,7 +440,7 @@ def test_handler_and_wakeup_fd_restored(dsn_plain: str, libpq: Libpq) -> None:
 
 
 def test_closed_connection_installs_nothing(dsn_plain: str, libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     conn.finish()
     before = signal.getsignal(signal.SIGINT)
     with psycancel.cancel_on_interrupt(conn):
@@ -446,7 +448,7 @@ def test_closed_connection_installs_nothing(dsn_plain: str, libpq: Libpq) -> Non
 
 
 def test_outside_the_main_thread_is_an_error(dsn_plain: str, libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     errors: list[BaseException] = []
 
     def body() -> None:
@@ -509,7 +511,7 @@ def test_signals_accepted() -> None:
 
 def test_every_handler_restored(dsn_plain: str, libpq: Libpq) -> None:
     """With ``signals``, each signal's handler is ours in the block and the previous after."""
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
     before = {s: signal.getsignal(s) for s in handled}
     try:
@@ -527,8 +529,9 @@ def test_blocking_paths_import_no_driver_nor_gevent(dsn_plain: str, libpq: Libpq
     """cancel(), cancel_on_interrupt and the wait callback import neither psycopg2 nor gevent."""
     code = f"""
 import sys, psycancel
-from psycancel.pq import Libpq, PGconn
-conn = PGconn.connect({dsn_plain!r}, libpq=Libpq.load({libpq.path!r}))
+from psycancel.pq import Libpq
+from testing import client
+conn = client.connect({dsn_plain!r}, libpq=Libpq.load({libpq.path!r}))
 psycancel.cancel(conn, timeout=10)
 with psycancel.cancel_on_interrupt(conn, timeout=10):
     pass

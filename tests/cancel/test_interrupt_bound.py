@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 
 from psycancel import pq
-from psycancel.pq import Libpq, PGconn
+from psycancel.pq import Libpq
+from testing import client
+from testing.client import Client
 from tests.cancel.test_interrupt import Child, active
 from tests.support.drivers import need
 from tests.support.proxy import ServerLike, TcpProxy
@@ -50,16 +52,16 @@ IGNORES_CANCEL = (
 
 
 @pytest.fixture
-def monitor(dsn_plain: str, libpq: Libpq) -> Iterator[PGconn]:
+def monitor(dsn_plain: str, libpq: Libpq) -> Iterator[Client]:
     """A psycancel connection that watches ``pg_stat_activity`` (and cleans up)."""
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     try:
         yield conn
     finally:
         conn.finish()
 
 
-def terminate(monitor: PGconn, pid: int) -> None:
+def terminate(monitor: Client, pid: int) -> None:
     """End backend ``pid`` (its query would run on: the cancel never reached it)."""
     run(monitor, f"select pg_terminate_backend({int(pid)})")
 
@@ -97,7 +99,7 @@ def check_broken(
 def test_blackhole_ctrl_c_ends_the_block_by_its_bound(
     proxy: Callable[[], TcpProxy],
     pg_server: ServerLike,
-    monitor: PGconn,
+    monitor: Client,
     driver: str,
     sslmode: str,
 ) -> None:
@@ -126,7 +128,7 @@ def test_blackhole_ctrl_c_ends_the_block_by_its_bound(
 def test_second_ctrl_c_breaks_at_once(
     proxy: Callable[[], TcpProxy],
     pg_server: ServerLike,
-    monitor: PGconn,
+    monitor: Client,
     driver: str,
     sslmode: str,
 ) -> None:
@@ -154,7 +156,7 @@ def test_second_ctrl_c_breaks_at_once(
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
 def test_query_that_survives_its_cancel_is_broken_at_the_deadline(
-    pg_server: ServerLike, monitor: PGconn, driver: str
+    pg_server: ServerLike, monitor: Client, driver: str
 ) -> None:
     """The cancel works, the query goes on (it traps 57014): broken at signal + timeout.
 
@@ -183,7 +185,7 @@ def test_query_that_survives_its_cancel_is_broken_at_the_deadline(
 
 
 def test_opt_out_keeps_the_old_behaviour(
-    proxy: Callable[[], TcpProxy], pg_server: ServerLike, monitor: PGconn
+    proxy: Callable[[], TcpProxy], pg_server: ServerLike, monitor: Client
 ) -> None:
     """``break_connection=False``: the block stays blocked while the query runs."""
     child, px = proxied(
@@ -211,7 +213,7 @@ def test_opt_out_keeps_the_old_behaviour(
 
 
 def test_sigterm_then_blackhole_the_process_ends_by_the_bound(
-    proxy: Callable[[], TcpProxy], pg_server: ServerLike, monitor: PGconn
+    proxy: Callable[[], TcpProxy], pg_server: ServerLike, monitor: Client
 ) -> None:
     """SIGTERM's default action waits for the cancel, but not past the bound."""
     child, px = proxied(
@@ -232,7 +234,7 @@ def test_sigterm_then_blackhole_the_process_ends_by_the_bound(
 
 
 def test_legacy_libpq_blackhole_ends_by_the_bound(
-    proxy: Callable[[], TcpProxy], pg_server: ServerLike, monitor: PGconn, legacy_libpq: Libpq
+    proxy: Callable[[], TcpProxy], pg_server: ServerLike, monitor: Client, legacy_libpq: Libpq
 ) -> None:
     """libpq < 17: ``PQcancel`` has no timeout of its own; the block still ends on time."""
     px = proxy()

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel.pq import Libpq, PGconn
+from psycancel.pq import Libpq
+from testing import client
 from tests.support.modes import API_MODES, call_cancel
 from tests.support.queries import QUERY_CANCELED, drain, run, sleeping
 
@@ -55,7 +56,7 @@ def test_tls_cancel_strict_refuses(mode: str, dsn_tls: str, legacy_libpq: Libpq)
 
 @pytest.mark.parametrize("mode", API_MODES)
 def test_idle(mode: str, dsn_plain: str, legacy_libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=legacy_libpq)
+    conn = client.connect(dsn_plain, libpq=legacy_libpq)
     try:
         call_cancel(mode, conn)
         assert run(conn, "select 1").rows == (("1",),)
@@ -68,7 +69,7 @@ def test_timeout_when_black_holed(
     mode: str, pg_server: Any, proxy: Any, legacy_libpq: Libpq
 ) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=legacy_libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="disable"), libpq=legacy_libpq)
     try:
         px.blackhole()
         t0 = time.monotonic()

@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 import psycancel
-from psycancel.pq import Libpq, PGconn
+from psycancel.pq import Libpq
+from testing import client
 from tests.support.queries import QUERY_CANCELED, drain, sleeping
 
 LOGGER = "psycancel"
@@ -129,7 +130,7 @@ def test_failure_is_logged(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
     try:
         px.blackhole()
         with pytest.raises(psycancel.CancellationTimeout):
@@ -144,7 +145,7 @@ def test_no_record_when_debug_is_off(
     caplog: pytest.LogCaptureFixture, dsn_plain: str, libpq: Libpq
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     try:
         psycancel.cancel(conn)
     finally:
@@ -159,8 +160,9 @@ def test_nothing_is_printed_by_default(dsn_tls: str, legacy_libpq: Libpq) -> Non
         import sys, warnings
         warnings.simplefilter("ignore")
         import psycancel
-        from psycancel.pq import Libpq, PGconn
-        conn = PGconn.connect(sys.argv[1], libpq=Libpq.load(sys.argv[2]))
+        from psycancel.pq import Libpq
+        from testing import client
+        conn = client.connect(sys.argv[1], libpq=Libpq.load(sys.argv[2]))
         psycancel.cancel(conn)
         conn.finish()
         print("done")

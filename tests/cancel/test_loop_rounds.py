@@ -19,7 +19,8 @@ import pytest
 
 import psycancel
 from psycancel._engine import waits
-from psycancel.pq import Libpq, PGconn
+from psycancel.pq import Libpq
+from testing import client
 from tests.support.fds import loop_fds
 from tests.support.queries import QUERY_CANCELED, drain, sleeping
 from tests.support.twins import compiled_twin
@@ -112,7 +113,7 @@ def test_blackholed_cancel_arms_one_timer(pg_server: Any, proxy: Any, libpq: Lib
     the deadline's timer is never re-armed.
     """
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
     calls: dict[str, int] = {}
     timeout = 0.4
 

@@ -17,6 +17,7 @@ import pytest
 
 import psycancel
 from psycancel._engine import offload
+from testing import client
 from tests.support.twins import compiled_twin, new_libpq_path
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -27,7 +28,7 @@ def _fresh_engine_niceness(dsn: str, monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.setattr(offload, "_reactors", {})  # a fresh engine and thread
     threads_before = {t.ident for t in threading.enumerate()}
     twin = compiled_twin()
-    conn = twin.PGconn.connect(dsn, libpq=twin.Libpq.load(new_libpq_path()))
+    conn = client.connect(dsn, libpq=twin.Libpq.load(new_libpq_path()))
     try:
         asyncio.run(asyncio.wait_for(psycancel.cancel_async(conn, offload=True), 60))
     finally:

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel.pq import Libpq, PGconn
+from psycancel.pq import Libpq
+from testing import client
 from tests.support import frameworks
 from tests.support.active import SLEEP
 from tests.support.drivers import need
@@ -171,7 +172,7 @@ def test_anyio_cancel_scope_on_asyncio(dsn_plain: str, watcher: Monitor) -> None
 
 @pytest.mark.parametrize("how", ["cancel_after", "cancel_on_cancellation"])
 def test_trio_cancel_scope(how: str, dsn_plain: str, libpq: Libpq, watcher: Monitor) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     try:
 
         async def main() -> None:

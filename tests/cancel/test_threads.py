@@ -25,8 +25,10 @@ import pytest
 from psycancel._engine.blocking import wait_blocking
 from psycancel._engine.machine import cancel_steps
 from psycancel._engine.plan import Deadline
-from psycancel.pq import ExecStatus, Libpq, PGconn
+from psycancel.pq import Libpq, PGconn
 from psycancel.pq.enums import PollingStatus
+from testing import client
+from testing.client import Client, ExecStatus
 from tests.support.fds import sockets_to
 from tests.support.modes import LOOP_MODES, call_cancel
 from tests.support.queries import QUERY_CANCELED, drain, run, sleeping, wait_until_active
@@ -34,8 +36,8 @@ from tests.support.queries import QUERY_CANCELED, drain, run, sleeping, wait_unt
 N_THREADS = 8
 
 
-def start_sleeping(dsn: str, libpq: Libpq, monitor: PGconn, n: int) -> list[PGconn]:
-    conns = [PGconn.connect(dsn, libpq=libpq) for _ in range(n)]
+def start_sleeping(dsn: str, libpq: Libpq, monitor: Client, n: int) -> list[Client]:
+    conns = [client.connect(dsn, libpq=libpq) for _ in range(n)]
     for conn in conns:
         conn.send_query("select pg_sleep(30)")
     for conn in conns:
@@ -48,14 +50,14 @@ def start_sleeping(dsn: str, libpq: Libpq, monitor: PGconn, n: int) -> list[PGco
 def test_eight_threads_cancel_eight_queries(
     mode: str, sslmode: str, pg_server: Any, libpq: Libpq, created: list[Any]
 ) -> None:
-    monitor = PGconn.connect(pg_server.dsn("disable"), libpq=libpq)
+    monitor = client.connect(pg_server.dsn("disable"), libpq=libpq)
     conns = start_sleeping(pg_server.dsn(sslmode), libpq, monitor, N_THREADS)
     try:
         before = sockets_to(pg_server.port)
         barrier = threading.Barrier(N_THREADS)
         errors: list[BaseException] = []
 
-        def worker(conn: PGconn) -> None:
+        def worker(conn: Client) -> None:
             try:
                 barrier.wait(10)
                 call_cancel(mode, conn, timeout=10)
@@ -85,7 +87,7 @@ def test_eight_threads_cancel_eight_queries(
 BLOCKED_SLEEP = 4  # seconds: how long a blocked query lasts if the cancel cannot get through
 
 
-def cancel_target(conn: PGconn, libpq: Libpq, via: str) -> PGconn:
+def cancel_target(conn: Client, libpq: Libpq, via: str) -> Client | PGconn:
     """What the other thread passes to psycancel: the object itself, or a borrowed
     wrapper of the same pointer (as the driver adapters make)."""
     if via == "same-object":
@@ -101,8 +103,8 @@ def test_query_blocks_in_one_thread_cancelled_from_another(
     """The main thread blocks in get_result(); a thread cancels (needs the GIL free)."""
     import psycancel
 
-    conn = PGconn.connect(pg_server.dsn(sslmode), libpq=libpq)
-    monitor = PGconn.connect(pg_server.dsn("disable"), libpq=libpq)
+    conn = client.connect(pg_server.dsn(sslmode), libpq=libpq)
+    monitor = client.connect(pg_server.dsn("disable"), libpq=libpq)
     target = cancel_target(conn, libpq, via)
     errors: list[BaseException] = []
 
@@ -134,8 +136,8 @@ def test_query_in_a_thread_cancelled_from_the_main_thread(
 ) -> None:
     import psycancel
 
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
-    monitor = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
+    monitor = client.connect(dsn_plain, libpq=libpq)
     try:
         results: list[Any] = []
         conn.send_query(f"select pg_sleep({BLOCKED_SLEEP})")
@@ -209,7 +211,7 @@ def poll_once(cc: Any) -> PollingStatus:
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 def test_fork_child_drops_parent_cancel_objects(sslmode: str, pg_server: Any, libpq: Libpq) -> None:
-    conn = PGconn.connect(pg_server.dsn(sslmode), libpq=libpq)
+    conn = client.connect(pg_server.dsn(sslmode), libpq=libpq)
     try:
         # Only this dict refers to the cancel objects, so that clearing it in
         # the child really drops them there (the garbage collector finishes them).
@@ -252,7 +254,7 @@ def _continue(cc: Any) -> Any:
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 def test_fork_child_drops_parent_pgconn(sslmode: str, pg_server: Any, libpq: Libpq) -> None:
-    objs = {"conn": PGconn.connect(pg_server.dsn(sslmode), libpq=libpq)}
+    objs = {"conn": client.connect(pg_server.dsn(sslmode), libpq=libpq)}
 
     def child() -> None:
         objs.clear()  # the only reference: the child's GC finishes the PGconn

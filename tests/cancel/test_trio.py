@@ -19,8 +19,10 @@ import pytest
 
 import psycancel
 from psycancel._engine import anyio_loop as _waiting_anyio
-from psycancel.pq import Libpq, PGconn, QueryResult
+from psycancel.pq import Libpq
 from psycancel.pq.abc import PGcancelConn
+from testing import client
+from testing.client import Client, QueryResult
 from tests.support.drivers import QUERY_CANCELED, SLEEP, pgcode
 from tests.support.drivers import need as _need
 from tests.support.fds import sockets_to
@@ -47,7 +49,7 @@ async def waiting_tasks() -> int:
     return int(stats.tasks_waiting_read + stats.tasks_waiting_write)
 
 
-async def trio_result(conn: PGconn) -> QueryResult:
+async def trio_result(conn: Client) -> QueryResult:
     """The result of the query in progress on ``conn``, waiting the Trio way."""
     while True:
         conn.consume_input()
@@ -78,8 +80,8 @@ def test_cancels_running_query(dsn: str, libpq: Libpq, created: list[PGcancelCon
 def test_query_awaited_by_trio_cancelled_from_another_task(
     dsn_tls: str, libpq: Libpq, created: list[PGcancelConn]
 ) -> None:
-    conn = PGconn.connect(dsn_tls, libpq=libpq)
-    monitor = PGconn.connect(dsn_tls, libpq=libpq)
+    conn = client.connect(dsn_tls, libpq=libpq)
+    monitor = client.connect(dsn_tls, libpq=libpq)
     try:
 
         async def main() -> QueryResult:
@@ -109,7 +111,7 @@ def test_psycopg2_in_a_trio_thread(
     dsn = request.getfixturevalue(dsn_name)
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
-    monitor = PGconn.connect(dsn, libpq=libpq)
+    monitor = client.connect(dsn, libpq=libpq)
     try:
 
         async def main() -> BaseException | None:
@@ -138,7 +140,7 @@ def test_psycopg2_in_a_trio_thread(
 
 
 def test_idle_connection(dsn_plain: str, libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     try:
         trio_run(psycancel.cancel_async, conn)
         assert run(conn, "select 1").rows == (("1",),)
@@ -150,7 +152,7 @@ def test_timeout_when_black_holed(
     pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]
 ) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
     try:
         px.blackhole()
         session = sockets_to(px.port)  # the connection itself
@@ -177,7 +179,7 @@ def test_task_cancellation_cleans_up(
     pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]
 ) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
     try:
         px.blackhole()
         session = sockets_to(px.port)  # the connection itself
@@ -200,7 +202,7 @@ def test_task_cancellation_cleans_up(
 
 def test_refused(pg_server: Any, proxy: Any, libpq: Libpq, created: list[PGcancelConn]) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
     try:
         px.close()
         with pytest.raises(psycancel.CancelError, match=r"(?i)refused"):
@@ -313,7 +315,7 @@ def test_legacy_tls_strict_refuses(dsn_tls: str, legacy_libpq: Libpq) -> None:
 
 def test_legacy_timeout_when_black_holed(pg_server: Any, proxy: Any, legacy_libpq: Libpq) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=legacy_libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="disable"), libpq=legacy_libpq)
     try:
         px.blackhole()
 
@@ -360,7 +362,7 @@ def test_cancel_after_fires_with_psycopg2_in_a_thread(
 
 
 def test_cancel_after_with_a_trio_awaited_query(dsn_tls: str, libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_tls, libpq=libpq)
+    conn = client.connect(dsn_tls, libpq=libpq)
     try:
 
         async def main() -> tuple[QueryResult, QueryResult, bool, bool]:

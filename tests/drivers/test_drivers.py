@@ -28,6 +28,8 @@ from psycancel._engine import plan as _plan
 from psycancel.pq import Libpq, PGconn
 from psycancel.pq.abc import PGcancelConn
 from psycancel.pq.libfind import library_file_of
+from testing import client
+from testing.client import Client
 from tests.support.drivers import (
     LEGACY_PSYCOPG2_DIR,
     QUERY_CANCELED,
@@ -67,9 +69,9 @@ def bundled_libpq(distribution: str) -> Path:
 
 
 @pytest.fixture
-def monitor(libpq: Libpq, dsn_plain: str) -> Iterator[PGconn]:
+def monitor(libpq: Libpq, dsn_plain: str) -> Iterator[Client]:
     """A psycancel connection that watches ``pg_stat_activity``."""
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     try:
         yield conn
     finally:
@@ -149,14 +151,13 @@ def test_psycopg2_binary_owner_is_its_bundled_libpq(dsn_plain: str, libpq: Libpq
     conn = psycopg2_conn(dsn_plain)
     try:
         pgconn = as_pgconn(conn)
-        assert pgconn.borrowed
         assert pgconn.pgconn_ptr == conn.pgconn_ptr
         assert Path(pgconn.libpq.path) == bundled_libpq("psycopg2-binary")
         assert pgconn.libpq.version == psycopg2_extensions.libpq_version()
         assert pgconn.libpq.version // 10000 == 17
         assert pgconn.libpq.has_cancel_conn
         assert pgconn.libpq.path != libpq.path
-        assert pgconn.backend_pid == conn.info.backend_pid  # it reads the right struct
+        assert pgconn.socket == conn.fileno()  # it reads the right struct
         assert type(pgconn) is PGconn and type(pgconn.libpq) is Libpq  # the active twin
     finally:
         conn.close()
@@ -167,12 +168,11 @@ def test_psycopg_binary_owner_is_its_bundled_libpq(dsn_plain: str, libpq: Libpq)
     conn = psycopg.connect(dsn_plain)
     try:
         pgconn = as_pgconn(conn)
-        assert pgconn.borrowed
         assert pgconn.pgconn_ptr == conn.pgconn.pgconn_ptr
         assert Path(pgconn.libpq.path) == bundled_libpq("psycopg-binary")
         assert pgconn.libpq.version == psycopg.pq.version()
         assert pgconn.libpq.path != libpq.path
-        assert pgconn.backend_pid == conn.info.backend_pid
+        assert pgconn.socket == conn.fileno()
         # psycopg's own PGconn object is accepted too.
         assert as_pgconn(conn.pgconn).libpq is pgconn.libpq
     finally:
@@ -215,7 +215,7 @@ def test_owner_follows_the_dynamic_linker(dsn_plain: str, libpq: Libpq) -> None:
     assert alone["owner_version"] == alone["driver_libpq_version"] < 170000
     assert not alone["owner_has_cancel_conn"]
     assert alone["owner_path"] == os.path.realpath(_legacy_system_libpq())
-    assert alone["borrowed"] and alone["ptr_matches"]
+    assert alone["ptr_matches"] and alone["socket_matches"]
 
     after = run_legacy("owner", {"dsn": dsn_plain, "load_first": libpq.path})
     if not os.path.basename(libpq.path).startswith("libpq.so"):
@@ -246,7 +246,7 @@ def test_cancel_running_query(
     api: str,
     driver: SyncDriver,
     dsn: str,
-    monitor: PGconn,
+    monitor: Client,
     used_libpqs: list[tuple[Libpq, PGcancelConn]],
 ) -> None:
     conn = driver.connect(dsn)
@@ -271,7 +271,7 @@ def test_cancel_running_query(
 
 
 def test_encrypted_cancel_has_no_warning_even_strict(
-    driver: SyncDriver, dsn_tls: str, monitor: PGconn
+    driver: SyncDriver, dsn_tls: str, monitor: Client
 ) -> None:
     """libpq >= 17 in the driver: the cancel is encrypted, the policy has nothing to say."""
     conn = driver.connect(dsn_tls)
@@ -338,13 +338,13 @@ class Ticker:
         await self._task
 
 
-async def wait_active_async(monitor: PGconn, pid: int) -> None:
+async def wait_active_async(monitor: Client, pid: int) -> None:
     await asyncio.to_thread(wait_until_active, monitor, pid)
 
 
 @pytest.mark.parametrize("api", ["cancel_async", "cancel_in_thread"])
 def test_psycopg_async_connection(
-    api: str, dsn: str, monitor: PGconn, used_libpqs: list[tuple[Libpq, PGcancelConn]]
+    api: str, dsn: str, monitor: Client, used_libpqs: list[tuple[Libpq, PGcancelConn]]
 ) -> None:
     async def main() -> None:
         aconn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
@@ -373,7 +373,7 @@ def test_aiopg_cancel_from_another_task_without_blocking(
     sslmode: str,
     pg_server: Any,
     proxy: Callable[[], Any],
-    monitor: PGconn,
+    monitor: Client,
     used_libpqs: list[tuple[Libpq, PGcancelConn]],
 ) -> None:
     """The loop keeps ticking while the cancel of an aiopg query waits.
@@ -608,7 +608,7 @@ def test_protocol_cancels(
     form: str,
     api: str,
     dsn_tls: str,
-    monitor: PGconn,
+    monitor: Client,
     used_libpqs: list[tuple[Libpq, PGcancelConn]],
 ) -> None:
     raw = psycopg2_conn(dsn_tls)
@@ -686,7 +686,7 @@ def test_protocol_can_report_closed_by_raising() -> None:
 def test_protocol_returning_a_finished_pgconn(
     dsn_plain: str, libpq: Libpq, used_libpqs: list[tuple[Libpq, PGcancelConn]]
 ) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     conn.finish()
-    psycancel.cancel(ProtocolConn(lambda: conn))  # closed: nothing to cancel
+    psycancel.cancel(ProtocolConn(lambda: conn.pgconn))  # closed: nothing to cancel
     assert used_libpqs == []

@@ -35,8 +35,9 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel.pq import ExecStatus, Libpq, PGconn
-from testing import make_ca, make_conninfo, make_server_cert
+from psycancel.pq import Libpq
+from testing import client, make_ca, make_conninfo, make_server_cert
+from testing.client import ExecStatus
 from tests.support.modes import LOOP_MODES, call_cancel
 from tests.support.proxy import TcpProxy
 from tests.support.queries import QUERY_CANCELED, drain, run, wait_until_active
@@ -187,8 +188,8 @@ def test_cancel_through_pgbouncer(
     mode: str, bouncer: PgBouncer, pg_server: Any, libpq: Libpq, created: list[Any]
 ) -> None:
     with TcpProxy(bouncer.host, bouncer.port) as px:
-        conn = PGconn.connect(bouncer.dsn(port=px.port), libpq=libpq)
-        monitor = PGconn.connect(pg_server.dsn("disable"), libpq=libpq)
+        conn = client.connect(bouncer.dsn(port=px.port), libpq=libpq)
+        monitor = client.connect(pg_server.dsn("disable"), libpq=libpq)
         try:
             assert conn.ssl_in_use
             tag = f"cancel_{mode}_{bouncer.pool_mode}_{time.monotonic_ns()}"
@@ -219,9 +220,9 @@ def test_late_cancel_never_hits_another_client(
     server connection, and A's cancel arrives: PgBouncer must drop it (A is
     linked to no server connection), never forward it to B's query.
     """
-    a = PGconn.connect(transaction_bouncer.dsn(), libpq=libpq)
-    b = PGconn.connect(transaction_bouncer.dsn(), libpq=libpq)
-    monitor = PGconn.connect(pg_server.dsn("disable"), libpq=libpq)
+    a = client.connect(transaction_bouncer.dsn(), libpq=libpq)
+    b = client.connect(transaction_bouncer.dsn(), libpq=libpq)
+    monitor = client.connect(pg_server.dsn("disable"), libpq=libpq)
     hit = 0
     try:
         # One server connection for both clients (the premise of the test).
@@ -243,8 +244,8 @@ def test_late_cancel_never_hits_another_client(
             conn.finish()
     assert hit == 0, f"{hit}/{LATE_CANCEL_ROUNDS} late cancels hit the other client's query"
     # The control: B's own cancel does reach B's query on that connection.
-    b = PGconn.connect(transaction_bouncer.dsn(), libpq=libpq)
-    monitor = PGconn.connect(pg_server.dsn("disable"), libpq=libpq)
+    b = client.connect(transaction_bouncer.dsn(), libpq=libpq)
+    monitor = client.connect(pg_server.dsn("disable"), libpq=libpq)
     try:
         tag = f"control_{mode}_{time.monotonic_ns()}"
         b.send_query(f"select pg_sleep(30) /* {tag} */")
@@ -275,15 +276,15 @@ def test_protocol_3_2_through_pgbouncer(bouncer: PgBouncer, pg_server: Any, libp
         pytest.skip("[not a missing dependency] the same in both pooling modes")
     dsn = bouncer.dsn(max_protocol_version="3.2")
     try:
-        conn = PGconn.connect(dsn, libpq=libpq)
+        conn = client.connect(dsn, libpq=libpq)
     except psycancel.OperationalError as ex:
         assert "bad packet header" in str(ex), ex
         print(f"{pgbouncer_version()}: protocol 3.2 refused at startup: {ex}")
         # The same client with the default (3.0) connects and cancels fine.
-        conn = PGconn.connect(bouncer.dsn(), libpq=libpq)
+        conn = client.connect(bouncer.dsn(), libpq=libpq)
         conn.finish()
         return
-    monitor = PGconn.connect(pg_server.dsn("disable"), libpq=libpq)
+    monitor = client.connect(pg_server.dsn("disable"), libpq=libpq)
     try:
         tag = f"proto32_{time.monotonic_ns()}"
         conn.send_query(f"select pg_sleep(30) /* {tag} */")

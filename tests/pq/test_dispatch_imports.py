@@ -81,10 +81,11 @@ def test_asyncio_cancel_imports_no_anyio(dsn_plain: str, libpq: Libpq) -> None:
         f"""
         import asyncio
         import psycancel
-        from psycancel.pq import Libpq, PGconn
+        from psycancel.pq import Libpq
+        from testing import client
 
         async def main():
-            conn = PGconn.connect({dsn_plain!r}, libpq=Libpq.load({libpq.path!r}))
+            conn = client.connect({dsn_plain!r}, libpq=Libpq.load({libpq.path!r}))
             try:
                 await psycancel.cancel_async(conn, timeout=10)
                 async with psycancel.cancel_after(conn, 5):

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from testing import client
 from tests.support.active import poll_until_active
 
 DELAY = 0.3
@@ -102,7 +103,7 @@ def through_proxy(
 
     def make(lib: Any, sslmode: str) -> tuple[Any, Any]:
         px = proxy()
-        conn = twin.PGconn.connect(px.dsn(pg_server, sslmode), libpq=lib)
+        conn = client.connect(px.dsn(pg_server, sslmode), libpq=lib)
         made.append(conn)
         px.delay = DELAY
         return conn, px
@@ -116,7 +117,7 @@ def through_proxy(
 
 def start_sleeping(conn: Any, monitor_dsn: str) -> None:
     """Run pg_sleep(30) on ``conn``; return once the server is in it."""
-    monitor = type(conn).connect(monitor_dsn, libpq=conn.libpq)
+    monitor = client.connect(monitor_dsn, libpq=conn.libpq)
     try:
         conn.send_query("select pg_sleep(30)")
         wait_until_sleeping(monitor, conn.backend_pid)

@@ -28,6 +28,7 @@ import pytest
 import psycancel
 from psycancel._engine import offload as _offload
 from psycancel.errors import CancellationTimeout, InterfaceError
+from testing import client
 from tests.support.fds import loop_fds, open_fds, sockets_to
 from tests.support.proxy import TcpProxy
 from tests.support.twins import compiled_twin, new_libpq_path
@@ -92,13 +93,13 @@ def driven(c: ModuleType) -> Iterator[Driven]:
 def test_every_job_reported_once_with_its_outcome(
     c: ModuleType, c_libpq: Any, pg_server: Any, proxy: MakeProxy, driven: Driven
 ) -> None:
-    plain = c.PGconn.connect(pg_server.dsn("disable"), libpq=c_libpq)
-    tls = c.PGconn.connect(pg_server.dsn("require"), libpq=c_libpq)
+    plain = client.connect(pg_server.dsn("disable"), libpq=c_libpq)
+    tls = client.connect(pg_server.dsn("require"), libpq=c_libpq)
     px = proxy()
-    held = c.PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=c_libpq)
+    held = client.connect(px.dsn(pg_server, sslmode="require"), libpq=c_libpq)
     px.blackhole()  # cancels of ``held`` are never answered
     px_reset = proxy()
-    reset = c.PGconn.connect(px_reset.dsn(pg_server, sslmode="disable"), libpq=c_libpq)
+    reset = client.connect(px_reset.dsn(pg_server, sslmode="disable"), libpq=c_libpq)
     px_reset.reset()  # cancels of ``reset`` fail: RST on their first bytes
     try:
         ports = (pg_server.port, px.port, px_reset.port)
@@ -148,9 +149,9 @@ def test_a_failing_poll_fails_every_job_and_the_engine_goes_on(
     closed; the engine never spins and takes new work afterwards."""
     n_jobs = 10
     px = proxy()
-    held = c.PGconn.connect(px.dsn(pg_server, sslmode="disable"), libpq=c_libpq)
+    held = client.connect(px.dsn(pg_server, sslmode="disable"), libpq=c_libpq)
     px.blackhole()
-    plain = c.PGconn.connect(pg_server.dsn("disable"), libpq=c_libpq)
+    plain = client.connect(pg_server.dsn("disable"), libpq=c_libpq)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         before = sockets_to(px.port)
@@ -179,7 +180,7 @@ def test_a_failing_poll_fails_every_job_and_the_engine_goes_on(
 
 def test_taken_objects_and_misuse(c: ModuleType, c_libpq: Any, dsn_plain: str) -> None:
     engine = c.OffloadEngine()  # not running: submitted jobs just queue
-    conn = c.PGconn.connect(dsn_plain, libpq=c_libpq)
+    conn = client.connect(dsn_plain, libpq=c_libpq)
     try:
         started = conn.cancel_conn()
         started.start()
@@ -190,7 +191,7 @@ def test_taken_objects_and_misuse(c: ModuleType, c_libpq: Any, dsn_plain: str) -
             engine.submit(started, time.monotonic() + 5, 2)
         from psycancel.pq import _ctypes
 
-        other = _ctypes.PGconn.connect(dsn_plain, libpq=_ctypes.Libpq.load(new_libpq_path()))
+        other = client.connect(dsn_plain, libpq=_ctypes.Libpq.load(new_libpq_path()))
         try:
             with pytest.raises(TypeError):
                 engine.submit(other.cancel_conn(), time.monotonic() + 5, 3)
@@ -214,7 +215,7 @@ def test_taken_objects_and_misuse(c: ModuleType, c_libpq: Any, dsn_plain: str) -
     assert engine.take_done() == [(5, c.OUTCOME_ABORTED, "")]
     assert engine.take_done() == []  # stopped, nothing left
     with pytest.raises(InterfaceError, match="closed"):
-        conn2 = c.PGconn.connect(dsn_plain, libpq=c_libpq)
+        conn2 = client.connect(dsn_plain, libpq=c_libpq)
         try:
             engine.submit(conn2.cancel_conn(), time.monotonic() + 5, 6)
         finally:
@@ -234,7 +235,7 @@ def test_engine_fds_go_with_it(c: ModuleType) -> None:
 def test_forked_child_cannot_use_the_parents_engine(
     c: ModuleType, c_libpq: Any, dsn_plain: str, driven: Driven
 ) -> None:
-    conn = c.PGconn.connect(dsn_plain, libpq=c_libpq)
+    conn = client.connect(dsn_plain, libpq=c_libpq)
     spare = conn.cancel_conn()
     try:
         pid = os.fork()
@@ -275,9 +276,9 @@ def test_public_api_race_stress(
     cancellations at random moments, all at once; every one ends as expected and
     nothing is left behind (fds, loop registrations, pending jobs)."""
     px = proxy()
-    held = c.PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=c_libpq)
+    held = client.connect(px.dsn(pg_server, sslmode="require"), libpq=c_libpq)
     px.blackhole()
-    conns = [c.PGconn.connect(pg_server.dsn(m), libpq=c_libpq) for m in ("disable", "require")]
+    conns = [client.connect(pg_server.dsn(m), libpq=c_libpq) for m in ("disable", "require")]
     rng = random.Random(20261126)
     try:
         before = sockets_to(pg_server.port) | sockets_to(px.port)
@@ -318,10 +319,10 @@ def test_run_blocking_outcomes(
     c: ModuleType, c_libpq: Any, pg_server: Any, proxy: MakeProxy
 ) -> None:
     """The blocking C driver: OK, TIMEOUT (black hole), FAILED (reset), misuse."""
-    plain = c.PGconn.connect(pg_server.dsn("disable"), libpq=c_libpq)
+    plain = client.connect(pg_server.dsn("disable"), libpq=c_libpq)
     px_hole, px_reset = proxy(), proxy()
-    held = c.PGconn.connect(px_hole.dsn(pg_server, sslmode="require"), libpq=c_libpq)
-    reset = c.PGconn.connect(px_reset.dsn(pg_server, sslmode="disable"), libpq=c_libpq)
+    held = client.connect(px_hole.dsn(pg_server, sslmode="require"), libpq=c_libpq)
+    reset = client.connect(px_reset.dsn(pg_server, sslmode="disable"), libpq=c_libpq)
     px_hole.blackhole()
     px_reset.reset()
     try:

@@ -44,6 +44,7 @@ import psycancel
 from psycancel.errors import CancelError, InterfaceError
 from psycancel.pq import _ctypes
 from psycancel.pq.enums import ConnStatus, PollingStatus
+from testing import client
 from tests.support.proxy import TcpProxy
 
 try:
@@ -141,7 +142,7 @@ class CancelStateMachine(RuleBasedStateMachine):
             dsn = proxy.dsn(server, sslmode="disable")
         else:
             dsn = server.dsn(kind)
-        objs = {t: self.twins[t].PGconn.connect(dsn, libpq=self.libs[t]) for t in TWINS}
+        objs = {t: client.connect(dsn, libpq=self.libs[t]) for t in TWINS}
         if proxy is not None:
             proxy.close()  # the sessions stay open (half-dead); cancels are refused
         pair = ConnPair(kind, objs, proxy)

@@ -26,8 +26,9 @@ import pytest
 import psycancel_c
 from psycancel.pq import _ctypes
 from psycancel.pq import abc as pq_abc
-from psycancel.pq.abc import QueryResult
-from psycancel.pq.enums import ConnStatus, ExecStatus, PollingStatus
+from psycancel.pq.enums import ConnStatus, PollingStatus
+from testing import client
+from testing.client import ExecStatus
 from tests.support.twins import compiled_twin, new_libpq_path, old_libpq_path
 
 CLASSES = ["Libpq", "PGconn", "PGcancelConn", "PGcancel"]
@@ -138,11 +139,6 @@ def test_classmethod_signatures() -> None:
         assert signature_shape(mod.Libpq.load) == [
             ("path", inspect.Parameter.POSITIONAL_OR_KEYWORD, None)
         ]
-        for name in ("connect", "connect_start"):
-            assert signature_shape(getattr(mod.PGconn, name)) == [
-                ("conninfo", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
-                ("libpq", inspect.Parameter.KEYWORD_ONLY, None),
-            ]
         assert signature_shape(mod.PGconn.from_ptr) == [
             ("ptr", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
             ("libpq", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
@@ -334,12 +330,12 @@ def instance_public_names(twin: ModuleType, cls_name: str, obj: object) -> set[s
 
 @pytest.fixture
 def conn(twin: ModuleType, new_libpq: Any, dsn: str) -> Iterator[Any]:
-    """An open connection of ``twin`` (plain, TLS, verify-full)."""
-    conn = twin.PGconn.connect(dsn, libpq=new_libpq)
+    """The ``PGconn`` of ``twin`` wrapping an open client connection (plain, TLS, verify-full)."""
+    made = client.connect(dsn, libpq=new_libpq)
     try:
-        yield conn
+        yield made.pgconn
     finally:
-        conn.finish()
+        made.finish()
 
 
 def test_libpq_value_types(twin: ModuleType, new_libpq: Any) -> None:
@@ -368,42 +364,52 @@ def test_pgconn_value_types(twin: ModuleType, conn: Any, dsn: str) -> None:
     assert instance_public_names(twin, "PGconn", conn) == public_names(twin.PGconn)
     assert type(conn.libpq) is twin.Libpq
     assert type(conn.pgconn_ptr) is int and conn.pgconn_ptr > 0
-    assert conn.borrowed is False
     assert conn.closed is False
     assert type(conn.status) is ConnStatus and conn.status == ConnStatus.OK
     assert type(conn.error_message) is str
     assert type(conn.socket) is int and conn.socket >= 0
-    assert type(conn.backend_pid) is int and conn.backend_pid > 0
     assert type(conn.ssl_in_use) is bool
     assert conn.ssl_in_use is ("sslmode=disable" not in dsn)
-    assert conn.is_busy() is False
-    assert conn.consume_input() is None
-    assert conn.send_query("select 1, null, 'x'") is None
-    res = conn.get_result()
-    assert type(res) is QueryResult
-    assert type(res.status) is ExecStatus and res.status == ExecStatus.TUPLES_OK
-    assert res.sqlstate is None and res.message == ""
-    assert res.rows == (("1", None, "x"),)
-    assert conn.get_result() is None
-    conn.send_query("select 1/0")
-    err = conn.get_result()
-    assert type(err.status) is ExecStatus and err.status == ExecStatus.FATAL_ERROR
-    assert type(err.sqlstate) is str and err.sqlstate == "22012"
-    assert type(err.message) is str and "division by zero" in err.message
-    assert not err.message.endswith("\n")
-    assert conn.get_result() is None
 
     borrowed = twin.PGconn.from_ptr(conn.pgconn_ptr, conn.libpq)
     assert type(borrowed) is twin.PGconn
-    assert borrowed.borrowed is True
     assert borrowed.pgconn_ptr == conn.pgconn_ptr
-    assert borrowed.backend_pid == conn.backend_pid
+    assert borrowed.socket == conn.socket
     assert borrowed.finish() is None
     assert borrowed.closed is True and conn.closed is False
 
 
-def test_row_values_are_byte_exact(twin: ModuleType, conn: Any) -> None:
-    """Only error messages lose their trailing newline; values are kept as they are."""
+def test_error_message_loses_its_trailing_newline(
+    twin: ModuleType, new_libpq: Any, dsn_plain: str
+) -> None:
+    """libpq's message of a failed query, read through the twin's ``error_message``."""
+    made = client.connect(dsn_plain, libpq=new_libpq)
+    try:
+        made.send_query("select 1/0")
+        assert made.get_result() is not None
+        assert made.get_result() is None
+        raw = made.error_message
+        assert "division by zero" in raw and made.pgconn.error_message == raw
+        assert not made.pgconn.error_message.endswith("\n")
+    finally:
+        made.finish()
+
+
+def test_client_row_values_are_byte_exact(new_libpq: Any, dsn_plain: str) -> None:
+    """The tests' client: only error messages lose their trailing newline."""
+    conn = client.connect(dsn_plain, libpq=new_libpq)
+    try:
+        res = conn.execute("select 1, null, 'x'")
+        assert type(res.status) is ExecStatus and res.status == ExecStatus.TUPLES_OK
+        assert res.sqlstate is None and res.message == "" and res.rows == (("1", None, "x"),)
+        err = conn.execute("select 1/0")
+        assert err.status == ExecStatus.FATAL_ERROR and err.sqlstate == "22012"
+        _check_byte_exact(conn)
+    finally:
+        conn.finish()
+
+
+def _check_byte_exact(conn: Any) -> None:
     conn.send_query("select E'y\\n', E'\\n', ' z ', '', E'a\\r\\n\\n', 'é'")
     res = conn.get_result()
     assert conn.get_result() is None
@@ -414,11 +420,14 @@ def test_row_values_are_byte_exact(twin: ModuleType, conn: Any) -> None:
     assert err.message and not err.message.endswith("\n")
 
 
-def test_connect_poll_value_types(twin: ModuleType, new_libpq: Any, dsn_plain: str) -> None:
-    conn = twin.PGconn.connect_start(dsn_plain, libpq=new_libpq)
+def test_pgconn_of_a_connection_in_progress(
+    twin: ModuleType, new_libpq: Any, dsn_plain: str
+) -> None:
+    """The wrapper reads the status of a connection being made (client: PQconnectPoll)."""
+    conn = client.connect_start(dsn_plain, libpq=new_libpq)
     try:
-        assert type(conn) is twin.PGconn
-        assert type(conn.status) is ConnStatus
+        assert type(conn.pgconn) is twin.PGconn
+        assert type(conn.pgconn.status) is ConnStatus
         for _ in range(10_000):
             st = conn.connect_poll()
             assert type(st) is PollingStatus
@@ -430,7 +439,7 @@ def test_connect_poll_value_types(twin: ModuleType, new_libpq: Any, dsn_plain: s
             else:
                 select.select([], [fd], [], 5)
         assert st == PollingStatus.OK, conn.error_message
-        assert conn.status == ConnStatus.OK
+        assert conn.pgconn.status == ConnStatus.OK
     finally:
         conn.finish()
 
@@ -468,22 +477,17 @@ def test_cancel_handle_value_types(twin: ModuleType, conn: Any) -> None:
 
 def test_both_twins_see_the_same_values(new_libpq: Any, dsn: str) -> None:
     c = compiled_twin()
-    conns = [
-        mod.PGconn.connect(dsn, libpq=mod.Libpq.load(new_libpq_path())) for mod in (_ctypes, c)
-    ]
+    conns = [client.connect(dsn, libpq=mod.Libpq.load(new_libpq_path())) for mod in (_ctypes, c)]
     try:
-        py_conn, c_conn = conns
-        for name in ("status", "error_message", "ssl_in_use", "borrowed", "closed"):
+        py_conn, c_conn = (conn.pgconn for conn in conns)
+        assert type(py_conn) is _ctypes.PGconn and type(c_conn) is c.PGconn
+        for name in ("status", "error_message", "ssl_in_use", "closed"):
             assert getattr(c_conn, name) == getattr(py_conn, name), name
         assert type(c_conn.status) is type(py_conn.status)
-        for query in ("select 1, null, 'x', 'y\n'", "select 1/0", "", "set search_path = public"):
-            results = []
-            for conn in conns:
-                conn.send_query(query)
-                results.append(conn.get_result())
-                assert conn.get_result() is None
-            assert results[0] == results[1], query
-        py_cc, c_cc = (conn.cancel_conn() for conn in conns)
+        for conn in conns:
+            conn.execute("select 1/0")  # an error message to compare
+        assert c_conn.error_message == py_conn.error_message
+        py_cc, c_cc = (conn.cancel_conn() for conn in (py_conn, c_conn))
         for name in ("status", "socket", "error_message", "closed"):
             assert getattr(c_cc, name) == getattr(py_cc, name), name
         py_cc.finish()

@@ -1,15 +1,17 @@
-"""One thread waits for a query's result, another uses the same PGconn (both twins).
+"""One thread waits for a query's result, another cancels it through the connection's
+``PGconn`` (both twins).
 
-``PGconn.get_result()`` waits for the server *without* holding the object's
-lock (it only holds it around libpq calls that cannot block), so while
-thread A is blocked in ``get_result()`` on ``pg_sleep(30)``:
+Thread A waits in the tests' client (``testing.client.Client.get_result()``,
+which waits for the server without holding its lock, as a driver does);
+meanwhile, through the client's borrowed ``PGconn`` of the twin under test:
 
-* thread B can cancel the query through the *same object*
-  (``cancel_conn()`` + ``blocking()``, or ``get_cancel().cancel()``): A's
-  result is SQLSTATE 57014, promptly;
+* thread B can cancel the query (``cancel_conn()`` + ``blocking()``, or
+  ``get_cancel().cancel()``, or ``psycancel.cancel``): A's result is
+  SQLSTATE 57014, promptly;
 * thread B can read the getters (``status``, ``socket``, ...) at once;
-* thread B can ``finish()`` the connection: A raises ``InterfaceError``
-  (never a use-after-free), and no socket is left open;
+* thread B can ``finish()`` the client: A raises ``InterfaceError`` (never a
+  use-after-free), and no socket is left open; finishing only the borrowed
+  wrapper leaves A's wait alone;
 * a signal handler that raises interrupts A's wait.
 
 Before B acts, the test checks (in ``/proc``) that A really is blocked in a
@@ -31,6 +33,7 @@ import pytest
 
 from psycancel.errors import InterfaceError
 from psycancel.pq.enums import ConnStatus
+from testing import client
 from tests.support.fds import sockets_to
 from tests.support.queries import QUERY_CANCELED, drain, run, wait_until_active
 
@@ -48,7 +51,7 @@ _WAIT_SYSCALLS = {
 @pytest.fixture
 def monitor(twin: ModuleType, new_libpq: Any, pg_server: Any) -> Iterator[Any]:
     """A second connection, to watch (and clean up) the server's backends."""
-    conn = twin.PGconn.connect(pg_server.dsn("disable"), libpq=new_libpq)
+    conn = client.connect(pg_server.dsn("disable"), libpq=new_libpq)
     try:
         yield conn
     finally:
@@ -146,7 +149,8 @@ def bounded(action: Callable[[], object], timeout: float = PROMPT) -> float:
 
 
 def sleeping_conn(twin: ModuleType, lib: Any, dsn: str, monitor: Any) -> Any:
-    conn = twin.PGconn.connect(dsn, libpq=lib)
+    conn = client.connect(dsn, libpq=lib)
+    assert type(conn.pgconn) is twin.PGconn
     conn.send_query(SLEEP)
     wait_until_active(monitor, conn.backend_pid)
     return conn
@@ -291,19 +295,24 @@ def test_finish_while_another_thread_waits(
 def test_finish_of_a_borrowed_wrapper_while_another_thread_waits(
     twin: ModuleType, new_libpq: Any, pg_server: Any, monitor: Any
 ) -> None:
-    """Finishing a borrowed wrapper stops its waiter; the owner's connection lives on."""
+    """Finishing the client's borrowed wrapper leaves the wait alone; psycancel then has
+    nothing to cancel through it, and a new wrapper of the pointer cancels the query."""
+    import psycancel
+
     owner = sleeping_conn(twin, new_libpq, pg_server.dsn("disable"), monitor)
     pid = owner.backend_pid
     try:
+        waiter = Waiter(owner).start()
+        bounded(owner.pgconn.finish)
+        assert owner.pgconn.closed and not owner.closed
+        bounded(lambda: psycancel.cancel(owner.pgconn, timeout=PROMPT))  # nothing to cancel
+        assert waiter.thread.is_alive()  # the query still runs
         borrowed = twin.PGconn.from_ptr(owner.pgconn_ptr, new_libpq)
-        waiter = Waiter(borrowed).start()
-        bounded(borrowed.finish)
+        bounded(lambda: cancel_with_cancel_conn(borrowed))
         waiter.join(PROMPT)
-        assert isinstance(waiter.error, InterfaceError), waiter.error
+        assert waiter.error is None, waiter.error
+        assert waiter.result.sqlstate == QUERY_CANCELED
         assert owner.status == ConnStatus.OK
-        assert owner.is_busy()  # the query still runs
-        bounded(lambda: cancel_with_cancel_conn(owner))
-        assert drain(owner).sqlstate == QUERY_CANCELED
         assert run(owner, "select 2").rows == (("2",),)
     finally:
         if owner.is_busy():

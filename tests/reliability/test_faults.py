@@ -24,8 +24,9 @@ import pytest
 import psycancel
 from psycancel._engine import offload as _offload
 from psycancel._engine import waits as _waits
-from psycancel.pq import Libpq, PGconn
-from testing import ThrowawayServer
+from psycancel.pq import Libpq
+from testing import ThrowawayServer, client
+from testing.client import Client
 from tests.support.faults import fault_proxy
 from tests.support.fds import loop_fds, sockets_to, trio_fds
 from tests.support.modes import LOOP_MODES, call_cancel
@@ -54,7 +55,7 @@ def test_refused(
     mode: str, sslmode: str, pg_server: Any, proxy: MakeProxy, libpq: Libpq, created: list[Any]
 ) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode=sslmode), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode=sslmode), libpq=libpq)
     try:
         px.close()  # nothing listens on the port any more
         port = px.port
@@ -68,7 +69,7 @@ def test_refused(
 
 def test_refused_is_fast(pg_server: Any, proxy: MakeProxy, libpq: Libpq) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
     try:
         px.close()
         t0 = time.monotonic()
@@ -87,7 +88,7 @@ def test_black_holed(
     px = proxy()
     params = {"sslnegotiation": "direct"} if sslmode == "direct" else {}
     dsn = px.dsn(pg_server, sslmode="require" if sslmode == "direct" else sslmode, **params)
-    conn = PGconn.connect(dsn, libpq=libpq)
+    conn = client.connect(dsn, libpq=libpq)
     try:
         px.blackhole()
         before = sockets_to(px.port)
@@ -117,7 +118,7 @@ def test_reset_on_first_bytes(
     mode: str, sslmode: str, pg_server: Any, proxy: MakeProxy, libpq: Libpq, created: list[Any]
 ) -> None:
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode=sslmode), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode=sslmode), libpq=libpq)
     try:
         px.reset()
         before = sockets_to(px.port)
@@ -136,7 +137,7 @@ def test_reset_during_tls_handshake(
 ) -> None:
     """The proxy relays SSLRequest and ``S``, then resets on the ClientHello."""
     with fault_proxy(pg_server.host, pg_server.port) as px:
-        conn = PGconn.connect(px.dsn(pg_server, sslmode=sslmode), libpq=libpq)
+        conn = client.connect(px.dsn(pg_server, sslmode=sslmode), libpq=libpq)
         try:
             px.reset_in_tls_handshake()
             before = sockets_to(px.port)
@@ -206,7 +207,7 @@ def test_server_restarted_before_cancel(
             call_cancel(mode, conn, timeout=10)
             assert sockets_to(own_server.port) == before
             # The bystander's query was not cancelled by the stale request.
-            monitor = PGconn.connect(own_server.dsn("disable"), libpq=libpq)
+            monitor = client.connect(own_server.dsn("disable"), libpq=libpq)
             try:
                 time.sleep(0.1)
                 wait_until_active(monitor, bystander.backend_pid, timeout=1)
@@ -239,7 +240,7 @@ def variant_dsn(px: TcpProxy, server: Any, variant: str) -> str:
     return px.dsn(server, sslmode=variant)
 
 
-async def cancel_asyncio_task_at(conn: PGconn, spy: StageSpy, stage: str, offload: bool) -> None:
+async def cancel_asyncio_task_at(conn: Client, spy: StageSpy, stage: str, offload: bool) -> None:
     loop = asyncio.get_running_loop()
     before = loop_fds(loop)
     task = asyncio.create_task(psycancel.cancel_async(conn, timeout=10, offload=offload))
@@ -264,7 +265,7 @@ async def cancel_asyncio_task_at(conn: PGconn, spy: StageSpy, stage: str, offloa
     assert loop_fds(loop) == before
 
 
-async def cancel_trio_task_at(conn: PGconn, spy: StageSpy, stage: str) -> None:
+async def cancel_trio_task_at(conn: Client, spy: StageSpy, stage: str) -> None:
     import trio
 
     before = trio_fds()
@@ -313,7 +314,7 @@ def run_task_cancelled_at(
     request_sent: bool,
 ) -> None:
     """Cancel the task of a ``cancel_async`` at ``stage``; nothing may be left behind."""
-    conn = PGconn.connect(dsn, libpq=libpq)
+    conn = client.connect(dsn, libpq=libpq)
     try:
         # A little latency, so that no stage can be skipped by a fast server
         # (on bare loopback the TLS handshake sometimes completes in one poll).
@@ -357,7 +358,7 @@ def test_task_cancelled_in_a_write_that_was_over_at_once(
     assert_all_finished(created)
 
 
-def assert_session_works(conn: PGconn, px: TcpProxy, request_sent: bool) -> None:
+def assert_session_works(conn: Client, px: TcpProxy, request_sent: bool) -> None:
     """``conn`` runs ``select 1`` after a cancel that was abandoned.
 
     An abandoned request that was already sent cannot be recalled: it is in
@@ -377,7 +378,7 @@ def assert_session_works(conn: PGconn, px: TcpProxy, request_sent: bool) -> None
     assert result.rows == (("1",),), (result.sqlstate, result.rows)
 
 
-async def _asyncio_cancel_after(conn: PGconn, seconds: float) -> None:
+async def _asyncio_cancel_after(conn: Client, seconds: float) -> None:
     loop = asyncio.get_running_loop()
     before = loop_fds(loop)
     task = asyncio.create_task(psycancel.cancel_async(conn, timeout=10))
@@ -388,7 +389,7 @@ async def _asyncio_cancel_after(conn: PGconn, seconds: float) -> None:
     assert loop_fds(loop) == before
 
 
-async def _trio_cancel_after(conn: PGconn, seconds: float) -> None:
+async def _trio_cancel_after(conn: Client, seconds: float) -> None:
     import trio
 
     before = trio_fds()
@@ -411,7 +412,7 @@ def test_task_cancelled_at_timed_points_on_a_slow_link(
     handshake during [0.4, 0.8) s and for EOF during [0.8, 1.2) s; cancel the
     task in the middle of each window."""
     px = proxy()
-    conn = PGconn.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode="require"), libpq=libpq)
     interrupted = []
     try:
         px.forward(delay=0.2)

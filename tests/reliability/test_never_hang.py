@@ -30,7 +30,9 @@ from hypothesis import strategies as st
 
 import psycancel
 from psycancel._engine import background, offload
-from psycancel.pq import Libpq, PGconn
+from psycancel.pq import Libpq
+from testing import client
+from testing.client import Client
 from tests.support.queries import QUERY_CANCELED, SLEEP, drain, run, sleeping, wait_until_active
 from tests.support.twins import new_libpq_path, old_libpq_path
 
@@ -121,7 +123,7 @@ def test_every_timeout_ends(pg_server: Any, timeout: float) -> None:
 
 @pytest.mark.parametrize("value", [10**400, 2**1024])
 def test_unrepresentable_ints_are_value_errors(value: int, dsn_plain: str, libpq: Libpq) -> None:
-    conn = PGconn.connect(dsn_plain, libpq=libpq)
+    conn = client.connect(dsn_plain, libpq=libpq)
     try:
         with pytest.raises(ValueError, match="too large"):
             psycancel.cancel(conn, timeout=value)
@@ -152,15 +154,15 @@ def test_huge_timeout_cancels_a_query(dsn_tls: str, libpq: Libpq) -> None:
 
 
 @pytest.fixture
-def connecting(dsn_plain: str, libpq: Libpq) -> Iterator[PGconn]:
-    conn = PGconn.connect_start(dsn_plain, libpq=libpq)
+def connecting(dsn_plain: str, libpq: Libpq) -> Iterator[Client]:
+    conn = client.connect_start(dsn_plain, libpq=libpq)
     try:
         yield conn
     finally:
         conn.finish()
 
 
-def test_unconnected_pgconn_is_interface_error(connecting: PGconn) -> None:
+def test_unconnected_pgconn_is_interface_error(connecting: Client) -> None:
     with pytest.raises(psycancel.InterfaceError, match="not established"):
         psycancel.cancel(connecting)
     with pytest.raises(psycancel.InterfaceError, match="not established"):
@@ -172,7 +174,7 @@ def test_unconnected_pgconn_is_interface_error(connecting: PGconn) -> None:
 
 
 def test_unconnected_legacy_pgconn_is_interface_error(dsn_plain: str, legacy_libpq: Libpq) -> None:
-    conn = PGconn.connect_start(dsn_plain, libpq=legacy_libpq)
+    conn = client.connect_start(dsn_plain, libpq=legacy_libpq)
     try:
         with pytest.raises(psycancel.InterfaceError, match="not established"):
             psycancel.cancel(conn)
@@ -205,7 +207,7 @@ def test_close_racing_cancel_is_safe(
     (sent, or nothing to cancel); nothing raises, nothing crashes, nothing leaks."""
     errors: list[BaseException] = []
     for i in range(60):
-        conn = twin.PGconn.connect(dsn_plain, libpq=new_libpq)
+        conn = client.connect(dsn_plain, libpq=new_libpq)
         go = threading.Event()
 
         def cancel_loop(conn: Any = conn, go: threading.Event = go) -> None:
@@ -244,8 +246,8 @@ def test_close_racing_cancel_is_safe(
 def sleeping_with(twin: ModuleType, dsn: str) -> Iterator[Any]:
     """``helpers.sleeping`` for a connection of ``twin`` (either twin, whichever is active)."""
     lib = twin.Libpq.load(new_libpq_path())
-    conn = twin.PGconn.connect(dsn, libpq=lib)
-    monitor = twin.PGconn.connect(dsn, libpq=lib)
+    conn = client.connect(dsn, libpq=lib)
+    monitor = client.connect(dsn, libpq=lib)
     try:
         conn.send_query(SLEEP)
         wait_until_active(monitor, conn.backend_pid)
@@ -321,7 +323,7 @@ def test_failed_legacy_thread_settles_and_recovers(
 ) -> None:
     from psycancel._engine import legacy
 
-    def call(conn: PGconn) -> None:
+    def call(conn: Client) -> None:
         if mode == "sync":
             psycancel.cancel(conn, timeout=30)
         else:

@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 import psycancel
-from psycancel.pq import Libpq, PGconn
-from testing import make_ca, make_server_cert
+from psycancel.pq import Libpq
+from testing import client, make_ca, make_server_cert
+from testing.client import Client
 from tests.support.fake_server import FakePgServer
 from tests.support.modes import LOOP_MODES, call_cancel
 from tests.support.proxy import TcpProxy
@@ -181,13 +182,13 @@ def impostor() -> Iterator[Callable[..., FakePgServer]]:
 def session_then_redirect(
     px: TcpProxy, pg_server: Any, libpq: Libpq, target: FakePgServer, sslmode: str,
     **params: Any,
-) -> PGconn:  # fmt: skip
+) -> Client:  # fmt: skip
     """Connect through ``px`` to the real server, then point ``px`` at ``target``.
 
     The proxy reads its target for each new connection, so the session stays on
     the real server and the cancel connection reaches the impostor.
     """
-    conn = PGconn.connect(px.dsn(pg_server, sslmode=sslmode, **params), libpq=libpq)
+    conn = client.connect(px.dsn(pg_server, sslmode=sslmode, **params), libpq=libpq)
     assert conn.ssl_in_use
     px.target_host, px.target_port = target.host, target.port
     return conn

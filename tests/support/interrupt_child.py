@@ -161,7 +161,7 @@ def run_psycopg(dsn: str, mode: str, block: Block) -> Any:
 
 
 class PGconnQueryError(Exception):
-    """The error result of a query on a psycancel PGconn, as an exception."""
+    """The error result of a query on the tests' client, as an exception."""
 
     def __init__(self, sqlstate: str | None, message: str) -> None:
         super().__init__(message)
@@ -169,9 +169,10 @@ class PGconnQueryError(Exception):
 
 
 def run_pgconn(dsn: str, mode: str, libpq_path: str, block: Block) -> Any:
-    from psycancel.pq import Libpq, PGconn
+    from psycancel.pq import Libpq
+    from testing import client
 
-    conn = PGconn.connect(dsn, libpq=Libpq.load(libpq_path))
+    conn = client.connect(dsn, libpq=Libpq.load(libpq_path))
     announce(conn.backend_pid)
 
     def query() -> None:

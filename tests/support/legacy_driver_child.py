@@ -106,8 +106,8 @@ def owner_info(conn: Any) -> dict[str, Any]:
         "owner_path": pgconn.libpq.path,
         "owner_version": pgconn.libpq.version,
         "owner_has_cancel_conn": pgconn.libpq.has_cancel_conn,
-        "borrowed": pgconn.borrowed,
         "ptr_matches": pgconn.pgconn_ptr == conn.pgconn_ptr,
+        "socket_matches": pgconn.socket == conn.fileno(),
         "ssl_in_use": pgconn.ssl_in_use,
     }
 

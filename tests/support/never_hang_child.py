@@ -33,19 +33,21 @@ def main(spec: dict[str, Any]) -> dict[str, str]:
     import trio
 
     import psycancel
-    from psycancel.pq import Libpq, PGconn
+    from psycancel.pq import Libpq
+    from testing import client
+    from testing.client import Client
 
     warnings.simplefilter("ignore", psycancel.InsecureCancelWarning)
     timeout = ast.literal_eval(spec["timeout"])
     new = Libpq.load(spec["new_libpq"])
     conns = {
-        "plain": PGconn.connect(spec["dsn_plain"], libpq=new),
-        "tls": PGconn.connect(spec["dsn_tls"], libpq=new),
+        "plain": client.connect(spec["dsn_plain"], libpq=new),
+        "tls": client.connect(spec["dsn_tls"], libpq=new),
     }
     if spec["legacy_libpq"]:  # "": none on this machine ($PSYCANCEL_TEST_LEGACY_LIBPQ=none)
         old = Libpq.load(spec["legacy_libpq"])
-        conns["legacy-plain"] = PGconn.connect(spec["dsn_plain"], libpq=old)
-        conns["legacy-tls"] = PGconn.connect(spec["dsn_tls"], libpq=old)
+        conns["legacy-plain"] = client.connect(spec["dsn_plain"], libpq=old)
+        conns["legacy-tls"] = client.connect(spec["dsn_tls"], libpq=old)
     out: dict[str, str] = {}
     for name, conn in conns.items():
         out[f"{name}/sync"] = _outcome(lambda c=conn: psycancel.cancel(c, timeout=timeout))
@@ -57,11 +59,11 @@ def main(spec: dict[str, Any]) -> dict[str, str]:
             )
         out[f"{name}/trio"] = _outcome(lambda c=conn: trio.run(_trio_cancel, c, timeout, psycancel))
 
-        def after_sync(c: PGconn = conn) -> None:
+        def after_sync(c: Client = conn) -> None:
             with psycancel.cancel_after(c, timeout, timeout=timeout):
                 pass
 
-        async def after_async(c: PGconn = conn) -> None:
+        async def after_async(c: Client = conn) -> None:
             async with psycancel.cancel_after(c, timeout, timeout=timeout):
                 await asyncio.sleep(0)
 

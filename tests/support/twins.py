@@ -36,15 +36,20 @@ SYSTEM_LIBPQ_ENV = "PSYCANCEL_TEST_LEGACY_LIBPQ"
 """The legacy (< 17) libpq for the fallback tests; ``none``: there is none."""
 
 TEST_LIBPQ_ENV = "PSYCANCEL_TEST_LIBPQ"
-"""``default``: the new-API libpq under test is ``Libpq.load()``'s (a wheel's bundled copy)."""
+"""The new-API libpq under test: a file, or ``default`` (``Libpq.load()``'s: no
+wheel bundles one, so that is ``$PSYCANCEL_LIBPQ`` or the system's)."""
 
 
 def _new_libpq_path() -> str | None:
-    """The libpq >= 17 under test: $PSYCANCEL_LIBPQ, else the server build's."""
-    if os.environ.get(TEST_LIBPQ_ENV, "").strip().lower() == "default":
+    """The libpq >= 17 under test: $PSYCANCEL_TEST_LIBPQ, $PSYCANCEL_LIBPQ, else the
+    server build's (given explicitly: psycancel has no bundled default)."""
+    wanted = os.environ.get(TEST_LIBPQ_ENV, "").strip()
+    if wanted.lower() == "default":
         from psycancel.pq.libfind import default_libpq_path
 
         return default_libpq_path()
+    if wanted:
+        return wanted
     env = os.environ.get("PSYCANCEL_LIBPQ")
     if env:
         return env
