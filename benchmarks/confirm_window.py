@@ -30,11 +30,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg2  # noqa: E402
+import psycopg2
 
-import psycancel  # noqa: E402
-from testing import ThrowawayServer, find_postgres_prefix  # noqa: E402
-from tests.support.deployments import HAProxy, PgBouncerFarm, peering_pgbouncer  # noqa: E402
+import psycancel
+from testing import ThrowawayServer, find_postgres_prefix
+from tests.support.deployments import HAProxy, PgBouncerFarm, peering_pgbouncer
 
 
 def window_rounds(dsn: str, rounds: int) -> list[float]:
@@ -112,9 +112,7 @@ def main() -> None:
             farm = PgBouncerFarm(binary, server, pool_mode="session", peered=True).start()
             try:
                 delays = window_rounds(farm.dsn(), args.rounds)
-                print(
-                    f"peered PgBouncer x2 (forwarded {farm.forwarded()}):", describe(delays)
-                )
+                print(f"peered PgBouncer x2 (forwarded {farm.forwarded()}):", describe(delays))
             finally:
                 farm.stop()
         if args.deployments:

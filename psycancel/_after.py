@@ -30,6 +30,16 @@ notice a shut socket: microseconds) in every failure mode.
 bounded, the query is not (a black-holed connection then blocks for as long
 as the operating system keeps it open).
 
+A cancel that "succeeded" without ending the query (it reached another
+server or process than the session's: an unpeered pooler over several
+processes, a load balancer) is seen: if the block still runs 0.25 s after
+it, the cancel is re-sent on a new connection (at most 3 times, never past
+the bound, only while the block is inside), and a block that outlives every
+re-send is reported (WARNING on the ``psycancel`` logger). A block that then
+completes past its deadline keeps its result and warns with
+:class:`CancelNotTakenWarning`; ``resends`` and ``cancel_lost`` say what
+happened (``psycancel._confirm``, docs/deployments.md).
+
 After the block exits, no cancel from it is in flight: if the timer fired,
 leaving the block waits until the server has processed the request (the
 cancel connection reached EOF), so it can never hit the next query on the
