@@ -30,16 +30,6 @@ notice a shut socket: microseconds) in every failure mode.
 bounded, the query is not (a black-holed connection then blocks for as long
 as the operating system keeps it open).
 
-A cancel that "succeeded" without ending the query (it reached another
-server or process than the session's: an unpeered pooler over several
-processes, a load balancer) is seen: if the block still runs 0.25 s after
-it, the cancel is re-sent on a new connection (at most 3 times, never past
-the bound, only while the block is inside), and a block that outlives every
-re-send is reported (WARNING on the ``psycancel`` logger). A block that then
-completes past its deadline keeps its result and warns with
-:class:`CancelNotTakenWarning`; ``resends`` and ``cancel_lost`` say what
-happened (``psycancel._confirm``, docs/deployments.md).
-
 After the block exits, no cancel from it is in flight: if the timer fired,
 leaving the block waits until the server has processed the request (the
 cancel connection reached EOF), so it can never hit the next query on the
@@ -95,7 +85,7 @@ from typing import Any
 from ._confirm import Confirmation, confirm_asyncio, confirm_blocking, resend_plan
 from ._drivers.adapter import Unwatch
 from ._drivers.resolve import resolve
-from ._engine import blocking, outcomes, timers
+from ._engine import blocking, outcomes, telemetry, timers
 from ._engine.async_library import running_asyncio
 from ._engine.asyncio_loop import run_asyncio
 from ._engine.breaker import SocketFence
@@ -479,39 +469,45 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         return confirmation is not None and confirmation.lost
 
     def _break_at_bound(self) -> None:
-        self._break(f"had not ended {self._timeout:g} s after its cancel was sent")
+        self._break(f"had not ended {self._timeout:g} s after its cancel was sent", "not_ended")
 
-    def _break(self, why: str) -> bool:
+    def _break(self, why: str, reason: str) -> bool:
         """Shut the connection's socket down if the block still runs (any thread).
 
         True if this call did it (or found no socket to shut) and logged so;
         False if there was nothing to do (left, broken already, or opted out).
+        ``reason`` (``not_ended``, ``cancel_failed``) is the records' (telemetry).
         """
         with self._lock:
             if self._state != _FIRING or self._broken or not self._break_connection:
                 return False
             fence = self._fence
             self._broken = fence is not None and fence.shutdown()
+        facts = {"outcome": "connection_broken", "reason": reason}
         if self._broken:
+            telemetry.broken_connection("cancel_after", reason)
             logger.warning(
                 "psycancel.cancel_after(%g s): the query %s: its connection was broken "
                 "(socket shut down) so that the block ends on time",
                 self._seconds,
                 why,
+                extra={"psycancel_cancel": facts},
             )
         else:
+            facts["outcome"] = "connection_not_broken"
             logger.warning(
                 "psycancel.cancel_after(%g s): the query %s, and its connection could not "
                 "be broken (its socket is gone)",
                 self._seconds,
                 why,
+                extra={"psycancel_cancel": facts},
             )
         return True
 
     def _cancel_failed(self, error: BaseException) -> None:
         """The fired cancel failed: remember it, say so, break the connection now."""
         self._error = error
-        if self._break(f"could not be cancelled ({error!r})"):
+        if self._break(f"could not be cancelled ({error!r})", "cancel_failed"):
             return
         if self._broken:
             what = "the connection was broken already"
@@ -519,11 +515,13 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             what = "the block had ended"
         else:
             what = "the query may still be running (break_connection=False)"
+        facts = {"outcome": telemetry.outcome_of(error)}
         logger.warning(
             "psycancel.cancel_after(%g s): the cancel failed (%r); %s",
             self._seconds,
             error,
             what,
+            extra={"psycancel_cancel": facts},
         )
 
     def _leave(self, *, keep_plan: bool = False) -> str:
@@ -601,10 +599,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             return
         text = (
             f"{self._label()}: the block ran past its deadline: its cancel was reported "
-            f"processed but the block went on (re-sent {confirmation.resends} time(s)); if "
-            "a query was running, the cancel request most likely reached another server or "
-            "process than the session's (an unpeered pooler over several processes, a load "
-            "balancer): see docs/deployments.md"
+            f"processed but did not end the query (re-sent {confirmation.resends} time(s)); "
+            "the cancel request most likely reached another server or process than the "
+            "session's (an unpeered pooler over several processes, a load balancer): "
+            "see docs/deployments.md"
         )
         if exc is not None:
             _note(exc, text)

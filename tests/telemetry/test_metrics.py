@@ -9,6 +9,7 @@ through the SDK's ``InMemorySpanExporter``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -20,11 +21,12 @@ import psycancel
 from psycancel._engine import telemetry
 from psycancel.pq import Libpq
 from testing.client import connect
-from tests.support.queries import QUERY_CANCELED, drain, sleeping
+from tests.support.queries import QUERY_CANCELED, SLEEP, drain, run, sleeping, wait_until_active
 
 from .sdk import Snapshot, attrs, reader
 
 CANCELS = "psycancel.cancels"
+BROKEN = "psycancel.broken_connections"
 DURATION = "psycancel.cancel.duration"
 
 
@@ -149,3 +151,38 @@ def test_no_op_on_a_closed_connection(dsn_plain: str, libpq: Libpq) -> None:
         "psycancel.cancel.no_op_reason": "closed",
     }
     assert after.recorded(before, DURATION) == {}  # nothing ran, nothing timed
+
+
+def test_a_deadline_that_broke_its_connection(
+    pg_server: Any, proxy: Any, dsn_plain: str, libpq: Libpq, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The session is frozen mid-query: the cancel times out, the deadline breaks the
+    connection; both are counted, and the WARNING carries the outcome as ``extra``."""
+    px = proxy()
+    conn = connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
+    monitor = connect(dsn_plain, libpq=libpq)
+    pid = conn.backend_pid
+    try:
+        conn.send_query(SLEEP)
+        wait_until_active(monitor, pid)
+        px.freeze()  # the session and the cancel's connection get nothing from now on
+        before = Snapshot()
+        timer = psycancel.cancel_after(conn, 0.2, timeout=0.5)
+        with caplog.at_level(logging.WARNING, logger="psycancel"), timer:
+            conn.get_result()  # the tests' client returns an error result: the block completes
+        after = Snapshot()
+        assert timer.connection_broken
+    finally:
+        conn.finish()
+        run(monitor, f"select pg_terminate_backend({pid})")
+        monitor.finish()
+    counted, n = only(after.added(before, BROKEN))
+    assert n == 1
+    assert counted["db.system.name"] == "postgresql"
+    assert counted["psycancel.break.source"] == "cancel_after"
+    assert counted["psycancel.break.reason"] in ("not_ended", "cancel_failed")
+    cancels, _ = only(after.added(before, CANCELS))
+    assert cancels["psycancel.cancel.outcome"] in ("timed_out", "aborted", "failed")
+    facts = [getattr(r, "psycancel_cancel", None) for r in caplog.records]
+    broke = [f for f in facts if f is not None and f["outcome"] == "connection_broken"]
+    assert broke == [{"outcome": "connection_broken", "reason": counted["psycancel.break.reason"]}]
