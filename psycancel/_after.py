@@ -30,6 +30,16 @@ notice a shut socket: microseconds) in every failure mode.
 bounded, the query is not (a black-holed connection then blocks for as long
 as the operating system keeps it open).
 
+A cancel that "succeeded" without ending the query (it reached another
+server or process than the session's: an unpeered pooler over several
+processes, a load balancer) is seen: if the block still runs 0.25 s after
+it, the cancel is re-sent on a new connection (at most 3 times, never past
+the bound, only while the block is inside), and a block that outlives every
+re-send is reported (WARNING on the ``psycancel`` logger). A block that then
+completes past its deadline keeps its result and warns with
+:class:`CancelNotTakenWarning`; ``resends`` and ``cancel_lost`` say what
+happened (``psycancel._confirm``, docs/deployments.md).
+
 After the block exits, no cancel from it is in flight: if the timer fired,
 leaving the block waits until the server has processed the request (the
 cancel connection reached EOF), so it can never hit the next query on the
@@ -599,10 +609,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             return
         text = (
             f"{self._label()}: the block ran past its deadline: its cancel was reported "
-            f"processed but did not end the query (re-sent {confirmation.resends} time(s)); "
-            "the cancel request most likely reached another server or process than the "
-            "session's (an unpeered pooler over several processes, a load balancer): "
-            "see docs/deployments.md"
+            f"processed but the block went on (re-sent {confirmation.resends} time(s)); if "
+            "a query was running, the cancel request most likely reached another server or "
+            "process than the session's (an unpeered pooler over several processes, a load "
+            "balancer): see docs/deployments.md"
         )
         if exc is not None:
             _note(exc, text)
