@@ -23,21 +23,14 @@ cdef str _message(const char* raw):
     return PyUnicode_DecodeUTF8(raw, <Py_ssize_t>strlen(raw), "replace").rstrip("\n")
 
 
-cdef inline str _value(const char* raw):
-    """A value of a result row, as text: decoded only, byte-exact."""
-    return PyUnicode_DecodeUTF8(raw, <Py_ssize_t>strlen(raw), "replace")
-
-
 # =====================================================================================
 # Enum members, looked up by value (constructing an IntEnum member costs ~1 us)
 # =====================================================================================
 
 cdef tuple _CONN_STATUS = tuple([ConnStatus(i) for i in range(max(ConnStatus) + 1)])
 cdef tuple _POLLING_STATUS = tuple([PollingStatus(i) for i in range(max(PollingStatus) + 1)])
-cdef tuple _EXEC_STATUS = tuple([ExecStatus(i) for i in range(max(ExecStatus) + 1)])
 cdef int _N_CONN_STATUS = len(_CONN_STATUS)
 cdef int _N_POLLING_STATUS = len(_POLLING_STATUS)
-cdef int _N_EXEC_STATUS = len(_EXEC_STATUS)
 
 
 @cython.boundscheck(False)
@@ -54,14 +47,6 @@ cdef inline object _polling_status(int value):
     if 0 <= value < _N_POLLING_STATUS:
         return _POLLING_STATUS[value]
     return PollingStatus(value)
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef inline object _exec_status(int value):
-    if 0 <= value < _N_EXEC_STATUS:
-        return _EXEC_STATUS[value]
-    return ExecStatus(value)
 
 
 # =====================================================================================
@@ -106,19 +91,23 @@ if hasattr(os, "register_at_fork"):
 # locked path, as it must: a concurrent PQcancelPoll may reallocate the buffer
 # PQcancelErrorMessage returns, and finish() frees the object. ``closed``
 # reads the pointer with neither (an aligned load). On a free-threaded build
-# (Py_GIL_DISABLED) the fast path is compiled out and every call locks; the
-# module does not declare itself free-threading compatible, so such an
-# interpreter re-enables the GIL when importing it.
+# (Py_GIL_DISABLED) the fast path is compiled out and every call locks, and
+# the module declares itself free-threading compatible (``_pq.pyx``'s
+# ``freethreading_compatible`` directive: the interpreter keeps the GIL off).
+# What else is shared holds without the GIL: the ``Libpq`` cache is under a
+# ``threading.Lock``, an ``OffloadEngine``'s lists under its pthread mutex (its
+# thread's own arrays are touched by that thread alone), the enum tables are
+# read-only after import, and the fork generation changes only in a forked
+# child (which has one thread). tests/freethreading/stress.py runs many threads
+# through all of it with PYTHON_GIL=0.
 
 cdef enum:
     R_OK = 0
     R_CLOSED = 1         # the pointer is gone: InterfaceError
     R_BAD = 2            # a cancel object that was BAD from the start: CancelError
     R_NOT_ALLOCATED = 3  # start()/blocking() on a used object: InterfaceError
-    R_FAILED = 4         # libpq said no: CancelError / OperationalError, with its text
+    R_FAILED = 4         # libpq said no: CancelError, with its text
     R_NOT_STARTED = 5    # poll() before start(): InterfaceError
-    R_WAIT = 6           # get_result(): wait for the socket, then try again
-    R_INTERRUPTED = 7    # get_result(): a signal arrived; run the Python handlers
 
 
 cdef char* _dup(const char* text) noexcept nogil:

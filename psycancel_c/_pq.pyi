@@ -5,7 +5,7 @@ derives from its Protocol and declares nothing of its own but ``__init__``.
 They are declared abstract (``ABCMeta``) because the Protocols' members have
 empty bodies, which mypy takes as abstract; that also matches the run time,
 where calling a twin class raises ``TypeError`` (objects come from
-``Libpq.load``, ``PGconn.connect``, ...). The parity tests check all this.
+``Libpq.load``, ``PGconn.from_ptr``, ...). The parity tests check all this.
 
 Plus the compiled-only names: the C driver ``NATIVE_DRIVER`` (which
 ``Libpq.native_driver`` returns), and the module-level spellings of its

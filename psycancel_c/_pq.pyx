@@ -1,4 +1,4 @@
-# cython: language_level=3, auto_pickle=False
+# cython: language_level=3, auto_pickle=False, freethreading_compatible=True
 """The compiled twin of ``psycancel.pq``: libpq through dlopen/dlsym.
 
 It implements the interface and the contract of ``psycancel.pq.abc`` (the
@@ -6,7 +6,11 @@ ctypes twin, ``psycancel.pq._ctypes``, is its other implementation; the
 parity tests hold the two in line), with the error texts of
 ``psycancel.pq.messages``. What is particular to this twin:
 
-* **No libpq at build time**: no libpq header is included. Every function
+* **Borrowed connections only**: a ``PGconn`` wraps a pointer that a
+  driver's libpq made (``from_ptr``); psycancel never connects, queries or
+  finishes one.
+* **No libpq at build or link time**: no libpq header is included, nothing
+  but the C library is linked. Every function
   is a ``noexcept nogil`` function-pointer type (``libpq.pxd``) resolved
   with ``dlsym`` on a handle from ``dlopen(path, RTLD_NOW | RTLD_LOCAL)``,
   so two libpqs (say 15 and 18) can live in one process; a missing
@@ -16,7 +20,8 @@ parity tests hold the two in line), with the error texts of
   that can block or do network / TLS work; cheap getters keep it.
 * **Locking**: a ``cython.pymutex`` per object, taken only after the GIL is
   released, and a lock-free path for cheap calls while the GIL suffices
-  (``_common.pyx``); ``get_result()`` waits in slices (``_pgconn.pyx``).
+  (``_common.pyx``); on a free-threaded CPython every call locks, and the
+  module declares itself free-threading compatible (the GIL stays off).
 * **The fork generation** is a C counter bumped in the child by
   ``os.register_at_fork``.
 * **A C driver**, ``NATIVE_DRIVER`` (``Libpq.native_driver``): whole cancels
@@ -40,21 +45,18 @@ from libc.string cimport strcmp, strdup, strerror, strlen
 from posix.dlfcn cimport RTLD_LOCAL, RTLD_NOW, dlerror, dlopen, dlsym
 
 from psycancel_c.libpq cimport (
-    POLLIN, POLLOUT, SHUT_RD, Functions, PGcancel_t, PGcancelConn_t, PGconn_t, PGresult_t,
-    PQconninfoOption_t, fn_conninfo, fn_conninfo_free,
+    POLLIN, POLLOUT, Functions, PGcancel_t, PGcancelConn_t, PGconn_t, PQconninfoOption_t,
     fn_cancel, fn_cancel_create, fn_cc_int, fn_cc_text, fn_cc_void, fn_conn_int, fn_conn_text,
-    fn_conn_void, fn_connect, fn_free_cancel, fn_get_cancel, fn_get_is_null, fn_get_result,
-    fn_get_value, fn_lib_version, fn_result_field, fn_result_int, fn_result_text,
-    fn_result_void, fn_send_query, fn_ssl_attribute, nfds_t, poll, pollfd, shutdown,
+    fn_conninfo, fn_conninfo_free, fn_free_cancel, fn_get_cancel, fn_lib_version,
+    fn_ssl_attribute, nfds_t, poll, pollfd,
 )
 
 import os
 import threading
 
-from psycancel.errors import CancelError, InterfaceError, OperationalError
+from psycancel.errors import CancelError, InterfaceError
 from psycancel.pq import messages as M
-from psycancel.pq.abc import QueryResult
-from psycancel.pq.enums import ConnStatus, ExecStatus, PollingStatus
+from psycancel.pq.enums import ConnStatus, PollingStatus
 from psycancel.pq.libfind import default_libpq_path, library_file_of
 
 __all__ = ["Libpq", "PGcancel", "PGcancelConn", "PGconn"]

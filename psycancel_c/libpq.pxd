@@ -14,12 +14,10 @@
 cdef extern from *:
     """
     typedef struct psycancel_pg_conn psycancel_PGconn;
-    typedef struct psycancel_pg_result psycancel_PGresult;
     typedef struct psycancel_pg_cancel psycancel_PGcancel;
     typedef struct psycancel_pg_cancel_conn psycancel_PGcancelConn;
     """
     ctypedef struct PGconn_t "psycancel_PGconn"
-    ctypedef struct PGresult_t "psycancel_PGresult"
     ctypedef struct PGcancel_t "psycancel_PGcancel"
     ctypedef struct PGcancelConn_t "psycancel_PGcancelConn"
 
@@ -37,19 +35,9 @@ cdef extern from *:
 
 # Prototypes of the libpq functions used.
 ctypedef int (*fn_lib_version)() noexcept nogil
-ctypedef PGconn_t* (*fn_connect)(const char* conninfo) noexcept nogil
 ctypedef int (*fn_conn_int)(PGconn_t* conn) noexcept nogil
 ctypedef const char* (*fn_conn_text)(PGconn_t* conn) noexcept nogil
 ctypedef const char* (*fn_ssl_attribute)(PGconn_t* conn, const char* name) noexcept nogil
-ctypedef int (*fn_send_query)(PGconn_t* conn, const char* query) noexcept nogil
-ctypedef PGresult_t* (*fn_get_result)(PGconn_t* conn) noexcept nogil
-ctypedef int (*fn_result_int)(PGresult_t* res) noexcept nogil
-ctypedef const char* (*fn_result_field)(PGresult_t* res, int code) noexcept nogil
-ctypedef const char* (*fn_result_text)(PGresult_t* res) noexcept nogil
-ctypedef const char* (*fn_get_value)(PGresult_t* res, int row, int col) noexcept nogil
-ctypedef int (*fn_get_is_null)(PGresult_t* res, int row, int col) noexcept nogil
-ctypedef void (*fn_result_void)(PGresult_t* res) noexcept nogil
-ctypedef void (*fn_conn_void)(PGconn_t* conn) noexcept nogil
 ctypedef PGcancel_t* (*fn_get_cancel)(PGconn_t* conn) noexcept nogil
 ctypedef int (*fn_cancel)(PGcancel_t* cancel, char* errbuf, int errbufsize) noexcept nogil
 ctypedef void (*fn_free_cancel)(PGcancel_t* cancel) noexcept nogil
@@ -64,29 +52,11 @@ ctypedef void (*fn_conninfo_free)(PQconninfoOption_t* options) noexcept nogil
 # The function table of one loaded libpq (fields named as in C).
 cdef struct Functions:
     fn_lib_version PQlibVersion
-    fn_connect PQconnectdb
-    fn_connect PQconnectStart
-    fn_conn_int PQconnectPoll
     fn_conn_int PQstatus
     fn_conn_text PQerrorMessage
     fn_conn_int PQsocket
-    fn_conn_int PQbackendPID
     fn_conn_int PQsslInUse
     fn_ssl_attribute PQsslAttribute
-    fn_send_query PQsendQuery
-    fn_conn_int PQflush
-    fn_conn_int PQconsumeInput
-    fn_conn_int PQisBusy
-    fn_get_result PQgetResult
-    fn_result_int PQresultStatus
-    fn_result_field PQresultErrorField
-    fn_result_text PQresultErrorMessage
-    fn_result_int PQntuples
-    fn_result_int PQnfields
-    fn_get_value PQgetvalue
-    fn_get_is_null PQgetisnull
-    fn_result_void PQclear
-    fn_conn_void PQfinish
     fn_get_cancel PQgetCancel
     fn_cancel PQcancel
     fn_free_cancel PQfreeCancel
@@ -105,7 +75,7 @@ cdef struct Functions:
     fn_cc_void PQcancelFinish
 
 
-# What the wait loops (PGconn.get_result, the C driver) call besides libpq.
+# What the C driver's wait loops call besides libpq.
 cdef extern from "<poll.h>" nogil:
     ctypedef unsigned long nfds_t
     struct pollfd:
@@ -115,7 +85,3 @@ cdef extern from "<poll.h>" nogil:
     int poll(pollfd* fds, nfds_t nfds, int timeout)
     const short POLLIN
     const short POLLOUT
-
-cdef extern from "<sys/socket.h>" nogil:
-    int shutdown(int sockfd, int how)
-    const int SHUT_RD

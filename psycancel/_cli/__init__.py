@@ -1,4 +1,7 @@
-"""The command line: ``python -m psycancel info`` and ``python -m psycancel demo``.
+"""The command line: ``python -m psycancel info``.
+
+(The demo, which needs a query client, is ``python -m testing.demo`` in a
+source checkout: psycancel itself only cancels connections made by drivers.)
 
 This package is the top layer: it may import every other one.
 """
@@ -20,24 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         "info", help="show the implementation, psycancel's libpq and each driver's libpq"
     )
     info.add_argument("--json", action="store_true", help="print one JSON object")
-    demo = sub.add_parser("demo", help="cancel a long query from asyncio and show a timeline")
-    demo.add_argument(
-        "--dsn",
-        action="append",
-        required=True,
-        help="the server to run the demo against (repeat it for several); a source "
-        "checkout's 'bash tools/quickstart.sh demo' starts a throwaway server itself",
-    )
     args = parser.parse_args(argv)
     try:
-        if args.command == "info":
-            from .info import show_info
+        from .info import show_info
 
-            code = show_info(as_json=args.json)
-        else:
-            from .demo import run_demo
-
-            code = run_demo(args.dsn)
+        code = show_info(as_json=args.json)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (``... info | head -1``): stop quietly. Python

@@ -21,18 +21,15 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from . import abc
-from .abc import QueryResult
-from .enums import ConnStatus, ExecStatus, PollingStatus
+from .enums import ConnStatus, PollingStatus
 
 __all__ = [
     "ConnStatus",
-    "ExecStatus",
     "Libpq",
     "PGcancel",
     "PGcancelConn",
     "PGconn",
     "PollingStatus",
-    "QueryResult",
     "__impl__",
     "abc",
     "import_twin",

@@ -12,12 +12,13 @@ misuse tests check it):
 
 * **After** ``finish()`` (``free()`` for :class:`PGcancel`), every method and
   property raises :class:`~psycancel.errors.InterfaceError`, except
-  ``finish()``/``free()`` themselves, ``closed``, and two plain attributes
-  of a :class:`PGconn` that do not touch libpq: ``libpq`` and ``borrowed``
-  (they keep working). ``finish()`` is idempotent and also runs when the
-  object is garbage collected.
+  ``finish()``/``free()`` themselves, ``closed``, and a plain attribute of
+  a :class:`PGconn` that does not touch libpq: ``libpq`` (it keeps
+  working). ``finish()`` is idempotent and also runs when the object is
+  garbage collected (for a :class:`PGconn`, which only borrows its pointer,
+  it forgets the pointer: the connection stays open).
 * **No direct construction**: calling a class raises ``TypeError``; objects
-  come from ``Libpq.load``, ``PGconn.connect``/``connect_start``/``from_ptr``,
+  come from ``Libpq.load``, ``PGconn.from_ptr``,
   ``PGconn.cancel_conn`` and ``PGconn.get_cancel``, so no arbitrary pointer
   reaches libpq without ``from_ptr``'s checks. Objects refuse to be pickled
   or copied (two wrappers would finish one pointer twice).
@@ -27,11 +28,9 @@ misuse tests check it):
   a call. The lock is held only for libpq calls that do not wait for the
   server, except in :meth:`PGcancelConn.blocking`, :meth:`PGcancel.cancel`
   (nothing else can usefully happen to those objects meanwhile; ``finish()``
-  waits for them) and :meth:`PGconn.send_query` while a query too large for
-  the socket's buffer is being sent. A thread waiting in
-  :meth:`PGconn.get_result` does not hold it: it waits for the socket in
-  slices, so another thread can cancel that query through the same object,
-  read its getters, or finish it (the waiter then raises ``InterfaceError``).
+  waits for them). A :class:`PGconn`'s lock is its own, not its maker's:
+  the driver may wait for a query's result in one thread while another
+  cancels it through the wrapper.
 * **fork()**: objects belong to the process that made them. In a forked
   child, ``finish()``/``free()`` (and garbage collection) only forget the
   parent's pointer, never closing or freeing anything the parent still uses
@@ -40,7 +39,7 @@ misuse tests check it):
   (:func:`psycancel.pq.messages.forked`). The check comes before the lock,
   which a thread of the parent may have held at the fork.
 * **Errors**: a libpq call that fails reports libpq's own error text
-  (messages lose their trailing newline; query values never do); the texts
+  (messages lose their trailing newline); the texts
   of psycancel's own checks are in :mod:`psycancel.pq.messages`.
 * **Ownership**: objects are never handed to a libpq other than the one that
   created them (a ``Libpq`` of the other twin is refused too).
@@ -57,9 +56,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
-from .enums import ConnStatus, ExecStatus, PollingStatus
+from .enums import ConnStatus, PollingStatus
 
 __all__ = [
     "Libpq",
@@ -68,21 +67,7 @@ __all__ = [
     "PGcancel",
     "PGcancelConn",
     "PGconn",
-    "QueryResult",
 ]
-
-
-class QueryResult(NamedTuple):
-    """A query result, copied out of libpq's ``PGresult`` (which is freed)."""
-
-    status: ExecStatus
-    """``PQresultStatus``."""
-    sqlstate: str | None
-    """The SQLSTATE of an error result (``"57014"`` when cancelled), else None."""
-    message: str
-    """``PQresultErrorMessage`` (empty when the query succeeded)."""
-    rows: tuple[tuple[str | None, ...], ...]
-    """The rows as text (``None`` for SQL NULL), exactly as the server sent them."""
 
 
 class Libpq(Protocol):
@@ -202,27 +187,16 @@ class PGcancelConn(Protocol):
 
 
 class PGconn(Protocol):
-    """A libpq connection: owned (made by psycancel) or borrowed (a pointer).
+    """A libpq connection made elsewhere (by a driver), wrapped by :meth:`from_ptr`.
 
-    A borrowed connection (:meth:`from_ptr`) is never finished by psycancel.
+    psycancel never connects, queries or finishes a connection: it reads what
+    a cancel needs and makes the cancel objects. :meth:`finish` only forgets
+    the pointer (its maker closes the connection).
     """
 
     @classmethod
-    def connect(cls, conninfo: str, *, libpq: Libpq | None = None) -> PGconn:
-        """Connect and wait (``PQconnectdb``), with ``libpq`` or the default one.
-
-        :class:`~psycancel.errors.OperationalError` with libpq's text on failure.
-        """
-        ...
-
-    @classmethod
-    def connect_start(cls, conninfo: str, *, libpq: Libpq | None = None) -> PGconn:
-        """Begin a non-blocking connection (``PQconnectStart``); see :meth:`connect_poll`."""
-        ...
-
-    @classmethod
     def from_ptr(cls, ptr: int, libpq: Libpq) -> PGconn:
-        """Wrap a ``PGconn*`` that ``libpq`` made elsewhere (borrowed, never finished).
+        """Wrap a ``PGconn*`` that ``libpq`` made elsewhere (never finished here).
 
         ``libpq`` must be the library that created the pointer and of this
         twin; a NULL, non-int or out-of-range pointer raises
@@ -238,14 +212,6 @@ class PGconn(Protocol):
     @property
     def pgconn_ptr(self) -> int:
         """The address of the ``PGconn`` struct."""
-        ...
-
-    @property
-    def borrowed(self) -> bool:
-        """True when psycancel does not own (and never finishes) the pointer.
-
-        Also readable after :meth:`finish`.
-        """
         ...
 
     @property
@@ -269,11 +235,6 @@ class PGconn(Protocol):
         ...
 
     @property
-    def backend_pid(self) -> int:
-        """``PQbackendPID``: the server process running this session."""
-        ...
-
-    @property
     def ssl_in_use(self) -> bool:
         """``PQsslInUse``: True when the connection is encrypted with TLS."""
         ...
@@ -294,34 +255,6 @@ class PGconn(Protocol):
         """
         ...
 
-    def connect_poll(self) -> PollingStatus:
-        """Advance a connection made by ``connect_start`` (``PQconnectPoll``)."""
-        ...
-
-    def send_query(self, query: str) -> None:
-        """Send a query without waiting (``PQsendQuery``)."""
-        ...
-
-    def consume_input(self) -> None:
-        """Read what the server sent (``PQconsumeInput``)."""
-        ...
-
-    def is_busy(self) -> bool:
-        """``PQisBusy``: True if :meth:`get_result` would block."""
-        ...
-
-    def get_result(self) -> QueryResult | None:
-        """The next result (waits while busy); None when there are no more.
-
-        Waits for the server with the GIL *and* the object's lock released:
-        meanwhile other threads may use this object, e.g. cancel the query
-        (:meth:`cancel_conn`, :meth:`get_cancel`). If another thread
-        finishes it, this raises :class:`~psycancel.errors.InterfaceError`.
-        A signal handler that raises (``KeyboardInterrupt``) interrupts the
-        wait; the query then still runs.
-        """
-        ...
-
     def cancel_conn(self) -> PGcancelConn:
         """A new ``PGcancelConn`` for this connection (``PQcancelCreate``).
 
@@ -335,11 +268,11 @@ class PGconn(Protocol):
         ...
 
     def finish(self) -> None:
-        """Close an owned connection (``PQfinish``); idempotent.
+        """Forget the pointer (the connection stays open); idempotent.
 
-        On a borrowed connection this only forgets the pointer. Threads
-        waiting in :meth:`get_result` raise
-        :class:`~psycancel.errors.InterfaceError`.
+        Every later use raises :class:`~psycancel.errors.InterfaceError`: the
+        maker calls it before it closes the connection (``PQfinish``), so that
+        nothing cancels through a freed pointer.
         """
         ...
 

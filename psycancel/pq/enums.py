@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["ConnStatus", "ExecStatus", "PollingStatus"]
+__all__ = ["ConnStatus", "PollingStatus"]
 
 
 class ConnStatus(IntEnum):
@@ -46,24 +46,6 @@ class PollingStatus(IntEnum):
     WRITING = 2
     OK = 3
     ACTIVE = 4
-
-
-class ExecStatus(IntEnum):
-    """``ExecStatusType``: the status of a query result."""
-
-    EMPTY_QUERY = 0
-    COMMAND_OK = 1
-    TUPLES_OK = 2
-    COPY_OUT = 3
-    COPY_IN = 4
-    BAD_RESPONSE = 5
-    NONFATAL_ERROR = 6
-    FATAL_ERROR = 7
-    COPY_BOTH = 8
-    SINGLE_TUPLE = 9
-    PIPELINE_SYNC = 10
-    PIPELINE_ABORTED = 11
-    TUPLES_CHUNK = 12
 
 
 # Constructing an IntEnum member by value costs ~0.5 us; these tables make the

@@ -16,10 +16,8 @@ __all__ = [
     "CONN_FORKED",
     "NO_CANCEL_INFO",
     "OOM_CANCEL_CONN",
-    "OOM_CONN",
     "POINTER_NULL",
     "POLL_BEFORE_START",
-    "connection_failed",
     "forked",
     "needs_allocated",
     "no_cancel_conn_api",
@@ -47,7 +45,6 @@ CANCEL_CONN_FINISHED = "the cancel connection is finished"
 CANCEL_FREED = "the cancel handle is freed"
 POLL_BEFORE_START = "poll() before start()"
 NO_CANCEL_INFO = "the connection has no cancel information (not open?)"
-OOM_CONN = "libpq could not allocate a connection"
 OOM_CANCEL_CONN = "libpq could not allocate a cancel connection"
 POINTER_NULL = "pgconn pointer is NULL (is the connection closed?)"
 
@@ -60,11 +57,6 @@ def pointer_not_int(ptr: object) -> str:
 def pointer_not_address(ptr: int) -> str:
     """``from_ptr`` was given an int too large to be an address."""
     return f"pgconn pointer 0x{ptr:x} is not a valid address"
-
-
-def connection_failed(libpq_text: str) -> str:
-    """``connect``/``connect_start`` failed; ``libpq_text`` is libpq's reason."""
-    return f"connection failed: {libpq_text}"
 
 
 def not_a_libpq(name: str) -> str:

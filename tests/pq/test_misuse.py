@@ -35,6 +35,7 @@ import pytest
 from psycancel.errors import CancelError, InterfaceError, OperationalError
 from psycancel.pq import _ctypes
 from psycancel.pq.enums import ConnStatus, PollingStatus
+from testing import client
 from tests.support.twins import compiled_twin, new_libpq_path
 
 ENV_CHILD = "PSYCANCEL_TEST_MISUSE_CHILD"
@@ -53,8 +54,8 @@ def other_twin(twin: ModuleType) -> ModuleType:
 
 @pytest.fixture
 def conn(twin: ModuleType, new_libpq: Any, dsn_plain: str) -> Iterator[Any]:
-    """An open, idle connection (plain TCP) of ``twin`` with libpq >= 17."""
-    conn = twin.PGconn.connect(dsn_plain, libpq=new_libpq)
+    """An open, idle client connection (plain TCP) with libpq >= 17; ``.pgconn`` is of ``twin``."""
+    conn = client.connect(dsn_plain, libpq=new_libpq)
     try:
         yield conn
     finally:
@@ -77,8 +78,8 @@ def refused_port() -> int:
 
 
 def failed_connection(twin: ModuleType, lib: Any) -> Any:
-    """A PGconn whose non-blocking connection attempt failed (status BAD)."""
-    conn = twin.PGconn.connect_start(
+    """A client connection whose non-blocking attempt failed (status BAD)."""
+    conn = client.connect_start(
         f"host=127.0.0.1 port={refused_port()} sslmode=disable connect_timeout=5", libpq=lib
     )
     deadline = time.monotonic() + 10
@@ -105,21 +106,16 @@ def open_fds() -> set[int]:
 # =====================================================================================
 
 # Members that do not touch libpq and are allowed after finish(): the closed
-# flag, finish itself, the constructors, and two plain attributes of the
-# object (which libpq it belongs to, whether it is borrowed).
-PGCONN_EXEMPT = {"finish", "closed", "connect", "connect_start", "from_ptr", "libpq", "borrowed"}
+# flag, finish itself, the constructor, and which libpq the object belongs to.
+PGCONN_EXEMPT = {"finish", "closed", "from_ptr", "libpq"}
 PGCONN_CALLS: dict[str, Callable[[Any], object]] = {
     "pgconn_ptr": lambda c: c.pgconn_ptr,
     "status": lambda c: c.status,
     "error_message": lambda c: c.error_message,
     "socket": lambda c: c.socket,
-    "backend_pid": lambda c: c.backend_pid,
     "ssl_in_use": lambda c: c.ssl_in_use,
-    "connect_poll": lambda c: c.connect_poll(),
-    "send_query": lambda c: c.send_query("select 1"),
-    "consume_input": lambda c: c.consume_input(),
-    "is_busy": lambda c: c.is_busy(),
-    "get_result": lambda c: c.get_result(),
+    "gss_enc_in_use": lambda c: c.gss_enc_in_use,
+    "conninfo_option": lambda c: c.conninfo_option("host"),
     "cancel_conn": lambda c: c.cancel_conn(),
     "get_cancel": lambda c: c.get_cancel(),
 }
@@ -160,27 +156,43 @@ def test_pgconn_after_finish(
     twin: ModuleType, libpq_kind: str, request: pytest.FixtureRequest, dsn_plain: str
 ) -> None:
     lib = request.getfixturevalue(f"{libpq_kind}_libpq")
-    conn = twin.PGconn.connect(dsn_plain, libpq=lib)
-    conn.finish()
-    assert conn.closed is True
-    assert_all_raise(conn, PGCONN_CALLS)
-    conn.finish()  # idempotent
-    assert conn.closed is True
-    assert conn.libpq is lib and conn.borrowed is False
-    assert "closed" in repr(conn)
+    made = client.connect(dsn_plain, libpq=lib)
+    try:
+        conn = made.pgconn  # the borrowed wrapper: finish() only forgets the pointer
+        assert type(conn) is twin.PGconn
+        conn.finish()
+        assert conn.closed is True
+        assert_all_raise(conn, PGCONN_CALLS)
+        conn.finish()  # idempotent
+        assert conn.closed is True
+        assert conn.libpq is lib
+        assert "closed" in repr(conn)
+        assert run(made, "select 1").rows == (("1",),)  # the connection is still open
+    finally:
+        made.finish()
 
 
 def test_pgconn_finish_twice_from_start(twin: ModuleType, new_libpq: Any, dsn_plain: str) -> None:
-    conn = twin.PGconn.connect_start(dsn_plain, libpq=new_libpq)
+    made = client.connect_start(dsn_plain, libpq=new_libpq)
+    try:
+        made.pgconn.finish()
+        made.pgconn.finish()
+        assert_all_raise(made.pgconn, PGCONN_CALLS)
+    finally:
+        made.finish()
+
+
+def test_client_finish_closes_its_pgconn(twin: ModuleType, conn: Any) -> None:
+    """The client forgets its wrapper's pointer before PQfinish: nothing cancels a freed one."""
+    pg = conn.pgconn
     conn.finish()
-    conn.finish()
-    assert_all_raise(conn, PGCONN_CALLS)
+    assert pg.closed is True
+    assert_all_raise(pg, PGCONN_CALLS)
 
 
 def test_borrowed_pgconn_after_finish(twin: ModuleType, conn: Any) -> None:
     borrowed = twin.PGconn.from_ptr(conn.pgconn_ptr, conn.libpq)
-    assert borrowed.borrowed
-    assert run(borrowed, "select 7").rows == (("7",),)
+    assert borrowed.status == ConnStatus.OK and borrowed.pgconn_ptr == conn.pgconn_ptr
     borrowed.finish()
     borrowed.finish()
     assert borrowed.closed
@@ -212,7 +224,7 @@ def drive(cc: Any, timeout: float = 10.0) -> PollingStatus:
 
 @pytest.mark.parametrize("state", ["allocated", "started", "polled", "blocking", "reset"])
 def test_cancel_conn_after_finish(twin: ModuleType, conn: Any, state: str) -> None:
-    cc = conn.cancel_conn()
+    cc = conn.pgconn.cancel_conn()
     if state == "started":
         cc.start()
     elif state == "polled":
@@ -238,9 +250,9 @@ def test_cancel_handle_after_free(
     twin: ModuleType, libpq_kind: str, request: pytest.FixtureRequest, dsn_plain: str
 ) -> None:
     lib = request.getfixturevalue(f"{libpq_kind}_libpq")
-    conn = twin.PGconn.connect(dsn_plain, libpq=lib)
+    conn = client.connect(dsn_plain, libpq=lib)
     try:
-        handle = conn.get_cancel()
+        handle = conn.pgconn.get_cancel()
         handle.cancel()  # an idle connection: harmless
         handle.free()
         assert handle.closed is True
@@ -248,7 +260,7 @@ def test_cancel_handle_after_free(
         handle.free()  # idempotent
         assert "freed" in repr(handle)
         # A handle outlives the connection it came from (it is a copy).
-        handle2 = conn.get_cancel()
+        handle2 = conn.pgconn.get_cancel()
         conn.finish()
         handle2.cancel()  # the server refuses nothing: no backend has the key now
         handle2.free()
@@ -262,7 +274,7 @@ def test_cancel_handle_after_free(
 
 
 def test_start_twice(twin: ModuleType, conn: Any) -> None:
-    cc = conn.cancel_conn()
+    cc = conn.pgconn.cancel_conn()
     try:
         cc.start()
         with pytest.raises(InterfaceError, match="start"):
@@ -281,7 +293,7 @@ def test_start_twice(twin: ModuleType, conn: Any) -> None:
 
 
 def test_blocking_twice(twin: ModuleType, conn: Any) -> None:
-    cc = conn.cancel_conn()
+    cc = conn.pgconn.cancel_conn()
     try:
         cc.blocking()
         assert cc.status == ConnStatus.OK
@@ -296,7 +308,7 @@ def test_blocking_twice(twin: ModuleType, conn: Any) -> None:
 
 
 def test_poll_before_start(twin: ModuleType, conn: Any) -> None:
-    cc = conn.cancel_conn()
+    cc = conn.pgconn.cancel_conn()
     try:
         with pytest.raises(InterfaceError, match="before start"):
             cc.poll()
@@ -309,7 +321,7 @@ def test_poll_before_start(twin: ModuleType, conn: Any) -> None:
 
 
 def test_reset_is_allowed_in_every_state(twin: ModuleType, conn: Any) -> None:
-    cc = conn.cancel_conn()
+    cc = conn.pgconn.cancel_conn()
     try:
         cc.reset()  # fresh
         cc.reset()  # twice
@@ -357,21 +369,16 @@ def test_wrong_libpq_type(
     }[bad]
     with pytest.raises(InterfaceError, match="same twin"):
         twin.PGconn.from_ptr(conn.pgconn_ptr, lib)
-    if lib is not None:  # None means "the default libpq" for connect()
-        with pytest.raises(InterfaceError, match="same twin"):
-            twin.PGconn.connect(dsn_plain, libpq=lib)
-        with pytest.raises(InterfaceError, match="same twin"):
-            twin.PGconn.connect_start(dsn_plain, libpq=lib)
 
 
 def test_closed_pgconn_cannot_make_cancel_objects(
     twin: ModuleType, new_libpq: Any, dsn_plain: str
 ) -> None:
-    conn = twin.PGconn.connect(dsn_plain, libpq=new_libpq)
+    conn = client.connect(dsn_plain, libpq=new_libpq)
     borrowed = twin.PGconn.from_ptr(conn.pgconn_ptr, new_libpq)
     borrowed.finish()
     conn.finish()
-    for closed in (conn, borrowed):
+    for closed in (conn.pgconn, borrowed):
         with pytest.raises(InterfaceError, match="closed"):
             closed.cancel_conn()
         with pytest.raises(InterfaceError, match="closed"):
@@ -379,12 +386,12 @@ def test_closed_pgconn_cannot_make_cancel_objects(
 
 
 def test_cancel_conn_on_legacy_libpq(twin: ModuleType, old_libpq: Any, dsn_plain: str) -> None:
-    conn = twin.PGconn.connect(dsn_plain, libpq=old_libpq)
+    conn = client.connect(dsn_plain, libpq=old_libpq)
     try:
         with pytest.raises(InterfaceError, match=r"needs libpq >= 17"):
-            conn.cancel_conn()
+            conn.pgconn.cancel_conn()
         # The legacy handle works there.
-        handle = conn.get_cancel()
+        handle = conn.pgconn.get_cancel()
         handle.cancel()
         handle.free()
         assert run(conn, "select 1").rows == (("1",),)
@@ -415,12 +422,11 @@ def test_load_caches_one_instance_per_file(twin: ModuleType, new_libpq: Any) -> 
 
 
 def test_connect_failure(twin: ModuleType, new_libpq: Any) -> None:
+    """The tests' client reports libpq's reason (its failures never reach psycancel)."""
     with pytest.raises(OperationalError, match=r"connection failed: .*refused"):
-        twin.PGconn.connect(
-            f"host=127.0.0.1 port={refused_port()} sslmode=disable", libpq=new_libpq
-        )
+        client.connect(f"host=127.0.0.1 port={refused_port()} sslmode=disable", libpq=new_libpq)
     with pytest.raises(OperationalError, match="connection failed"):
-        twin.PGconn.connect_start("this is not a conninfo", libpq=new_libpq)
+        client.connect_start("this is not a conninfo", libpq=new_libpq)
 
 
 def test_query_failure(twin: ModuleType, conn: Any) -> None:
@@ -441,7 +447,7 @@ def test_cancel_conn_of_failed_connection(twin: ModuleType, new_libpq: Any) -> N
     conn = failed_connection(twin, new_libpq)
     try:
         assert conn.status == ConnStatus.BAD
-        cc = conn.cancel_conn()  # PQcancelCreate: an object in state BAD, not NULL
+        cc = conn.pgconn.cancel_conn()  # PQcancelCreate: an object in state BAD, not NULL
         assert cc.status == ConnStatus.BAD
         assert cc.error_message  # libpq's reason ("connection not open")
         with pytest.raises(CancelError, match=re.escape(cc.error_message)):
@@ -453,7 +459,7 @@ def test_cancel_conn_of_failed_connection(twin: ModuleType, new_libpq: Any) -> N
         cc.finish()
         cc.finish()
         with pytest.raises(InterfaceError, match="no cancel information"):
-            conn.get_cancel()
+            conn.pgconn.get_cancel()
     finally:
         conn.finish()
 
@@ -461,9 +467,9 @@ def test_cancel_conn_of_failed_connection(twin: ModuleType, new_libpq: Any) -> N
 def test_cancel_conn_of_connection_in_progress(
     twin: ModuleType, new_libpq: Any, dsn_plain: str
 ) -> None:
-    conn = twin.PGconn.connect_start(dsn_plain, libpq=new_libpq)
+    conn = client.connect_start(dsn_plain, libpq=new_libpq)
     try:
-        cc = conn.cancel_conn()  # no cancel key received yet
+        cc = conn.pgconn.cancel_conn()  # no cancel key received yet
         assert cc.status == ConnStatus.BAD
         assert cc.error_message
         with pytest.raises(CancelError):
@@ -481,21 +487,23 @@ def test_cancel_conn_of_connection_in_progress(
 def test_gc_finishes_cancel_objects(twin: ModuleType, conn: Any) -> None:
     before = open_fds()
     for _ in range(20):
-        cc = conn.cancel_conn()
+        cc = conn.pgconn.cancel_conn()
         cc.start()  # a socket is open now
         assert cc.socket >= 0
         del cc
-        handle = conn.get_cancel()
+        handle = conn.pgconn.get_cancel()
         del handle
     gc.collect()
     assert open_fds() - before == set()
 
 
-def test_gc_finishes_owned_connection(twin: ModuleType, new_libpq: Any, dsn_plain: str) -> None:
+def test_gc_of_the_connection_leaves_cancel_objects_usable(
+    twin: ModuleType, new_libpq: Any, dsn_plain: str
+) -> None:
     before = open_fds()
     for _ in range(5):
-        conn = twin.PGconn.connect(dsn_plain, libpq=new_libpq)
-        cc = conn.cancel_conn()
+        conn = client.connect(dsn_plain, libpq=new_libpq)
+        cc = conn.pgconn.cancel_conn()
         del conn  # the cancel object does not need its connection any more
         cc.blocking()
         del cc
@@ -506,8 +514,8 @@ def test_gc_finishes_owned_connection(twin: ModuleType, new_libpq: Any, dsn_plai
 def test_cancel_conn_outlives_the_connection(
     twin: ModuleType, new_libpq: Any, dsn_plain: str
 ) -> None:
-    conn = twin.PGconn.connect(dsn_plain, libpq=new_libpq)
-    cc = conn.cancel_conn()
+    conn = client.connect(dsn_plain, libpq=new_libpq)
+    cc = conn.pgconn.cancel_conn()
     conn.finish()
     cc.blocking()  # the request reaches the server; there is nothing left to cancel
     assert cc.status == ConnStatus.OK
@@ -529,7 +537,7 @@ def test_concurrent_misuse_does_not_crash(twin: ModuleType, conn: Any) -> None:
     unexpected: list[BaseException] = []
 
     for _round in range(10):
-        cc = conn.cancel_conn()
+        cc = conn.pgconn.cancel_conn()
         go = threading.Event()
 
         def worker(seed: int, cc: Any = cc, go: threading.Event = go) -> None:
@@ -577,9 +585,7 @@ def test_getters_race_finish_without_crashing(
         lambda c: c.status,
         lambda c: c.error_message,
         lambda c: c.socket,
-        lambda c: c.backend_pid,
         lambda c: c.ssl_in_use,
-        lambda c: c.is_busy(),
         lambda c: c.pgconn_ptr,
         lambda c: repr(c),
     ]
@@ -591,7 +597,8 @@ def test_getters_race_finish_without_crashing(
     ]
     unexpected: list[BaseException] = []
     for round_ in range(8):
-        conn = twin.PGconn.connect(dsn_plain, libpq=new_libpq)
+        made = client.connect(dsn_plain, libpq=new_libpq)
+        conn = made.pgconn
         cc = conn.cancel_conn()
         cc.start()
         go = threading.Event()
@@ -628,6 +635,7 @@ def test_getters_race_finish_without_crashing(
         for t in threads:
             t.join(30)
             assert not t.is_alive()
+        made.finish()
     assert unexpected == []
 
 
@@ -636,10 +644,10 @@ def test_finish_from_another_thread_waits_for_blocking(
 ) -> None:
     """finish() while blocking() runs in another thread: serialised, no crash."""
     px = proxy()
-    conn = twin.PGconn.connect(px.dsn(pg_server, "disable"), libpq=new_libpq)
+    conn = client.connect(px.dsn(pg_server, "disable"), libpq=new_libpq)
     try:
         px.delay = 0.3  # for the cancel connection only (accepted from now on)
-        cc = conn.cancel_conn()
+        cc = conn.pgconn.cancel_conn()
         outcome: list[object] = []
         accepted = px.accepted
         thread = threading.Thread(target=lambda: outcome.append(cc.blocking()))
@@ -669,9 +677,7 @@ def test_classes_cannot_be_instantiated_directly(twin: ModuleType, new_libpq: An
     with pytest.raises(TypeError):
         twin.Libpq(ctypes.CDLL(None), new_libpq_path())
     with pytest.raises(TypeError):
-        twin.PGconn(0xDEAD, lib, borrowed=False).finish()
-    with pytest.raises(TypeError):
-        twin.PGconn(0xDEAD, lib, borrowed=True)
+        twin.PGconn(0xDEAD, lib).finish()
     with pytest.raises(TypeError):
         twin.PGcancelConn(0xDEAD, lib).finish()
     with pytest.raises(TypeError):
@@ -681,11 +687,11 @@ def test_classes_cannot_be_instantiated_directly(twin: ModuleType, new_libpq: An
 
 def test_objects_cannot_be_copied_or_pickled(twin: ModuleType, conn: Any) -> None:
     """A copy would share the pointer, and finish it twice."""
-    cc = conn.cancel_conn()
-    handle = conn.get_cancel()
+    cc = conn.pgconn.cancel_conn()
+    handle = conn.pgconn.get_cancel()
     borrowed = twin.PGconn.from_ptr(conn.pgconn_ptr, conn.libpq)
     try:
-        for obj in (conn.libpq, conn, borrowed, cc, handle):
+        for obj in (conn.libpq, conn.pgconn, borrowed, cc, handle):
             for dup in (copy.copy, copy.deepcopy, pickle.dumps):
                 with pytest.raises(TypeError, match="cannot pickle"):
                     dup(obj)

@@ -217,19 +217,20 @@ def test_getters_do_not_wait_for_the_result(
         waiter = Waiter(conn).start()
         seen: dict[str, object] = {}
 
-        def read_getters() -> None:
-            seen["status"] = conn.status
-            seen["socket"] = conn.socket
-            seen["backend_pid"] = conn.backend_pid
-            seen["ssl_in_use"] = conn.ssl_in_use
-            seen["error_message"] = conn.error_message
-            seen["pgconn_ptr"] = conn.pgconn_ptr
-            seen["repr"] = repr(conn)
+        def read_getters() -> None:  # the twin's wrapper, while the client waits
+            pg = conn.pgconn
+            seen["status"] = pg.status
+            seen["socket"] = pg.socket
+            seen["ssl_in_use"] = pg.ssl_in_use
+            seen["gss_enc_in_use"] = pg.gss_enc_in_use
+            seen["error_message"] = pg.error_message
+            seen["pgconn_ptr"] = pg.pgconn_ptr
+            seen["repr"] = repr(pg)
 
         bounded(read_getters)
         assert seen["status"] == ConnStatus.OK
-        assert seen["backend_pid"] == pid
-        assert seen["ssl_in_use"] is True
+        assert seen["pgconn_ptr"] == conn.pgconn_ptr
+        assert seen["ssl_in_use"] is True and seen["gss_enc_in_use"] is False
         assert isinstance(seen["socket"], int) and seen["socket"] >= 0
         assert waiter.thread.is_alive(), "get_result() returned before the query ended"
         bounded(lambda: cancel_with_cancel_conn(conn))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import NoReturn
 
-__all__ = ["fork", "message", "refuse_to_pickle", "value"]
+__all__ = ["fork", "message", "refuse_to_pickle"]
 
 
 def message(raw: bytes | None) -> str:
@@ -13,11 +13,6 @@ def message(raw: bytes | None) -> str:
     if not raw:
         return ""
     return raw.decode("utf-8", "replace").rstrip("\n")
-
-
-def value(raw: bytes) -> str:
-    """A value of a result row, as text: decoded only, byte-exact."""
-    return raw.decode("utf-8", "replace")
 
 
 def refuse_to_pickle(obj: object) -> NoReturn:

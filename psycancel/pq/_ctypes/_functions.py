@@ -1,6 +1,8 @@
 """The ctypes twin's declarations: libpq's functions, their C types, their binding.
 
-Only what psycancel calls is declared. The ``PQcancel*`` family is optional
+Only what psycancel calls is declared: what wraps a connection made
+elsewhere (status, socket, encryption, one option) and the cancel calls; no
+function that connects, queries or finishes a connection. The ``PQcancel*`` family is optional
 (libpq >= 17): a library without it binds the rest and reports
 ``has_cancel_conn = False``. ``PQgssEncInUse`` (libpq >= 12) is optional too:
 ``Functions.PQgssEncInUse`` is None without it.
@@ -35,31 +37,13 @@ class ConninfoOption(Structure):
 # name: (restype, argtypes); the PQcancel* family is optional (libpq >= 17).
 REQUIRED: dict[str, tuple[Any, list[Any]]] = {
     "PQlibVersion": (c_int, []),
-    "PQconnectdb": (c_void_p, [c_char_p]),
-    "PQconnectStart": (c_void_p, [c_char_p]),
-    "PQconnectPoll": (c_int, [c_void_p]),
     "PQstatus": (c_int, [c_void_p]),
     "PQerrorMessage": (c_char_p, [c_void_p]),
     "PQsocket": (c_int, [c_void_p]),
-    "PQbackendPID": (c_int, [c_void_p]),
     "PQsslInUse": (c_int, [c_void_p]),
     "PQsslAttribute": (c_char_p, [c_void_p, c_char_p]),
     "PQconninfo": (POINTER(ConninfoOption), [c_void_p]),
     "PQconninfoFree": (None, [POINTER(ConninfoOption)]),
-    "PQsendQuery": (c_int, [c_void_p, c_char_p]),
-    "PQflush": (c_int, [c_void_p]),
-    "PQconsumeInput": (c_int, [c_void_p]),
-    "PQisBusy": (c_int, [c_void_p]),
-    "PQgetResult": (c_void_p, [c_void_p]),
-    "PQresultStatus": (c_int, [c_void_p]),
-    "PQresultErrorField": (c_char_p, [c_void_p, c_int]),
-    "PQresultErrorMessage": (c_char_p, [c_void_p]),
-    "PQntuples": (c_int, [c_void_p]),
-    "PQnfields": (c_int, [c_void_p]),
-    "PQgetvalue": (c_char_p, [c_void_p, c_int, c_int]),
-    "PQgetisnull": (c_int, [c_void_p, c_int, c_int]),
-    "PQclear": (None, [c_void_p]),
-    "PQfinish": (None, [c_void_p]),
     "PQgetCancel": (c_void_p, [c_void_p]),
     "PQcancel": (c_int, [c_void_p, POINTER(c_char), c_int]),
     "PQfreeCancel": (None, [c_void_p]),
