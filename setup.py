@@ -14,18 +14,13 @@ git checkout has no ``_pq.c`` (or a stale one) and needs Cython.
 its age. The in-tree build backend (``_build_backend/psycancel_build.py``)
 makes the same decision to ask for Cython only then.
 
-The extension needs no libpq to build: it resolves libpq's symbols at run
-time with dlopen/dlsym.
+The extension needs no libpq to build and links none: it links nothing but
+the C library (and libdl where dlopen lives there), and resolves libpq's
+symbols at run time with dlopen/dlsym, in the libpq of the driver whose
+connection it cancels. No wheel bundles a libpq.
 
 Binary wheels (``docs/wheels.md``):
 
-* ``PSYCANCEL_BUNDLE_LIBPQ=<prefix>``: link the extension with
-  ``<prefix>/lib``'s libpq (no header, no symbol is used: the link only
-  records the dependency), so that the wheel repair tool (auditwheel,
-  delocate, delvewheel) copies libpq and its TLS libraries into the wheel.
-  At run time ``psycancel.pq.libfind`` finds that copy through the
-  extension and ``Libpq.load()`` uses it by default. Implies
-  ``PSYCANCEL_REQUIRE_EXT`` and a forced rebuild of the extension.
 * ``PSYCANCEL_LIMITED_API=1``: build against CPython's Limited API
   (``Py_LIMITED_API`` = 3.10, abi3 wheel tag ``cp310-abi3``).
 """
@@ -52,19 +47,6 @@ COMPILER_DIRECTIVES = {"language_level": "3", "binding": True, "embedsignature":
 """Cython's directives for ``_pq.pyx`` (the sdist's ``_pq.c`` is made with these)."""
 
 
-def _bundle_prefix() -> Path | None:
-    """``$PSYCANCEL_BUNDLE_LIBPQ``: the prefix of the libpq to link (wheels)."""
-    value = os.environ.get("PSYCANCEL_BUNDLE_LIBPQ", "").strip()
-    if not value:
-        return None
-    prefix = Path(value).resolve()
-    lib = prefix / "lib"
-    names = ("libpq.lib",) if sys.platform == "win32" else ("libpq.dylib", "libpq.so")
-    if not any((lib / name).exists() for name in names):
-        raise SystemExit(f"PSYCANCEL_BUNDLE_LIBPQ={value}: no shared libpq in {lib}")
-    return prefix
-
-
 def _limited_api() -> bool:
     return _flag("PSYCANCEL_LIMITED_API")
 
@@ -77,9 +59,6 @@ class OptionalBuildExt(build_ext):  # type: ignore[misc]
     """``build_ext`` that tolerates a failure unless PSYCANCEL_REQUIRE_EXT is set."""
 
     def run(self) -> None:
-        if _bundle_prefix() is not None:
-            # A previous build in build/ may be linked without libpq: relink.
-            self.force = True
         try:
             super().run()
         except Exception as ex:
@@ -92,7 +71,7 @@ class OptionalBuildExt(build_ext):  # type: ignore[misc]
             self._failed(ex)
 
     def _failed(self, ex: Exception) -> None:
-        if _flag("PSYCANCEL_REQUIRE_EXT") or _bundle_prefix() is not None:
+        if _flag("PSYCANCEL_REQUIRE_EXT"):
             raise
         print(
             f"WARNING: the compiled twin was not built ({ex}); psycancel will use its ctypes twin",
@@ -100,45 +79,20 @@ class OptionalBuildExt(build_ext):  # type: ignore[misc]
         )
 
 
-def _link_options(prefix: Path | None) -> dict[str, Any]:
-    """Extension keywords that link the bundled libpq (``PSYCANCEL_BUNDLE_LIBPQ``)."""
-    if prefix is None:
-        return {}
-    lib = str(prefix / "lib")
-    if sys.platform == "win32":
-        return {"library_dirs": [lib], "libraries": ["libpq"]}
-    if sys.platform == "darwin":
-        # ld64 keeps every -l library; libpq's install name is absolute, which
-        # delocate rewrites to @loader_path/.../.dylibs/.
-        return {"library_dirs": [lib], "extra_link_args": ["-lpq"]}
-    # GNU ld / lld: many toolchains default to --as-needed, which would drop a
-    # library whose symbols the extension never references (it uses dlsym).
-    # The RUNPATH lets the extension load from the build tree; auditwheel
-    # replaces it with $ORIGIN/../psycancel.libs.
-    return {
-        "library_dirs": [lib],
-        "runtime_library_dirs": [lib],
-        "extra_link_args": ["-Wl,--push-state,--no-as-needed", "-lpq", "-Wl,--pop-state"],
-    }
-
-
 def _extensions() -> list[object]:
     if os.environ.get("PSYCANCEL_DISCOVERING_REQUIRES"):
         return []  # only listing requirements (the build backend): Cython may be missing yet
-    bundle = _bundle_prefix()
     if _flag("PSYCANCEL_NO_EXT"):
-        if bundle is not None:
-            raise SystemExit("PSYCANCEL_BUNDLE_LIBPQ needs the extension: unset PSYCANCEL_NO_EXT")
         return []
     if not PYX.exists():
-        if _flag("PSYCANCEL_REQUIRE_EXT") or bundle is not None:
+        if _flag("PSYCANCEL_REQUIRE_EXT"):
             raise SystemExit(f"PSYCANCEL_REQUIRE_EXT is set but {PYX} is missing")
         return []
     from setuptools import Extension
 
-    options = _link_options(bundle)
-    libraries = ["dl"] if sys.platform.startswith("linux") else []
-    options["libraries"] = options.get("libraries", []) + libraries
+    options: dict[str, Any] = {}
+    if sys.platform.startswith("linux"):
+        options["libraries"] = ["dl"]  # dlopen/dlsym (in libc itself since glibc 2.34)
     if _limited_api():
         major, minor = LIMITED_API_VERSION
         options["define_macros"] = [("Py_LIMITED_API", f"0x{major:02X}{minor:02X}0000")]
@@ -149,7 +103,7 @@ def _extensions() -> list[object]:
     try:
         from Cython.Build import cythonize
     except ImportError:
-        if _flag("PSYCANCEL_REQUIRE_EXT") or bundle is not None:
+        if _flag("PSYCANCEL_REQUIRE_EXT"):
             raise
         print(
             f"WARNING: Cython is not available and {GENERATED.name} is missing or older "

@@ -113,10 +113,9 @@ end
 begin "setup: .venv and psycancel (with its compiled twin)"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# PSYCANCEL_BUNDLE_LIBPQ: link the compiled twin with that libpq, as a wheel
-# build does; psycancel then finds it as its default libpq (no variable needed).
-PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
-    .venv/bin/python -m pip install -q -e '.[test,drivers,bench,docs]'
+# The compiled twin links no libpq (it resolves libpq with dlsym); the tests and
+# the demo load the libpq 18 built above explicitly (testing/installation.py).
+PSYCANCEL_REQUIRE_EXT=1 .venv/bin/python -m pip install -q -e '.[test,drivers,bench,docs]'
 .venv/bin/python -m psycancel info
 end
 

@@ -1,7 +1,7 @@
 """``python -m psycancel info [--json]``: the implementation and the libpqs in use.
 
-Besides psycancel's default libpq (the one ``Libpq.load()`` picks, used for
-psycancel's own ``PGconn``), it lists each installed driver and the libpq its
+Besides psycancel's default libpq (the one ``Libpq.load()`` picks when given
+no path: ``$PSYCANCEL_LIBPQ`` or the system's), it lists each installed driver and the libpq its
 connections are cancelled through: a driver's connection is only ever handed
 to the libpq that created it (``psycancel._drivers.owner``), which is often
 not psycancel's default (psycopg2-binary and psycopg[binary] bundle their
@@ -30,8 +30,6 @@ __all__ = ["collect_info", "show_info"]
 
 _ORIGINS = {
     "env": "from ${env}",
-    "bundled": "bundled with this installation",
-    "linked": "linked with the compiled twin when it was built",
     "system": "system",
 }
 
