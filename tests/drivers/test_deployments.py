@@ -203,6 +203,22 @@ def test_peered_pgbouncer_every_cancel_ends_its_query(driver: str, peered: PgBou
     assert result.lost == 0, result.rounds
 
 
+def test_peered_pgbouncer_client_asking_protocol_3_2(peered: PgBouncerFarm) -> None:
+    """A client asking protocol 3.2 (libpq 18's 32-byte keys): PgBouncer answers 3.0.
+
+    Measured with PgBouncer 1.24.1: it negotiates 3.0 (NegotiateProtocolVersion),
+    so the key is 4 bytes and the peered forwarding works as above (1.18
+    refused the connection: tests/drivers/test_pgbouncer.py).
+    """
+    with psycopg.connect(peered.dsn(max_protocol_version="3.2")) as conn:
+        version = getattr(conn.pgconn, "full_protocol_version", 30000)
+        assert version == 30000, version
+    result = tally("psycopg", peered.dsn(max_protocol_version="3.2"), sleep=20)
+    print(result.line(f"pgbouncer peered {peered.pool_mode} psycopg asking 3.2"))
+    assert [r.outcome for r in result.rounds] == ["cancelled"] * len(result.rounds)
+    assert result.lost == 0, result.rounds
+
+
 @pytest.mark.parametrize("driver", [*DRIVERS, "psycopg-async"])
 def test_unpeered_pgbouncer_losses_are_resent(driver: str, unpeered: PgBouncerFarm) -> None:
     """Not peered: about half the cancels land on the wrong process; re-sends catch them.
@@ -345,3 +361,41 @@ def interrupt_round(dsn: str) -> None:
             cur.execute("select 1")
     finally:
         conn.close()
+
+
+def test_haproxy_roundrobin_resend_never_hits_the_next_query(
+    pg_server: Any, second_server: ThrowawayServer
+) -> None:
+    """The fence: a re-send is never made once the block left, so the next query is safe.
+
+    roundrobin loses the first cancel; the query ends on its own around the
+    moment the re-send would be made (``pg_sleep`` between 0.45 and 0.65 s,
+    the re-send due ~0.55 s after entry), and the next query on the same
+    connection, right after the block, must never be cancelled.
+    """
+    lb = _haproxy([pg_server, second_server], "roundrobin")
+    hit = 0
+    try:
+        conn = _connect("psycopg2", lb.dsn())
+        try:
+            for i in range(12):
+                sleep = 0.45 + (i % 5) * 0.05
+                block = psycancel.cancel_after(conn, DEADLINE, timeout=TIMEOUT)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", psycancel.CancelNotTakenWarning)
+                    try:
+                        with block, conn.cursor() as cur:
+                            cur.execute(f"select pg_sleep({sleep})")
+                    except psycancel.QueryTimeout as ex:
+                        assert not ex.connection_broken
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("select pg_sleep(0.3), 'next'")
+                        assert cur.fetchone() == ("", "next")
+                except psycopg2.errors.QueryCanceled:
+                    hit += 1
+        finally:
+            conn.close()
+    finally:
+        lb.stop()
+    assert hit == 0, f"{hit} next queries were cancelled by a block's re-send"
