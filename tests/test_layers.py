@@ -174,3 +174,17 @@ def test_the_compiled_twin_imports_only_the_interface() -> None:
                 seen.add(target)
                 assert target in COMPILED_MAY_IMPORT, f"{path.name} imports {target}"
     assert seen, "expected the compiled twin to import psycancel's interface modules"
+
+
+def test_the_package_never_imports_the_test_helpers() -> None:
+    """``testing`` (the throwaway server, the query client) and ``tests`` are not installed."""
+    sources = [p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts]
+    sources += sorted(COMPILED.glob("*.py*")) if COMPILED.is_dir() else []
+    for path in sources:
+        if path.suffix not in (".py", ".pyx", ".pxd", ".pyi"):
+            continue
+        text = path.read_text()
+        for match in _CYTHON_IMPORT.finditer(text):
+            target = match.group("from") or match.group("imp") or ""
+            root = target.split(".")[0]
+            assert root not in ("testing", "tests"), f"{path} imports {target}"

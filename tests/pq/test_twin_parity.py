@@ -145,6 +145,47 @@ def test_classmethod_signatures() -> None:
         ]
 
 
+QUERY_CLIENT_MEMBERS = {
+    "connect",
+    "connect_start",
+    "connect_poll",
+    "send_query",
+    "consume_input",
+    "is_busy",
+    "get_result",
+    "backend_pid",
+    "borrowed",
+}
+"""The query client psycancel no longer has (``testing/client.py`` is the tests' one)."""
+
+QUERY_CLIENT_SYMBOLS = (
+    "PQconnectdb",
+    "PQconnectStart",
+    "PQconnectPoll",
+    "PQsendQuery",
+    "PQgetResult",
+    "PQconsumeInput",
+    "PQisBusy",
+    "PQfinish",
+    "PQclear",
+    "PQbackendPID",
+)
+
+
+def test_pq_is_borrowed_only() -> None:
+    """Neither twin can connect, query or finish a connection, nor binds libpq to do so."""
+    from psycancel.pq._ctypes import _functions
+
+    bound = set(_functions.REQUIRED) | set(_functions.CANCEL_CONN) | set(_functions.OPTIONAL)
+    assert bound.isdisjoint(QUERY_CLIENT_SYMBOLS), bound & set(QUERY_CLIENT_SYMBOLS)
+    for mod in (_ctypes, compiled_twin()):
+        assert public_names(mod.PGconn).isdisjoint(QUERY_CLIENT_MEMBERS), mod.__name__
+    assert set(protocol_members(pq_abc.PGconn)).isdisjoint(QUERY_CLIENT_MEMBERS)
+    compiled_binary = Path(compiled_twin().__file__).read_bytes()
+    for symbol in QUERY_CLIENT_SYMBOLS:
+        assert symbol.encode() + b"\0" not in compiled_binary, symbol
+
+
 def test_classes_cannot_be_instantiated_directly() -> None:
     """Both twins refuse to wrap an arbitrary pointer by calling the class."""
     for mod in (_ctypes, compiled_twin()):
