@@ -80,7 +80,7 @@ from typing import Any
 from ._after import _query_canceled
 from ._confirm import confirm_blocking, resend_plan
 from ._drivers.resolve import resolve
-from ._engine import blocking, outcomes
+from ._engine import blocking, outcomes, telemetry
 from ._engine.breaker import SocketFence
 from ._engine.machine import READ
 from ._engine.plan import DEFAULT_TIMEOUT, Plan, check_options, rearmed
@@ -91,6 +91,9 @@ from .errors import InterfaceError, QueryInterrupted
 from .pq.abc import PGconn
 
 __all__ = ["cancel_on_interrupt", "check_signals"]
+
+_BREAK_REASONS = {"deadline": "not_ended", "cancel_failed": "cancel_failed"}
+"""The telemetry reason of each break code (the others keep their code: ``second_signal``)."""
 
 _logger = logging.getLogger("psycancel")
 
@@ -585,7 +588,12 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             what = "the block had ended"
         else:
             what = "the query may still be running (break_connection=False)"
-        _logger.warning("psycancel.cancel_on_interrupt: the cancel failed (%r); %s", error, what)
+        _logger.warning(
+            "psycancel.cancel_on_interrupt: the cancel failed (%r); %s",
+            error,
+            what,
+            extra={"psycancel_cancel": {"outcome": telemetry.outcome_of(error)}},
+        )
         self._settle()
 
     def _break(self, reason: str, code: str) -> bool:
@@ -605,11 +613,16 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             with self._lock:
                 self._broken = reason
             self._deadline = None
+            why = _BREAK_REASONS.get(code, code)
+            telemetry.broken_connection("cancel_on_interrupt", why)
             _logger.warning(
                 "psycancel.cancel_on_interrupt broke the connection (its socket is shut "
                 "down, so that the blocked call returns; the connection is unusable now): %s",
                 reason,
-                extra={"psycancel_break": code},
+                extra={
+                    "psycancel_break": code,
+                    "psycancel_cancel": {"outcome": "connection_broken", "reason": why},
+                },
             )
         elif proceed:
             with self._lock:
@@ -618,7 +631,13 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
                 "psycancel.cancel_on_interrupt could not break the connection (%s): %s",
                 "no socket was found on entry" if fence is None else "its socket is gone",
                 reason,
-                extra={"psycancel_break": "unavailable"},
+                extra={
+                    "psycancel_break": "unavailable",
+                    "psycancel_cancel": {
+                        "outcome": "connection_not_broken",
+                        "reason": _BREAK_REASONS.get(code, code),
+                    },
+                },
             )
         self._settle()
         return proceed
