@@ -38,8 +38,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testing import client
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -142,6 +140,7 @@ def run_soak(
     import psycancel
     from psycancel import pq
     from psycancel._engine import plan as _plan
+    from testing import client
     from tests.support.fds import loop_fds, sockets_to
     from tests.support.proxy import TcpProxy
     from tests.support.queries import QUERY_CANCELED, drain, wait_until_active
