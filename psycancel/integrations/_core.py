@@ -113,28 +113,54 @@ class _Prepared(NamedTuple):
     strict: bool
 
 
-_prepared: weakref.WeakKeyDictionary[object, _Prepared] = weakref.WeakKeyDictionary()
-"""Driver connection -> its kept cancel (dropped, and freed, with the connection)."""
-_prepared_lock = threading.Lock()
+_prepared: dict[int, list[_Prepared]] = {}
+"""``id(conn)`` -> a cell holding that driver connection's kept cancel (at most one).
+
+The cell is made, with a ``weakref.finalize`` that drops it (and frees what it
+holds) when the connection is collected, on the first keep; later takes and
+keeps only pop from and append to it (atomic list operations: a connection
+shared by threads, as psycopg's may be, never hands one cancel to two blocks).
+"""
+_cells_lock = threading.Lock()
+
+
+def _drop(key: int) -> None:
+    """The connection was collected: free its kept cancel."""
+    for kept in _prepared.pop(key, ()):
+        kept.plan.discard()
 
 
 def _take(conn: object) -> _Prepared | None:
-    with _prepared_lock:
-        try:
-            return _prepared.pop(conn, None)
-        except TypeError:  # not weakly referenceable: nothing is kept for it
-            return None
+    cell = _prepared.get(id(conn))
+    if not cell:
+        return None
+    try:
+        return cell.pop()
+    except IndexError:  # another thread took it meanwhile
+        return None
 
 
 def _keep(conn: object, kept: _Prepared) -> None:
-    with _prepared_lock:
+    key = id(conn)
+    cell = _prepared.get(key)
+    if cell is None:
+        with _cells_lock:
+            cell = _prepared.get(key)
+            if cell is None:
+                try:
+                    finalizer = weakref.finalize(conn, _drop, key)
+                except TypeError:  # not weakly referenceable: nothing is kept for it
+                    kept.plan.discard()
+                    return
+                finalizer.atexit = False  # at exit: nothing to free for anyone
+                cell = _prepared[key] = []
+    cell.append(kept)
+    while len(cell) > 1:  # two blocks of one connection gave theirs back: keep one
         try:
-            displaced = _prepared.get(conn)
-            _prepared[conn] = kept
-        except TypeError:
-            displaced = kept
-    if displaced is not None:
-        displaced.plan.discard()
+            extra = cell.pop(0)
+        except IndexError:
+            break
+        extra.plan.discard()
 
 
 class reusing(cancel_after):  # lower case: a cancel_after

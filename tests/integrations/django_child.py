@@ -199,6 +199,16 @@ results["broken"] = outcome(broken, "hole")
 deadlines.uninstall()
 results["uninstalled"] = in_thread(lambda: outcome(lambda: run(OUTLIVES)))
 results["wrappers_after_uninstall"] = [repr(w) for w in connection.execute_wrappers]
+
+
+def per_connection() -> dict[str, Any]:
+    """One connection's own: appended to its ``execute_wrappers`` (no install())."""
+    conn = connections["default"]
+    conn.execute_wrappers.append(deadlines.QueryDeadline(SECONDS, timeout=TIMEOUT))
+    return outcome(lambda: run(SLOW))
+
+
+results["per_connection"] = in_thread(per_connection)
 connections.close_all()
 proxy.close()
 print("RESULT", json.dumps(results), flush=True)

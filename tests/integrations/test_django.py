@@ -101,3 +101,7 @@ def test_a_broken_connection_is_replaced(outcome: dict[str, Any]) -> None:
 def test_uninstall(outcome: dict[str, Any]) -> None:
     completed(outcome["uninstalled"])
     assert outcome["wrappers_after_uninstall"] == []
+
+
+def test_one_connections_own_wrapper(outcome: dict[str, Any]) -> None:
+    timed_out(outcome["per_connection"])

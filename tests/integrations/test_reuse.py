@@ -28,8 +28,8 @@ psycopg2 = need("psycopg2")
 
 
 def kept(conn: Any) -> Any:
-    entry = _core._prepared.get(conn)
-    return None if entry is None else entry.plan
+    cell = _core._prepared.get(id(conn))
+    return cell[0].plan if cell else None
 
 
 def test_the_kept_cancel_is_reused_until_one_is_sent(dsn_plain: str) -> None:
@@ -79,6 +79,8 @@ def test_a_collected_connection_drops_it(dsn_plain: str) -> None:
     with Deadline(0.2).guard(conn):  # type: ignore[union-attr]
         conn.execute("select 1")
     ref = weakref.ref(conn)
+    key = id(conn)
+    assert _core._prepared[key]
     conn.close()
     del conn
     # The shared timer's heap holds a left block (and so its connection) until its
@@ -88,6 +90,7 @@ def test_a_collected_connection_drops_it(dsn_plain: str) -> None:
         gc.collect()
         time.sleep(0.05)
     assert ref() is None
+    assert key not in _core._prepared  # its finalizer dropped the cell
 
 
 def test_a_reconnected_session_is_not_targeted(dsn_plain: str, monitor: Any) -> None:
@@ -96,7 +99,7 @@ def test_a_reconnected_session_is_not_targeted(dsn_plain: str, monitor: Any) -> 
     try:
         with Deadline(10).guard(conn):  # type: ignore[union-attr]
             conn.execute("select 1")
-        entry = _core._prepared[conn]
+        (entry,) = _core._prepared[id(conn)]
         assert entry.fence.same_socket()
         monitor.terminate(conn.info.backend_pid)
         with pytest.raises(psycopg.OperationalError):
