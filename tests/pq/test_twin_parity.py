@@ -153,7 +153,6 @@ QUERY_CLIENT_MEMBERS = {
     "consume_input",
     "is_busy",
     "get_result",
-    "backend_pid",
     "borrowed",
 }
 """The query client psycancel no longer has (``testing/client.py`` is the tests' one)."""
@@ -168,7 +167,6 @@ QUERY_CLIENT_SYMBOLS = (
     "PQisBusy",
     "PQfinish",
     "PQclear",
-    "PQbackendPID",
 )
 
 
