@@ -102,7 +102,7 @@ def graph() -> dict[str, set[str]]:
 def test_the_graph_is_not_trivial() -> None:
     g = graph()
     assert len(g) > 30
-    assert "psycancel._engine.machine" in g["psycancel._engine.blocking"]
+    assert "psycancel._engine.machine" in g["psycancel._engine.isolated"]
     assert "psycancel._procedure" in g["psycancel._api"]
 
 

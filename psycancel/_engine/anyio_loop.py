@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from . import legacy, machine, trace
+from . import isolated, legacy, machine, trace
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 from .waits import loop_waits
@@ -68,8 +68,10 @@ def _outcome(done: concurrent.futures.Future[None], deadline: Deadline) -> bool:
     return bool(finished)
 
 
-async def wait_future_anyio(done: concurrent.futures.Future[None], deadline: Deadline) -> None:
-    """Wait for a legacy cancel's Future without blocking the event loop.
+async def wait_future_anyio(
+    done: concurrent.futures.Future[None], deadline: Deadline, *, legacy: bool = True
+) -> None:
+    """Wait for a worker's cancel (legacy, or isolated) without blocking the event loop.
 
     A worker thread waits on the Future (never longer than the time left); the
     task can be cancelled at any time (the worker is abandoned and ends by the
@@ -78,21 +80,22 @@ async def wait_future_anyio(done: concurrent.futures.Future[None], deadline: Dea
     if not done.done():
         finished = await anyio.to_thread.run_sync(_outcome, done, deadline, abandon_on_cancel=True)
         if not finished:
-            raise deadline.expired(legacy=True)
+            raise deadline.expired(legacy=legacy)
     done.result()  # re-raise the worker's error, if any
 
 
 async def run_anyio(plan: Plan) -> None:
     """Run ``plan`` in the current AnyIO task (the body of ``cancel_async`` there)."""
     started = trace.begin(plan)
+    offloaded = isinstance(plan, NewApiPlan) and plan.may_block  # (a worker thread)
     try:
         await _run(plan)
     except BaseException as ex:
         if started is not None:
-            trace.end(plan, started, runner="anyio", offloaded=False, error=ex)
+            trace.end(plan, started, runner="anyio", offloaded=offloaded, error=ex)
         raise
     if started is not None:
-        trace.end(plan, started, runner="anyio", offloaded=False, error=None)
+        trace.end(plan, started, runner="anyio", offloaded=offloaded, error=None)
 
 
 async def _run(plan: Plan) -> None:
@@ -100,6 +103,9 @@ async def _run(plan: Plan) -> None:
         await wait_future_anyio(legacy.run_legacy_cancel(plan.handle), plan.deadline)
         return
     assert isinstance(plan, NewApiPlan)
+    if plan.may_block:  # never in the event loop's thread
+        await wait_future_anyio(isolated.run_isolated(plan), plan.deadline, legacy=False)
+        return
     try:
         await wait_anyio(machine.cancel_steps(plan.cc), plan.deadline)
     finally:

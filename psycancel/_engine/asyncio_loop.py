@@ -3,18 +3,21 @@
 * New API, inline (``offload=False``): :func:`wait_asyncio` drives the shared
   machine with ``add_reader``/``add_writer`` on the socket it names, removing
   them after every step whatever happens (timeout, error, task cancellation).
-* New API, offloaded (``offload=True``; ``None`` picks it for TLS sessions):
-  the ``offload`` reactor does the work in a background thread and the loop
-  only awaits a future.
-* Legacy: ``PQcancel`` in a worker thread, its future awaited with the
-  deadline.
+* New API, offloaded (``offload=True``; ``None`` picks it for encrypted
+  sessions, TLS or GSSAPI): the ``offload`` reactor does the work in a
+  background thread and the loop only awaits a future.
+* New API whose libpq step may block (a GSS-encrypted session: its handshake
+  may reach a KDC), whatever ``offload`` says, and legacy (``PQcancel``): in
+  a worker thread (``isolated``, ``legacy``), its future awaited with the
+  deadline; never in the loop's thread nor the reactor's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 
-from . import legacy, machine, offload, trace
+from . import isolated, legacy, machine, offload, trace
 from .machine import READ, CancelSteps
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
 from .waits import loop_waits
@@ -93,6 +96,9 @@ async def wait_asyncio(steps: CancelSteps, deadline: Deadline) -> None:
 
 
 async def _run_new_api(plan: NewApiPlan, offloaded: bool) -> None:
+    if plan.may_block:
+        await _run_worker(isolated.run_isolated(plan), plan.deadline, legacy=False)
+        return
     if offloaded:
         # The reactor finishes ``cc`` on every outcome.
         await offload.run_offloaded(plan.cc, plan.native, plan.deadline)
@@ -104,17 +110,24 @@ async def _run_new_api(plan: NewApiPlan, offloaded: bool) -> None:
 
 
 async def _run_legacy(plan: LegacyPlan) -> None:
-    done = asyncio.wrap_future(legacy.run_legacy_cancel(plan.handle))
+    await _run_worker(legacy.run_legacy_cancel(plan.handle), plan.deadline, legacy=True)
+
+
+async def _run_worker(
+    future: concurrent.futures.Future[None], deadline: Deadline, *, legacy: bool
+) -> None:
+    """Await a worker thread's cancel (legacy or isolated) until ``deadline``."""
+    done = asyncio.wrap_future(future)
     try:
         if not done.done():
-            await asyncio.wait((done,), timeout=max(0.0, plan.deadline.remaining()))
+            await asyncio.wait((done,), timeout=max(0.0, deadline.remaining()))
     finally:
         if not done.done():
             # The worker's outcome arrives later (timeout, task cancelled): read it
             # then, so that asyncio never logs "Future exception was never retrieved".
             done.add_done_callback(retrieve_later)
     if not done.done():
-        raise plan.deadline.expired(legacy=True)
+        raise deadline.expired(legacy=legacy)
     done.result()
 
 
@@ -131,6 +144,8 @@ async def run_asyncio(plan: Plan, *, offloaded: bool | None = None) -> None:
     if offloaded is None:
         offloaded = plan.encrypted
     offloaded = offloaded and new_api
+    if isinstance(plan, NewApiPlan) and plan.may_block:
+        offloaded = True  # (a worker thread, whatever ``offload`` said)
     try:
         if isinstance(plan, NewApiPlan):
             await _run_new_api(plan, offloaded)

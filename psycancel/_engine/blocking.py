@@ -6,9 +6,10 @@
 * New API, otherwise: :func:`wait_blocking` drives the shared machine, waiting
   with ``poll(2)`` (``waits.wait_fd``, GIL released) for exactly the
   readiness it asked for, on the socket it named (which can change between
-  steps), each wait bounded by the time left.
-* Legacy: ``PQcancel`` in a worker thread (``legacy``), waited for until the
-  deadline.
+  steps), each wait bounded by the time left (both: ``isolated.run_here``).
+* New API whose libpq step may block (a GSS-encrypted session: its handshake
+  may reach a KDC), and legacy (``PQcancel``): in a worker thread
+  (``isolated``, ``legacy``), waited for until the deadline.
 * Under gevent (the program monkey-patched the process, ``cooperative``): the
   plan runs in the calling greenlet with gevent's own waits, so that the hub
   keeps running the other greenlets.
@@ -21,45 +22,28 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from . import cooperative, legacy, machine, outcomes, trace
-from .machine import CancelSteps
+from . import cooperative, isolated, legacy, trace
+from .isolated import wait_blocking
 from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
-from .waits import wait_fd
 
 __all__ = ["run_blocking", "wait_blocking", "wait_future"]
 
 
-def wait_blocking(steps: CancelSteps, deadline: Deadline) -> None:
-    """Run ``steps`` in this thread until done or ``deadline``."""
-    try:
-        for fd, event in steps:
-            wait = deadline.remaining()
-            if wait <= 0 or not wait_fd(fd, event, wait):
-                raise deadline.expired()
-    finally:
-        steps.close()
-
-
-def _run_new_api(plan: NewApiPlan) -> None:
-    cc, native, deadline = plan.cc, plan.native, plan.deadline
-    try:
-        if native is None:
-            wait_blocking(machine.cancel_steps(cc), deadline)
-            return
-        code, message = native.run_blocking(cc, deadline.at)
-        error = outcomes.from_native(native, code, message, deadline.timeout)
-        if error is not None:
-            raise error
-    finally:
-        cc.finish()  # (a no-op once the C driver has finished it)
-
-
-def wait_future(done: concurrent.futures.Future[None], deadline: Deadline) -> None:
-    """Wait for a legacy cancel's outcome until ``deadline``; re-raise its error."""
+def wait_future(
+    done: concurrent.futures.Future[None], deadline: Deadline, *, legacy: bool = True
+) -> None:
+    """Wait for a worker's cancel (legacy, or isolated) until ``deadline``; re-raise its error."""
     try:
         done.result(timeout=max(0.0, deadline.remaining()))
     except concurrent.futures.TimeoutError:
-        raise deadline.expired(legacy=True) from None
+        raise deadline.expired(legacy=legacy) from None
+
+
+def _run_new_api(plan: NewApiPlan) -> None:
+    if plan.may_block:
+        wait_future(isolated.run_isolated(plan), plan.deadline, legacy=False)
+    else:
+        isolated.run_here(plan)
 
 
 def _run_legacy(plan: LegacyPlan) -> None:

@@ -10,8 +10,9 @@ blocking runner hands the plan to :func:`run_gevent` instead:
   ``wait_write`` on the cancel socket (the greenlet sleeps, the hub runs the
   others), bounded by the time left; libpq's steps are the same non-blocking
   calls, GIL released, as in the other runners;
-* legacy: ``PQcancel`` in gevent's native thread pool (a real OS thread, GIL
-  released), waited for cooperatively until the deadline.
+* legacy, and a new-API plan whose libpq step may block (a GSS handshake
+  that may reach a KDC, ``isolated``): in gevent's native thread pool (a real
+  OS thread, GIL released), waited for cooperatively until the deadline.
 
 gevent is never imported here: it is found in ``sys.modules`` only, and used
 only if the program imported and monkey-patched it. A greenlet killed (or a
@@ -25,10 +26,10 @@ import sys
 from typing import Any
 
 from ..errors import Error
-from ..pq.abc import PGcancel
-from . import background, machine
+from . import background, isolated, machine
+from .legacy import WorkerJob
 from .machine import READ, CancelSteps
-from .plan import Deadline, LegacyPlan, NewApiPlan, Plan
+from .plan import Deadline, LegacyPlan, Plan
 
 __all__ = ["gevent_hub", "run_gevent", "wait_gevent"]
 
@@ -92,8 +93,8 @@ def wait_gevent(steps: CancelSteps, deadline: Deadline) -> None:
         steps.close()
 
 
-def _legacy_in_thread(handle: PGcancel) -> BaseException | None:
-    """In a native pool thread: one ``PQcancel``; libpq's refusal is returned, not raised."""
+def _job_in_thread(handle: WorkerJob) -> BaseException | None:
+    """In a native pool thread: one job (``PQcancel``); its refusal is returned, not raised."""
     try:
         handle.cancel()
     except Error as ex:
@@ -103,18 +104,19 @@ def _legacy_in_thread(handle: PGcancel) -> BaseException | None:
     return None
 
 
-def _run_legacy(plan: LegacyPlan, hub: Any) -> None:
+def _run_in_pool(plan: Plan, job: WorkerJob, hub: Any) -> None:
     deadline = plan.deadline
     try:
-        result = hub.threadpool.spawn(_legacy_in_thread, plan.handle)
+        result = hub.threadpool.spawn(_job_in_thread, job)
     except BaseException:
         plan.discard()
         raise
     if not result.ready():
         result.wait(max(0.0, deadline.remaining()))
         if not result.ready():
-            # The pool thread stays in PQcancel until the OS gives up, then frees the handle.
-            raise deadline.expired(legacy=True)
+            # The pool thread stays in libpq until it returns (PQcancel: until the OS
+            # gives up), then frees the job's object.
+            raise deadline.expired(legacy=isinstance(plan, LegacyPlan))
     if not result.successful():
         raise background.thread_failed("gevent thread pool", result.exception)
     error = result.value
@@ -124,10 +126,12 @@ def _run_legacy(plan: LegacyPlan, hub: Any) -> None:
 
 def run_gevent(plan: Plan, hub: Any) -> None:
     """Run ``plan`` in this greenlet, letting the hub run the others, until done or its deadline."""
-    if isinstance(plan, NewApiPlan):
+    if isinstance(plan, LegacyPlan):
+        _run_in_pool(plan, plan.handle, hub)
+    elif plan.may_block:
+        _run_in_pool(plan, isolated.worker_job(plan), hub)
+    else:
         try:
             wait_gevent(machine.cancel_steps(plan.cc), plan.deadline)
         finally:
             plan.cc.finish()
-    else:
-        _run_legacy(plan, hub)

@@ -8,6 +8,9 @@ the caller waits for it with a deadline. If the deadline passes, the caller gets
 until the operating system gives up on the connection (TCP connect/retransmit
 timeouts, or keepalive settings); it then frees the handle and ends. It never
 holds the GIL while it waits, and being a daemon it never delays exit.
+
+The same workers run a new-API cancel whose libpq step may block
+(``isolated``: a GSS handshake that may reach a KDC): any :class:`WorkerJob`.
 """
 
 from __future__ import annotations
@@ -16,15 +19,25 @@ import os
 import queue
 import threading
 from concurrent.futures import Future
+from typing import Protocol
 
 from ..errors import Error
-from ..pq.abc import PGcancel
 from . import background
 
-__all__ = ["run_legacy_cancel"]
+__all__ = ["WorkerJob", "run_legacy_cancel"]
 
 
-def _run(handle: PGcancel, done: Future[None]) -> None:
+class WorkerJob(Protocol):
+    """What a worker thread runs: ``cancel()``, then ``free()`` (a ``PGcancel`` is one)."""
+
+    def cancel(self) -> None:
+        """Send the request; may block; raises :class:`~psycancel.errors.Error` on failure."""
+
+    def free(self) -> None:
+        """Release what the job holds; called once, whatever ``cancel()`` did."""
+
+
+def _run(handle: WorkerJob, done: Future[None]) -> None:
     """A worker thread: one ``PQcancel``; its outcome goes to ``done``."""
     try:
         background.checkpoint("legacy-worker")
@@ -51,7 +64,7 @@ class _Spawner:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[PGcancel, Future[None]]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[WorkerJob, Future[None]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.failed: BaseException | None = None
         self._pid = os.getpid()
@@ -62,7 +75,7 @@ class _Spawner:
         return self.failed is None and self._pid == os.getpid()
 
     def _main(self) -> None:
-        current: list[tuple[PGcancel, Future[None]]] = []
+        current: list[tuple[WorkerJob, Future[None]]] = []
         try:
             while True:
                 current.append(self._queue.get())
@@ -92,7 +105,7 @@ class _Spawner:
                 if not done.done():
                     done.set_exception(background.thread_failed("legacy spawner thread", ex))
 
-    def submit(self, handle: PGcancel, done: Future[None]) -> bool:
+    def submit(self, handle: WorkerJob, done: Future[None]) -> bool:
         """Queue ``handle``; False (nothing queued) if this spawner has failed."""
         with self._lock:
             if self.failed is not None:
@@ -105,7 +118,7 @@ _spawner: _Spawner | None = None
 _spawner_lock = threading.Lock()
 
 
-def run_legacy_cancel(handle: PGcancel) -> Future[None]:
+def run_legacy_cancel(handle: WorkerJob) -> Future[None]:
     """``handle.cancel()`` in a new daemon worker thread, which frees ``handle``.
 
     Returns the outcome as a Future (it cannot be cancelled).

@@ -126,10 +126,19 @@ class NewApiPlan:
     native: NativeDriver | None
     """The twin's C driver, when it has one (``Libpq.native_driver``)."""
     encrypted: bool
-    """The session uses TLS (the default offload rule of ``cancel_async``)."""
+    """The session is encrypted, with TLS or GSSAPI (the default offload rule of
+    ``cancel_async``)."""
     deadline: Deadline
     libpq: Libpq | None = None
     """The libpq of the connection (for the log record)."""
+    may_block: bool = False
+    """A libpq step of this cancel may block: the session is GSS-encrypted, and
+    ``gss_init_sec_context`` may have to reach a KDC. Every runner then runs the
+    plan in a worker thread (``isolated``), never in an event loop's thread, and
+    waits for it until the deadline."""
+    clear_text: bool = False
+    """The request goes in clear text although the session is encrypted
+    (``sslmode=allow``: libpq tries clear text first); the policy allowed it."""
 
     def discard(self) -> None:
         """Free the cancel object of a plan that will not be run."""
@@ -144,9 +153,15 @@ class LegacyPlan:
     """The legacy handle (made from the session); the runner frees it."""
     deadline: Deadline
     encrypted: bool = False
-    """The session uses TLS (the legacy request is sent in clear text all the same)."""
+    """The session is encrypted, with TLS or GSSAPI (the legacy request is sent in
+    clear text all the same)."""
     libpq: Libpq | None = None
     """The libpq of the connection (for the log record)."""
+
+    @property
+    def clear_text(self) -> bool:
+        """The request goes in clear text although the session is encrypted."""
+        return self.encrypted
 
     def discard(self) -> None:
         """Free the handle of a plan that will not be run."""
@@ -160,16 +175,26 @@ def make_plan(pgconn: PGconn, deadline: Deadline, *, strict: bool, stacklevel: i
     """The plan to cancel the query on the open ``pgconn``, in the thread that owns it.
 
     With a libpq >= 17: a new ``PGcancelConn`` (:class:`CancelError` if libpq
-    refuses to prepare one). Otherwise the legacy handle, once the security
-    policy allowed it (``stacklevel``: where the caller's code is for the
+    refuses to prepare one). Otherwise the legacy handle. Either once the
+    security policy allowed a request in clear text for an encrypted session
+    (``stacklevel``: where the caller's code is for the
     :class:`InsecureCancelWarning`, 1 being the caller of this function).
+    Encrypted means TLS or GSSAPI alike.
     """
     lib = pgconn.libpq
-    encrypted = pgconn.ssl_in_use
+    gss = pgconn.gss_enc_in_use
+    tls = not gss and pgconn.ssl_in_use
     if lib.has_cancel_conn:
-        return NewApiPlan(new_cancel_conn(pgconn), lib.native_driver, encrypted, deadline, lib)
-    policy.check_policy(pgconn, strict=strict, stacklevel=stacklevel + 1)
-    return LegacyPlan(pgconn.get_cancel(), deadline, encrypted, lib)
+        clear = tls and policy.clear_text_first(pgconn)
+        if clear:
+            policy.check_policy(
+                pgconn, strict=strict, stacklevel=stacklevel + 1, reason=policy.SSLMODE_ALLOW
+            )
+        cc = new_cancel_conn(pgconn)
+        return NewApiPlan(cc, lib.native_driver, gss or tls, deadline, lib, gss, clear)
+    if gss or tls:
+        policy.check_policy(pgconn, strict=strict, stacklevel=stacklevel + 1, reason=policy.LEGACY)
+    return LegacyPlan(pgconn.get_cancel(), deadline, gss or tls, lib)
 
 
 def rearmed(plan: Plan) -> Plan:

@@ -1,10 +1,25 @@
-"""The security policy of a legacy cancel (libpq < 17), applied when the plan is made.
+"""The security policy: a cancel request in clear text for an encrypted session.
 
-The legacy ``PQcancel`` sends its request in clear text, secret key included,
-even for an encrypted session. :func:`check_policy` is the only place that
-allows it: on an encrypted connection it raises
-:class:`~psycancel.errors.InsecureCancelError` (``strict=True``) or warns
-with :class:`~psycancel.errors.InsecureCancelWarning`.
+A session is encrypted with TLS (``PQsslInUse``) or GSSAPI
+(``PQgssEncInUse``); both count alike. Its cancel request is sent in clear
+text, secret key included, in two cases that psycancel knows of before
+sending:
+
+* :data:`LEGACY`: the libpq is older than 17; its ``PQcancel`` never encrypts.
+* :data:`SSLMODE_ALLOW`: a TLS session whose ``sslmode`` is ``allow``. The
+  cancel connection copies the option, not what it negotiated, and
+  ``allow`` tries clear text first; the server accepts a CancelRequest
+  without TLS (``pg_hba.conf`` is not consulted for it), so the new API
+  sends it in clear text too.
+
+:func:`check_policy` is the only place that allows either: it raises
+:class:`~psycancel.errors.InsecureCancelError` (``strict=True``, nothing is
+sent) or warns with :class:`~psycancel.errors.InsecureCancelWarning`.
+
+What it cannot know: a fallback decided inside libpq while the cancel
+connects (``gssencmode=prefer`` without usable credentials by then,
+``sslmode=prefer`` against a peer that refuses TLS). ``docs/deployments.md``
+advises ``require``.
 """
 
 from __future__ import annotations
@@ -14,30 +29,38 @@ import warnings
 from ..errors import InsecureCancelError, InsecureCancelWarning
 from ..pq.abc import PGconn
 
-__all__ = ["check_policy"]
+__all__ = ["LEGACY", "SSLMODE_ALLOW", "check_policy", "clear_text_first"]
 
-_INSECURE = (
+LEGACY = (
     "libpq {version} at {path} has no PQcancelConn API (needs >= 17): the cancel "
-    "request for this encrypted connection is sent in clear text, "
-    "including its secret key"
+    "request for this encrypted connection"
 )
+SSLMODE_ALLOW = (
+    "with sslmode=allow, libpq {version} at {path} tries clear text first for a cancel "
+    "connection, and the server accepts it: the cancel request for this encrypted "
+    "connection (TLS; use sslmode=prefer or stronger)"
+)
+_INSECURE = "{reason} is sent in clear text, including its secret key"
 _REFUSED = (
-    "libpq {version} at {path} has no PQcancelConn API (needs >= 17): the cancel "
-    "request for this encrypted connection would be sent in clear text, including "
-    "its secret key; refused because strict=True (nothing was sent)"
+    "{reason} would be sent in clear text, including its secret key; "
+    "refused because strict=True (nothing was sent)"
 )
 
 
-def check_policy(pgconn: PGconn, *, strict: bool, stacklevel: int) -> None:
-    """Apply the security policy before a legacy cancel.
+def clear_text_first(pgconn: PGconn) -> bool:
+    """The cancel of this TLS session goes in clear text first (``sslmode=allow``)."""
+    return pgconn.conninfo_option("sslmode") == "allow"
 
-    On an encrypted connection: :class:`InsecureCancelError` if ``strict``,
-    else an :class:`InsecureCancelWarning` (``stacklevel`` 1: the caller).
+
+def check_policy(pgconn: PGconn, *, strict: bool, stacklevel: int, reason: str) -> None:
+    """Allow a clear-text cancel of the encrypted ``pgconn``, or refuse it.
+
+    ``reason`` (:data:`LEGACY` or :data:`SSLMODE_ALLOW`) says why it would be
+    in clear text. :class:`InsecureCancelError` if ``strict``, else an
+    :class:`InsecureCancelWarning` (``stacklevel`` 1: the caller).
     """
-    if not pgconn.ssl_in_use:
-        return
     lib = pgconn.libpq
+    why = reason.format(version=lib.version, path=lib.path)
     if strict:
-        raise InsecureCancelError(_REFUSED.format(version=lib.version, path=lib.path))
-    message = _INSECURE.format(version=lib.version, path=lib.path)
-    warnings.warn(message, InsecureCancelWarning, stacklevel=stacklevel + 1)
+        raise InsecureCancelError(_REFUSED.format(reason=why))
+    warnings.warn(_INSECURE.format(reason=why), InsecureCancelWarning, stacklevel=stacklevel + 1)

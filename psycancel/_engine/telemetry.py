@@ -164,6 +164,7 @@ def cancel_ran(
     *,
     api: str,
     connection_encrypted: bool,
+    clear_text: bool = False,
     runner: str,
     offloaded: bool,
     error: BaseException | None,
@@ -180,7 +181,7 @@ def cancel_ran(
     attributes = dict(_BASE)
     attributes["psycancel.cancel.outcome"] = outcome
     attributes["psycancel.cancel.api"] = api
-    attributes["psycancel.cancel.encrypted"] = connection_encrypted and api == "new"
+    attributes["psycancel.cancel.encrypted"] = connection_encrypted and not clear_text
     attributes["psycancel.connection.encrypted"] = connection_encrypted
     attributes["psycancel.cancel.runner"] = runner
     attributes["psycancel.cancel.offloaded"] = offloaded

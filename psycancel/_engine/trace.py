@@ -5,8 +5,9 @@
   time taken. The record's ``psycancel_cancel`` attribute holds the same
   facts as a dict (keys: ``api``, ``libpq``, ``encrypted``, ``offloaded``,
   ``runner``, ``outcome``, ``seconds``).
-* WARNING, when a legacy cancel is sent in clear text for an encrypted
-  connection (besides the :class:`InsecureCancelWarning` of the plan).
+* WARNING, when a cancel is sent in clear text for an encrypted (TLS or
+  GSSAPI) connection: a legacy one, or one of an ``sslmode=allow`` session
+  (besides the :class:`InsecureCancelWarning` of the plan).
 
 The logger has a :class:`logging.NullHandler`: nothing is printed unless the
 application configures logging.
@@ -41,15 +42,20 @@ def begin(plan: Plan) -> float | None:
     (None: DEBUG is off and OpenTelemetry is not installed; :func:`end` is then
     not called.)
 
-    Logs the WARNING of a clear-text legacy cancel on an encrypted connection.
+    Logs the WARNING of a clear-text cancel on an encrypted connection (TLS
+    or GSSAPI): a legacy one, or one of a session with ``sslmode=allow``.
     """
-    if isinstance(plan, LegacyPlan) and plan.encrypted:
+    if plan.clear_text:
         lib = plan.libpq
         logger.warning(
-            "sending a legacy cancel request in clear text for an encrypted connection "
-            "(libpq %s at %s has no PQcancelConn API): its secret key is not encrypted",
+            "sending a %s cancel request in clear text for an encrypted connection "
+            "(libpq %s at %s %s): its secret key is not encrypted",
+            "legacy" if isinstance(plan, LegacyPlan) else "new-API",
             lib.version if lib is not None else "?",
             lib.path if lib is not None else "?",
+            "has no PQcancelConn API"
+            if isinstance(plan, LegacyPlan)
+            else "tries clear text first with sslmode=allow",
         )
     if logger.isEnabledFor(_DEBUG) or telemetry.active() is not None:
         return time.perf_counter()
@@ -72,6 +78,7 @@ def end(
             instruments,
             api=api,
             connection_encrypted=plan.encrypted,
+            clear_text=plan.clear_text,
             runner=runner,
             offloaded=offloaded,
             error=error,
