@@ -62,6 +62,11 @@ class GssServer(ThrowawayServer):
         super().__init__(prefix if prefix is not None else find_gss_postgres_prefix())
         self.kdc = kdc
 
+    def dsn(self, sslmode: str = "disable", **params: ConninfoValue) -> str:
+        """As :meth:`ThrowawayServer.dsn`, with ``gssencmode=disable`` unless given."""
+        params.setdefault("gssencmode", "disable")
+        return super().dsn(sslmode, **params)
+
     def dsn_gss(self, gssencmode: str = "require", **params: ConninfoValue) -> str:
         """A conninfo for a GSS-encrypted session (``host=localhost``: the service's name)."""
         conn: dict[str, ConninfoValue] = {
