@@ -85,8 +85,10 @@ rm -rf "$work/dist" "$work/wheelhouse"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-wheeltest.XXXXXX")"
 cp -r tests "$tmp/tests"
 cp -r testing "$tmp/testing"  # the throwaway server (development only, not in the wheel)
-mkdir -p "$tmp/tools"
-cp tools/soak.py tools/wheel_smoke.py "$tmp/tools/"  # test_soak.py runs soak.py
+# tools/: soak.py (test_soak.py), build_postgres.sh (testing/: the GSS server's
+# build), wheel_smoke.py; docs/: the documentation tests read it.
+cp -r tools "$tmp/tools"
+cp -r docs "$tmp/docs"
 cp pyproject.toml "$tmp/"  # pytest's options ([tool.pytest.ini_options]) only
 cp README.md "$tmp/"  # tests/support/django_child.py runs the README's Django example
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
@@ -156,7 +158,8 @@ assert inside(ext.__file__), ext.__file__
 # Nothing bundled: no libpq anywhere in the installation.
 site = os.path.dirname(os.path.dirname(psycancel.__file__))
 found = [os.path.join(d, f) for d, _, fs in os.walk(site) for f in fs
-         if f.startswith("libpq") and os.path.basename(d).startswith(("psycancel", "psycancel_c"))]
+         if f.startswith(("libpq", "libssl", "libcrypto")) and ".so" in f
+         and os.path.relpath(d, site).startswith("psycancel")]
 assert not found, found
 for twin in ("c", "python"):
     lib = pq.import_twin(twin).Libpq.load(sys.argv[2])

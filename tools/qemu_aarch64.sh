@@ -95,8 +95,7 @@ ln -s "$sysroot/usr/lib/python3/dist-packages/psycopg2" "$legacy_pkg/psycopg2"
 new_libpq="$(ls "$site"/psycopg_binary.libs/libpq-*.so* | head -1)"
 legacy_libpq="/usr/lib/aarch64-linux-gnu/libpq.so.5"  # the sysroot's, through qemu's -L
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-qemu.XXXXXX")"
-cp -r tests testing README.md pyproject.toml "$tmp/"
-mkdir -p "$tmp/tools" && cp tools/soak.py "$tmp/tools/"
+cp -r tests testing tools docs README.md pyproject.toml "$tmp/"
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 env_clean=(env -u LD_LIBRARY_PATH -u PYTHONPATH -u PSYCANCEL_IMPL -u PSYCANCEL_BUNDLE_LIBPQ
            -u PSYCANCEL_TEST_DSN PSYCANCEL_PG_PREFIX="$pg_prefix"
