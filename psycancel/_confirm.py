@@ -37,7 +37,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._engine import blocking
 from ._engine.asyncio_loop import run_asyncio
@@ -94,12 +94,12 @@ def resend_plan(first: Plan, pgconn: PGconn, until: float) -> Plan:
     """A new plan like ``first`` (same API, same libpq) for ``pgconn``, bounded by ``until``."""
     timeout = first.deadline.timeout
     deadline = Deadline(timeout, min(until, time.monotonic() + timeout))
+    # replace(): the same facts as ``first`` (encrypted, may_block, clear_text: the
+    # policy already allowed them), a new cancel object and deadline.
     if isinstance(first, NewApiPlan):
-        return NewApiPlan(
-            new_cancel_conn(pgconn), first.native, first.encrypted, deadline, first.libpq
-        )
+        return replace(first, cc=new_cancel_conn(pgconn), deadline=deadline)
     assert isinstance(first, LegacyPlan)
-    return LegacyPlan(pgconn.get_cancel(), deadline, first.encrypted, first.libpq)
+    return replace(first, handle=pgconn.get_cancel(), deadline=deadline)
 
 
 Again = Callable[[], Plan | None]

@@ -140,3 +140,26 @@ def test_info_sees_gssapi(gss_libpq: Libpq) -> None:
     from psycancel._cli import info
 
     assert info._libpq_info(gss_libpq)["gssapi"] is True
+
+
+def test_a_resent_plan_keeps_its_isolation(gss_server: GssServer, gss_libpq: Libpq) -> None:
+    """``cancel_after``'s re-send of a GSS session's cancel runs in a worker too."""
+    import time
+
+    from psycancel._confirm import resend_plan
+    from psycancel._engine.plan import Deadline, make_plan
+
+    conn = client.connect(gss_server.dsn_gss(), libpq=gss_libpq)
+    try:
+        first = make_plan(conn.pgconn, Deadline.after(5), strict=True, stacklevel=1)
+        again = resend_plan(first, conn.pgconn, time.monotonic() + 5)
+        try:
+            assert first.encrypted and again.encrypted
+            assert getattr(first, "may_block", None) is True
+            assert getattr(again, "may_block", None) is True
+            assert again.cc is not first.cc  # type: ignore[union-attr]
+        finally:
+            first.discard()
+            again.discard()
+    finally:
+        conn.finish()
