@@ -16,9 +16,9 @@ Run with an interpreter that has auditwheel, abi3audit, pyelftools and macholib
   library exporting only _PyInit__pq (and the linker's ___dso_handle,
   __mh_dylib_header), whose only dependency is
   /usr/lib/libSystem.B.dylib, minimum macOS
-  (LC_BUILD_VERSION) equal to the tag's, and every undefined symbol either a
-  Python one (``_Py*``, checked by abi3audit) or one of a short list of C
-  library functions, looked up dynamically;
+  (LC_BUILD_VERSION) equal to the tag's, an (ad hoc) code signature on
+  arm64, and the undefined symbols listed: Python's (``_Py*``, checked by
+  abi3audit) and the C library functions it calls;
 * ``abi3audit --strict`` for the abi3 wheels (ELF and Mach-O alike).
 
 One line per wheel: the tag, the size, the verdict; details above it.
@@ -31,6 +31,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -166,6 +167,7 @@ def check_macho(data: bytes, plat: str, problems: list[str]) -> None:
             problems.append(f"Mach-O file type {header.header.filetype}")
         dylibs: list[str] = []
         minos = ""
+        signed = False
         for load, cmd, extra in header.commands:
             if load.cmd in (
                 mach_o.LC_LOAD_DYLIB,
@@ -177,12 +179,16 @@ def check_macho(data: bytes, plat: str, problems: list[str]) -> None:
                 minos = f"{cmd.minos >> 16}.{(cmd.minos >> 8) & 0xFF}"
             elif load.cmd in (mach_o.LC_RPATH,):
                 problems.append("LC_RPATH set")
+            elif load.cmd == mach_o.LC_CODE_SIGNATURE:
+                signed = True
         symbols = SymbolTable(macho, header)
         undefined = sorted(name.decode() for _, name in symbols.undefsyms)
         exported = sorted(name.decode() for _, name in symbols.extdefsyms)
     major, minor = plat.split("_")[1:3]
     if minos != f"{major}.{minor}":
         problems.append(f"minimum macOS {minos!r}, tag says {major}.{minor}")
+    if arch == "arm64" and not signed:
+        problems.append("no LC_CODE_SIGNATURE: arm64 macOS runs signed code only (ad hoc will do)")
     if dylibs != [LIBSYSTEM]:
         problems.append(f"loads {dylibs}, expected only {LIBSYSTEM}")
     # The linker's own symbols of every Mach-O library, then the module's init.
@@ -191,7 +197,7 @@ def check_macho(data: bytes, plat: str, problems: list[str]) -> None:
         problems.append(f"exports {exported}, expected only _PyInit__pq")
     python = [s for s in undefined if s.startswith(("_Py", "__Py"))]
     libc = [s for s in undefined if s not in python]
-    print(f"  Mach-O {arch}, minos {minos}, loads {dylibs}, exports {exported}")
+    print(f"  Mach-O {arch}, minos {minos}, signed {signed}, loads {dylibs}, exports {exported}")
     print(f"  undefined: {len(python)} Python symbols, C library: {' '.join(libc)}")
 
 
@@ -202,6 +208,7 @@ def check_abi3(path: Path, problems: list[str]) -> None:
         capture_output=True,
         text=True,
         check=False,
+        env=dict(os.environ, COLUMNS="400"),  # its console wraps at 80 columns otherwise
     )
     summary = " ".join(proc.stdout.split())
     print(f"  abi3audit --strict: {summary or proc.stderr.strip()[-300:]}")
