@@ -493,9 +493,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 return False
             fence = self._fence
             self._broken = fence is not None and fence.shutdown()
-        facts = {"outcome": "connection_broken", "reason": reason}
+        pid = fence.backend_pid if fence is not None else 0
+        facts = {"pid": pid, "outcome": "connection_broken", "reason": reason}
         if self._broken:
-            telemetry.broken_connection("cancel_after", reason)
+            telemetry.broken_connection("cancel_after", reason, backend_pid=pid)
             logger.warning(
                 "psycancel.cancel_after(%g s): the query %s: its connection was broken "
                 "(socket shut down) so that the block ends on time",
@@ -525,7 +526,11 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             what = "the block had ended"
         else:
             what = "the query may still be running (break_connection=False)"
-        facts = {"outcome": telemetry.outcome_of(error)}
+        fence = self._fence
+        facts = {
+            "pid": fence.backend_pid if fence is not None else 0,
+            "outcome": telemetry.outcome_of(error),
+        }
         logger.warning(
             "psycancel.cancel_after(%g s): the cancel failed (%r); %s",
             self._seconds,

@@ -592,9 +592,16 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             "psycancel.cancel_on_interrupt: the cancel failed (%r); %s",
             error,
             what,
-            extra={"psycancel_cancel": {"outcome": telemetry.outcome_of(error)}},
+            extra={
+                "psycancel_cancel": {"pid": self._pid(), "outcome": telemetry.outcome_of(error)}
+            },
         )
         self._settle()
+
+    def _pid(self) -> int:
+        """The session's backend pid, for the records (0: unknown)."""
+        fence = self._fence
+        return fence.backend_pid if fence is not None else 0
 
     def _break(self, reason: str, code: str) -> bool:
         """Shut the connection's socket down if the block still runs, then settle.
@@ -614,14 +621,18 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
                 self._broken = reason
             self._deadline = None
             why = _BREAK_REASONS.get(code, code)
-            telemetry.broken_connection("cancel_on_interrupt", why)
+            telemetry.broken_connection("cancel_on_interrupt", why, backend_pid=self._pid())
             _logger.warning(
                 "psycancel.cancel_on_interrupt broke the connection (its socket is shut "
                 "down, so that the blocked call returns; the connection is unusable now): %s",
                 reason,
                 extra={
                     "psycancel_break": code,
-                    "psycancel_cancel": {"outcome": "connection_broken", "reason": why},
+                    "psycancel_cancel": {
+                        "pid": self._pid(),
+                        "outcome": "connection_broken",
+                        "reason": why,
+                    },
                 },
             )
         elif proceed:
@@ -634,6 +645,7 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
                 extra={
                     "psycancel_break": "unavailable",
                     "psycancel_cancel": {
+                        "pid": self._pid(),
                         "outcome": "connection_not_broken",
                         "reason": _BREAK_REASONS.get(code, code),
                     },

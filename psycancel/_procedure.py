@@ -77,6 +77,9 @@ def prepare_target(
 
 def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: int) -> Plan | None:
     """The plan for the resolved ``pgconn`` (see :func:`prepare_cancel`; arguments valid)."""
+    # OpenTelemetry, when installed, is imported by the process's first call, here, in
+    # the caller's thread and before the deadline starts: never when a cancel is due.
+    telemetry.active()
     deadline = Deadline.after(timeout)
     if pgconn is None:
         telemetry.no_op("closed")

@@ -35,6 +35,7 @@ cdef class Libpq:
         f.PQerrorMessage = <fn_conn_text>_symbol(handle, b"PQerrorMessage", path, True)
         f.PQsocket = <fn_conn_int>_symbol(handle, b"PQsocket", path, True)
         f.PQsslInUse = <fn_conn_int>_symbol(handle, b"PQsslInUse", path, True)
+        f.PQbackendPID = <fn_conn_int>_symbol(handle, b"PQbackendPID", path, True)
         f.PQsslAttribute = <fn_ssl_attribute>_symbol(handle, b"PQsslAttribute", path, True)
         f.PQgssEncInUse = <fn_conn_int>_symbol(handle, b"PQgssEncInUse", path, False)
         f.PQconninfo = <fn_conninfo>_symbol(handle, b"PQconninfo", path, True)

@@ -15,6 +15,7 @@ cdef enum:
     C_GET_CANCEL = 5
     C_GSS_ENC_IN_USE = 6
     C_CONNINFO_OPTION = 7
+    C_BACKEND_PID = 8
 
 
 cdef struct Answer:
@@ -53,6 +54,8 @@ cdef void _conn_call(Functions* f, PGconn_t* ptr, int which, Answer* out) noexce
         out.value = f.PQsslInUse(ptr)
     elif which == C_CONNINFO_OPTION:
         out.text = _conninfo_value(f, ptr, out.key, &out.found)
+    elif which == C_BACKEND_PID:
+        out.value = f.PQbackendPID(ptr)
     elif which == C_GSS_ENC_IN_USE:
         out.value = f.PQgssEncInUse(ptr) if f.PQgssEncInUse != NULL else 0
     elif which == C_ERROR_MESSAGE:
@@ -176,6 +179,11 @@ cdef class PGconn:
     def ssl_in_use(self):
         """``PQsslInUse``."""
         return self._int_call(C_SSL_IN_USE) != 0
+
+    @property
+    def backend_pid(self):
+        """``PQbackendPID``."""
+        return self._int_call(C_BACKEND_PID)
 
     @property
     def gss_enc_in_use(self):

@@ -56,6 +56,7 @@ cdef struct Functions:
     fn_conn_text PQerrorMessage
     fn_conn_int PQsocket
     fn_conn_int PQsslInUse
+    fn_conn_int PQbackendPID
     fn_ssl_attribute PQsslAttribute
     fn_get_cancel PQgetCancel
     fn_cancel PQcancel

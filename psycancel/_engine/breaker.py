@@ -49,6 +49,8 @@ class SocketFence(NamedTuple):
     """The descriptor number (the driver's; never closed here)."""
     identity: tuple[int, int]
     """(st_dev, st_ino) of the socket when captured."""
+    backend_pid: int = 0
+    """The session's server process (for the records of a break), 0 if unknown."""
 
     def same_socket(self) -> bool:
         """True if :attr:`fd` still names the socket that was captured."""
@@ -85,4 +87,8 @@ def capture_socket(pgconn: PGconn) -> SocketFence | None:
     identity = _identity(fd)
     if identity is None:
         return None
-    return SocketFence(fd, identity)
+    try:
+        pid = pgconn.backend_pid
+    except Exception:  # (closed meanwhile: the fence still names the socket)
+        pid = 0
+    return SocketFence(fd, identity, pid)

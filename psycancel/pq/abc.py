@@ -240,6 +240,11 @@ class PGconn(Protocol):
         ...
 
     @property
+    def backend_pid(self) -> int:
+        """``PQbackendPID``: the session's server process (for the records of a cancel)."""
+        ...
+
+    @property
     def gss_enc_in_use(self) -> bool:
         """``PQgssEncInUse``: True when the connection is encrypted with GSSAPI.
 

@@ -82,6 +82,7 @@ PGCONN_USES: dict[str, Callable[[Any], object]] = {
     "socket": lambda c: c.socket,
     "ssl_in_use": lambda c: c.ssl_in_use,
     "gss_enc_in_use": lambda c: c.gss_enc_in_use,
+    "backend_pid": lambda c: c.backend_pid,
     "conninfo_option": lambda c: c.conninfo_option("host"),
     "cancel_conn": lambda c: c.cancel_conn(),
     "get_cancel": lambda c: c.get_cancel(),

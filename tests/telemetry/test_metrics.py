@@ -157,7 +157,8 @@ def test_a_deadline_that_broke_its_connection(
     pg_server: Any, proxy: Any, dsn_plain: str, libpq: Libpq, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The session is frozen mid-query: the cancel times out, the deadline breaks the
-    connection; both are counted, and the WARNING carries the outcome as ``extra``."""
+    connection; both are counted, and the WARNING carries the backend pid and the
+    outcome as ``extra``."""
     px = proxy()
     conn = connect(px.dsn(pg_server, sslmode="disable"), libpq=libpq)
     monitor = connect(dsn_plain, libpq=libpq)
@@ -185,4 +186,6 @@ def test_a_deadline_that_broke_its_connection(
     assert cancels["psycancel.cancel.outcome"] in ("timed_out", "aborted", "failed")
     facts = [getattr(r, "psycancel_cancel", None) for r in caplog.records]
     broke = [f for f in facts if f is not None and f["outcome"] == "connection_broken"]
-    assert broke == [{"outcome": "connection_broken", "reason": counted["psycancel.break.reason"]}]
+    assert broke == [
+        {"pid": pid, "outcome": "connection_broken", "reason": counted["psycancel.break.reason"]}
+    ]

@@ -41,6 +41,7 @@ REQUIRED: dict[str, tuple[Any, list[Any]]] = {
     "PQerrorMessage": (c_char_p, [c_void_p]),
     "PQsocket": (c_int, [c_void_p]),
     "PQsslInUse": (c_int, [c_void_p]),
+    "PQbackendPID": (c_int, [c_void_p]),
     "PQsslAttribute": (c_char_p, [c_void_p, c_char_p]),
     "PQconninfo": (POINTER(ConninfoOption), [c_void_p]),
     "PQconninfoFree": (None, [POINTER(ConninfoOption)]),

@@ -114,6 +114,11 @@ class PGconn:
         return bool(self._int_call(self._f.PQsslInUse))
 
     @property
+    def backend_pid(self) -> int:
+        """``PQbackendPID``."""
+        return self._int_call(self._f.PQbackendPID)
+
+    @property
     def gss_enc_in_use(self) -> bool:
         """``PQgssEncInUse``; False without it (libpq < 12)."""
         func = self._f.PQgssEncInUse
