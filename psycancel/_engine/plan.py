@@ -139,6 +139,8 @@ class NewApiPlan:
     clear_text: bool = False
     """The request goes in clear text although the session is encrypted
     (``sslmode=allow``: libpq tries clear text first); the policy allowed it."""
+    backend_pid: int = 0
+    """The session's server process (for the log record and telemetry)."""
 
     def discard(self) -> None:
         """Free the cancel object of a plan that will not be run."""
@@ -157,6 +159,8 @@ class LegacyPlan:
     clear text all the same)."""
     libpq: Libpq | None = None
     """The libpq of the connection (for the log record)."""
+    backend_pid: int = 0
+    """The session's server process (for the log record and telemetry)."""
 
     @property
     def clear_text(self) -> bool:
@@ -184,6 +188,7 @@ def make_plan(pgconn: PGconn, deadline: Deadline, *, strict: bool, stacklevel: i
     lib = pgconn.libpq
     gss = pgconn.gss_enc_in_use
     tls = not gss and pgconn.ssl_in_use
+    pid = pgconn.backend_pid  # (read before a cancel object exists: nothing to free if it fails)
     if lib.has_cancel_conn:
         clear = tls and policy.clear_text_first(pgconn)
         if clear:
@@ -191,10 +196,10 @@ def make_plan(pgconn: PGconn, deadline: Deadline, *, strict: bool, stacklevel: i
                 pgconn, strict=strict, stacklevel=stacklevel + 1, reason=policy.SSLMODE_ALLOW
             )
         cc = new_cancel_conn(pgconn)
-        return NewApiPlan(cc, lib.native_driver, gss or tls, deadline, lib, gss, clear)
+        return NewApiPlan(cc, lib.native_driver, gss or tls, deadline, lib, gss, clear, pid)
     if gss or tls:
         policy.check_policy(pgconn, strict=strict, stacklevel=stacklevel + 1, reason=policy.LEGACY)
-    return LegacyPlan(pgconn.get_cancel(), deadline, gss or tls, lib)
+    return LegacyPlan(pgconn.get_cancel(), deadline, gss or tls, lib, pid)
 
 
 def rearmed(plan: Plan) -> Plan:

@@ -4,7 +4,7 @@
   path, encrypted or not, offloaded or not, the runner, the outcome and the
   time taken. The record's ``psycancel_cancel`` attribute holds the same
   facts as a dict (keys: ``api``, ``libpq``, ``encrypted``, ``offloaded``,
-  ``runner``, ``outcome``, ``seconds``).
+  ``runner``, ``outcome``, ``seconds``, ``pid``: the session's backend pid).
 * WARNING, when a cancel is sent in clear text for an encrypted (TLS or
   GSSAPI) connection: a legacy one, or one of an ``sslmode=allow`` session
   (besides the :class:`InsecureCancelWarning` of the plan).
@@ -83,7 +83,7 @@ def end(
             offloaded=offloaded,
             error=error,
             seconds=seconds,
-            backend_pid=None,
+            backend_pid=plan.backend_pid,
         )
     if not logger.isEnabledFor(_DEBUG):
         return
@@ -96,6 +96,7 @@ def end(
         "runner": runner,
         "outcome": outcome,
         "seconds": seconds,
+        "pid": plan.backend_pid,
     }
     logger.debug(
         "cancel %s in %.2f ms: %s API, libpq %s, %s, %s (%s runner)",

@@ -124,6 +124,7 @@ def test_span_event_on_the_current_span(dsn_plain: str, libpq: Libpq) -> None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("tests")
     with sleeping(dsn_plain, libpq) as conn:
+        pid = conn.backend_pid
         with tracer.start_as_current_span("request"):
             psycancel.cancel(conn, timeout=10)
         assert drain(conn).sqlstate == QUERY_CANCELED
@@ -135,6 +136,7 @@ def test_span_event_on_the_current_span(dsn_plain: str, libpq: Libpq) -> None:
     assert event.attributes["db.system.name"] == "postgresql"
     duration = event.attributes["psycancel.cancel.duration"]
     assert isinstance(duration, float) and 0 < duration < 10
+    assert event.attributes["psycancel.backend_pid"] == pid
 
 
 def test_no_op_on_a_closed_connection(dsn_plain: str, libpq: Libpq) -> None:
@@ -189,3 +191,15 @@ def test_a_deadline_that_broke_its_connection(
     assert broke == [
         {"pid": pid, "outcome": "connection_broken", "reason": counted["psycancel.break.reason"]}
     ]
+
+
+def test_the_debug_record_has_the_backend_pid(
+    dsn_plain: str, libpq: Libpq, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="psycancel")
+    with sleeping(dsn_plain, libpq) as conn:
+        pid = conn.backend_pid
+        psycancel.cancel(conn, timeout=10)
+        assert drain(conn).sqlstate == QUERY_CANCELED
+    (facts,) = [r.psycancel_cancel for r in caplog.records if hasattr(r, "psycancel_cancel")]
+    assert facts["pid"] == pid and facts["outcome"] == "ok"
