@@ -23,6 +23,7 @@ import concurrent.futures
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from ._api import DEFAULT_TIMEOUT
 from ._engine import background, machine
@@ -198,17 +199,53 @@ class PreparedCancel:
 
         try:
             cc = self._cc
+            hub = cooperative.gevent_hub()
+            if cc is None and hub is not None:
+                self._legacy_gevent(hub, deadline)
+                return
             if cc is None:
                 blocking.wait_future(self._legacy_start(), deadline)
                 return
             steps = machine.cancel_steps(cc)
-            hub = cooperative.gevent_hub()
             if hub is not None:
                 cooperative.wait_gevent(steps, deadline)
             else:
                 blocking.wait_blocking(steps, deadline)
         finally:
             self._release()
+
+    def _legacy_gevent(self, hub: Any, deadline: Deadline) -> None:
+        """The legacy send under gevent: ``PQcancel`` in the hub's native thread pool.
+
+        (A ``threading.Thread`` is a greenlet once gevent patched the process,
+        and ``PQcancel`` would block the hub.) The pool thread only calls
+        libpq; the handle is freed, if closed meanwhile, when it ends.
+        """
+        handle = self._handle
+        assert handle is not None
+        with self._lock:
+            self._legacy_runs += 1
+
+        def ended(_result: object) -> None:  # in the hub, when the pool thread returned
+            with self._lock:
+                self._legacy_runs -= 1
+                free = self._closed and self._legacy_runs == 0
+            if free:
+                handle.free()
+
+        try:
+            result = hub.threadpool.spawn(_legacy_send, handle)
+        except BaseException:
+            ended(None)
+            raise
+        result.rawlink(ended)
+        result.wait(max(0.0, deadline.remaining()))
+        if not result.ready():
+            raise deadline.expired(legacy=True)
+        if not result.successful():
+            raise background.thread_failed("gevent thread pool", result.exception)
+        if result.value is not None:
+            raise result.value
 
     async def cancel_async(
         self, *, timeout: float = DEFAULT_TIMEOUT, offload: bool | None = None
@@ -344,6 +381,15 @@ class PreparedCancel:
         state = "closed" if self._closed else "busy" if self._busy else "ready"
         where = f" of {self._libpq.path}" if self._libpq is not None else ""
         return f"<psycancel.PreparedCancel {kind}{where}, {state}>"
+
+
+def _legacy_send(handle: PGcancel) -> BaseException | None:
+    """In a native pool thread: one ``PQcancel``; libpq's refusal is returned, not raised."""
+    try:
+        handle.cancel()
+    except Error as ex:
+        return ex
+    return None
 
 
 async def _await_future(

@@ -4,8 +4,9 @@
 session, through the parent's proxy), ``monitor_dsn`` (straight to the
 server), ``how`` (``psycancel``: ``psycancel.cancel()``; ``blocking``: the
 same plan run with the plain blocking wait, as before gevent support;
-``psycopg2``: psycopg2's own ``conn.cancel()``), ``repeats``, ``timeout``
-(of the cancel). The child
+``prepared`` / ``prepared-fire``: ``psycancel.prepare(conn)`` sent with
+``.cancel()`` / ``.fire()``; ``psycopg2``: psycopg2's own ``conn.cancel()``),
+``repeats``, ``timeout`` (of the cancel). The child
 monkey-patches first, makes psycopg2 green (psycogreen), connects, and for
 each repeat: runs ``select pg_sleep(30)`` in a greenlet, waits until the
 monitor sees it, prints ``READY`` and waits for a line on stdin (the parent
@@ -41,6 +42,10 @@ import psycancel  # noqa: E402
 from psycancel._engine import blocking  # noqa: E402
 from psycancel._procedure import prepare_cancel  # noqa: E402
 
+# The public names are imported on first use: name the ones used here now, as a
+# program does at start-up, so that no round measures an import.
+psycancel.cancel, psycancel.prepare  # noqa: B018
+
 SLEEP = "select pg_sleep(30)"
 
 
@@ -71,6 +76,12 @@ def run_query(conn: Any) -> str | None:
 def cancel(conn: Any, how: str, timeout: float) -> None:
     if how == "psycancel":
         psycancel.cancel(conn, timeout=timeout)
+    elif how == "prepared":  # psycancel.prepare(): the send waits through gevent's hub too
+        with psycancel.prepare(conn) as prepared:
+            prepared.cancel(timeout=timeout)
+    elif how == "prepared-fire":  # fired: a greenlet once gevent patched threading
+        with psycancel.prepare(conn) as prepared:
+            prepared.fire(timeout=timeout).result()
     elif how == "blocking":
         plan = prepare_cancel(conn, timeout=timeout, strict=False, stacklevel=1)
         assert plan is not None
