@@ -79,7 +79,7 @@ def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: in
     """The plan for the resolved ``pgconn`` (see :func:`prepare_cancel`; arguments valid)."""
     # OpenTelemetry, when installed, is imported by the process's first call, here, in
     # the caller's thread and before the deadline starts: never when a cancel is due.
-    telemetry.active()
+    instruments = telemetry.active()
     deadline = Deadline.after(timeout)
     if pgconn is None:
         telemetry.no_op("closed")
@@ -94,7 +94,10 @@ def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: in
                 f"the connection is not established (status {status.name}): a connection "
                 "that has not finished connecting runs no query to cancel"
             )
-        return make_plan(pgconn, deadline, strict=strict, stacklevel=stacklevel + 1)
+        plan = make_plan(pgconn, deadline, strict=strict, stacklevel=stacklevel + 1)
+        if instruments is not None:  # a fired cancel runs elsewhere: its event goes here
+            plan.span = instruments.current_span()
+        return plan
     except InterfaceError:
         if pgconn.closed:
             telemetry.no_op("closed")

@@ -141,6 +141,8 @@ class NewApiPlan:
     (``sslmode=allow``: libpq tries clear text first); the policy allowed it."""
     backend_pid: int = 0
     """The session's server process (for the log record and telemetry)."""
+    span: object = None
+    """OpenTelemetry's span current where the plan was made (telemetry's event goes there)."""
 
     def discard(self) -> None:
         """Free the cancel object of a plan that will not be run."""
@@ -161,6 +163,8 @@ class LegacyPlan:
     """The libpq of the connection (for the log record)."""
     backend_pid: int = 0
     """The session's server process (for the log record and telemetry)."""
+    span: object = None
+    """OpenTelemetry's span current where the plan was made (telemetry's event goes there)."""
 
     @property
     def clear_text(self) -> bool:

@@ -84,6 +84,7 @@ def end(
             error=error,
             seconds=seconds,
             backend_pid=plan.backend_pid,
+            span=plan.span,
         )
     if not logger.isEnabledFor(_DEBUG):
         return

@@ -203,3 +203,23 @@ def test_the_debug_record_has_the_backend_pid(
         assert drain(conn).sqlstate == QUERY_CANCELED
     (facts,) = [r.psycancel_cancel for r in caplog.records if hasattr(r, "psycancel_cancel")]
     assert facts["pid"] == pid and facts["outcome"] == "ok"
+
+
+def test_a_fired_deadline_reports_to_the_span_of_its_block(dsn_plain: str, libpq: Libpq) -> None:
+    """``with cancel_after``'s cancel runs in a thread of psycancel: its event still goes
+    to the span that was current when the block was entered."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tests")
+    with sleeping(dsn_plain, libpq) as conn:
+        with tracer.start_as_current_span("request"):
+            timer = psycancel.cancel_after(conn, 0.2, timeout=10)
+            with timer:
+                result = drain(conn)  # the tests' client returns the error as a result
+        assert result.sqlstate == QUERY_CANCELED and timer.fired
+    (span,) = exporter.get_finished_spans()
+    (event,) = span.events
+    assert event.name == "psycancel.cancel"
+    assert event.attributes is not None
+    assert event.attributes["psycancel.cancel.outcome"] == "done"
