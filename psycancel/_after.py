@@ -424,6 +424,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             self._sent = True
             self._sent_done = threading.Event()
             self._left = threading.Event()
+            self._confirmation = Confirmation()
             if self._break_connection:
                 self._break_entry = timers.call_at(
                     self._fired_at + self._timeout, self._break_at_bound
@@ -455,15 +456,23 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         """After a successful cancel (its thread): confirm it took, else re-send, report."""
         left = self._left
         assert left is not None
-        self._confirmation = confirm_blocking(
-            left, self._again, until=self._fired_at + self._timeout, label=self._label()
+        confirm_blocking(
+            left,
+            self._again,
+            until=self._fired_at + self._timeout,
+            label=self._label(),
+            outcome=self._confirmation,
         )
 
     async def _confirm_asyncio(self) -> None:
         left = self._left
         assert left is not None
-        self._confirmation = await confirm_asyncio(
-            left, self._again, until=self._fired_at + self._timeout, label=self._label()
+        await confirm_asyncio(
+            left,
+            self._again,
+            until=self._fired_at + self._timeout,
+            label=self._label(),
+            outcome=self._confirmation,
         )
 
     @property
@@ -551,6 +560,9 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             left = self._left
         if left is not None:
             left.set()  # a confirmation waiting for the block to leave: it has
+            wake = None if self._confirmation is None else self._confirmation.wake
+            if wake is not None:
+                wake()
         for entry in entries:
             if entry is not None:
                 timers.cancel(entry)

@@ -34,6 +34,7 @@ as the first cancel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -67,9 +68,6 @@ backend that is not running a query ignores a cancel)."""
 MAX_RESENDS = 3
 """How many times a cancel that did not take is sent again (within the cancel's bound)."""
 
-_POLL = 0.01
-"""How often the asyncio confirmation looks whether the block has left."""
-
 LIKELY_CAUSES = (
     "the request most likely reached another server or process than the session's: "
     "a pooler spread over several processes without peering (PgBouncer so_reuseport "
@@ -88,6 +86,8 @@ class Confirmation:
     """The block still ran after every re-send (the loss was reported)."""
     error: BaseException | None = None
     """A re-send that failed (the confirmation stopped there)."""
+    wake: Callable[[], None] | None = None
+    """Set by :func:`confirm_asyncio`: the block calls it when it leaves (any thread)."""
 
 
 def resend_plan(first: Plan, pgconn: PGconn, until: float) -> Plan:
@@ -119,10 +119,15 @@ def _report(label: str, outcome: Confirmation, window: float) -> None:
 
 
 def confirm_blocking(
-    left: threading.Event, again: Again, *, until: float, label: str
+    left: threading.Event,
+    again: Again,
+    *,
+    until: float,
+    label: str,
+    outcome: Confirmation | None = None,
 ) -> Confirmation:
     """In the cancel's thread, after a successful cancel: wait, re-send, report."""
-    outcome = Confirmation()
+    outcome = Confirmation() if outcome is None else outcome
     while True:
         wait = min(CONFIRM_WINDOW, until - time.monotonic())
         if wait > 0 and left.wait(wait):
@@ -147,14 +152,33 @@ def confirm_blocking(
 
 
 async def confirm_asyncio(
-    left: threading.Event, again: Again, *, until: float, label: str
+    left: threading.Event,
+    again: Again,
+    *,
+    until: float,
+    label: str,
+    outcome: Confirmation | None = None,
 ) -> Confirmation:
-    """:func:`confirm_blocking` on the running asyncio loop (``cancel_async``'s runner)."""
-    outcome = Confirmation()
+    """:func:`confirm_blocking` on the running asyncio loop (``cancel_async``'s runner).
+
+    Woken when the block leaves through ``outcome.wake`` (no polling).
+    """
+    outcome = Confirmation() if outcome is None else outcome
+    loop = asyncio.get_running_loop()
+    waker = asyncio.Event()
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(waker.set)
+
+    outcome.wake = wake
+    if left.is_set():
+        return outcome
     while True:
-        end = min(time.monotonic() + CONFIRM_WINDOW, until)
-        while not left.is_set() and (rest := end - time.monotonic()) > 0:
-            await asyncio.sleep(min(rest, _POLL))
+        wait = min(CONFIRM_WINDOW, until - time.monotonic())
+        if wait > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(waker.wait(), wait)
         if left.is_set():
             return outcome
         if outcome.resends >= MAX_RESENDS or time.monotonic() >= until:
