@@ -80,7 +80,8 @@ class QueryDeadline:
     ``query_timeout`` block gives one); ``QueryDeadline()``: the settings'
     deadline of the connection's database. ``timeout``, ``strict`` and
     ``break_connection`` are ``cancel_after``'s (ignored with no ``seconds``:
-    the settings give them).
+    the settings give them). On a database other than PostgreSQL it does
+    nothing.
     """
 
     __slots__ = ("_deadline",)
@@ -114,6 +115,8 @@ class QueryDeadline:
         context: Mapping[str, Any],
     ) -> Any:
         wrapper = context["connection"]
+        if wrapper.vendor != "postgresql":  # (a QueryDeadline given to another database)
+            return execute(sql, params, many, context)
         wrappers = wrapper.execute_wrappers
         if len(wrappers) > 1 and self is not _innermost(wrappers):
             return execute(sql, params, many, context)

@@ -58,6 +58,7 @@ settings.configure(
     DATABASES={
         "default": database(params["host"], int(params["port"]), {"QUERY_TIMEOUT": SECONDS}),
         "hole": database("127.0.0.1", proxy.port, {"QUERY_TIMEOUT": SECONDS}),
+        "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
     },
     USE_TZ=True,
 )
@@ -209,6 +210,16 @@ def per_connection() -> dict[str, Any]:
 
 
 results["per_connection"] = in_thread(per_connection)
+
+
+def other_database() -> None:
+    """A QueryDeadline on SQLite does nothing (install() gives it none either)."""
+    lite = connections["lite"]
+    with lite.execute_wrapper(deadlines.QueryDeadline(SECONDS)):
+        run("select 1", "lite")
+
+
+results["sqlite"] = outcome(other_database, "lite")
 connections.close_all()
 proxy.close()
 print("RESULT", json.dumps(results), flush=True)

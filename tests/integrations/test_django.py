@@ -105,3 +105,7 @@ def test_uninstall(outcome: dict[str, Any]) -> None:
 
 def test_one_connections_own_wrapper(outcome: dict[str, Any]) -> None:
     timed_out(outcome["per_connection"])
+
+
+def test_another_database_is_left_alone(outcome: dict[str, Any]) -> None:
+    completed(outcome["sqlite"])
