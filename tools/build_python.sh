@@ -173,7 +173,7 @@ chroot_packages() {
     # What every chroot Python and the suite need, plus pythonX.Y for $1.
     echo "python$1 python$1-venv python$1-dev gcc g++ make libc6-dev pkg-config ca-certificates" \
         "libssl-dev libffi-dev libkrb5-dev pgbouncer iproute2 iptables krb5-kdc krb5-admin-server" \
-        "krb5-user procps"
+        "krb5-user procps haproxy"
 }
 
 make_chroot() {
@@ -211,6 +211,8 @@ cwd="$(pwd -P)"
 top="/$(echo "$cwd" | cut -d/ -f2)"
 mounted() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
 mount_all() {
+    # The chroot's / a mount point of its own (ip netns makes it a slave mount).
+    mounted "$root" || mount --rbind "$root" "$root"
     mounted "$root/proc" || mount -t proc proc "$root/proc"
     mounted "$root/sys" || mount --rbind /sys "$root/sys"
     mounted "$root/dev" || mount --rbind /dev "$root/dev"
@@ -247,7 +249,7 @@ chroot_legacy_libpq() {
     # pg_config (tools/install_test_drivers.sh builds psycopg2 against it); unstable
     # ships 18 only. Build libpq alone from an older PostgreSQL source package
     # (tools/build_postgres.sh, run in the chroot) into the chroot's /usr/local.
-    [ -f "$root/usr/local/.psycancel-complete" ] && [ -e "$root/usr/local/lib/libpq.so.5" ] && return 0
+    [ -f "$root/usr/local/.psycancel-legacy-gss" ] && [ -e "$root/usr/local/lib/libpq.so.5" ] && return 0
     local work tarball="" major here
     here="$(cd "$(dirname "$0")" && pwd)"
     work="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-libpq.XXXXXX")"
@@ -257,19 +259,25 @@ chroot_legacy_libpq() {
     [ -n "$tarball" ] || { log "no PostgreSQL 15/16 source for the chroot's legacy libpq"; rm -rf "$work"; return 1; }
     mkdir -p "$root/root/psycancel-src"
     cp "$tarball" "$here/build_postgres.sh" "$root/root/psycancel-src/"
-    log "building libpq $major into the chroot's /usr/local (the legacy libpq)"
-    chroot "$root" env PSYCANCEL_PG_TARBALL="/root/psycancel-src/$(basename "$tarball")" \
+    log "building libpq $major (with GSSAPI, as Debian's) into the chroot's /usr/local (the legacy libpq)"
+    rm -f "$root/usr/local/.psycancel-complete"
+    chroot "$root" env PSYCANCEL_PG_TARBALL="/root/psycancel-src/$(basename "$tarball")" PSYCANCEL_PG_GSSAPI=1 \
         PSYCANCEL_PG_MAJOR="$major" PSYCANCEL_PG_LIBPQ_ONLY=1 PSYCANCEL_PG_INSTALL_PREFIX=/usr/local \
         PSYCANCEL_JOBS="$jobs" nice -n "$niceness" bash /root/psycancel-src/build_postgres.sh >/dev/null
     ln -sfn /usr/local/bin/pg_config "$root/usr/bin/pg_config"
     chroot "$root" ldconfig
+    touch "$root/usr/local/.psycancel-legacy-gss"
     rm -rf "$work" "$root/root/psycancel-src"
 }
+
+# What a chroot Python's stamp must say to be reused (bump when the recipe changes).
+chroot_recipe="2: packages with haproxy; legacy libpq with GSSAPI; / a mount point"
 
 build_chroot_python() {
     local xy="$version" stamp="$cache/python-$version/.psycancel-complete" exe
     exe="$cache/python-$xy/bin/python$xy"
-    if [ -f "$stamp" ] && [ -x "$exe" ] && [ -x "$root/usr/bin/python$xy" ]; then
+    if [ -x "$exe" ] && [ -x "$root/usr/bin/python$xy" ] &&
+            [ "$(cat "$stamp" 2>/dev/null)" = "$chroot_recipe" ]; then
         log "cached: python$xy in the chroot $root"
         write_wrapper "$xy"  # (cheap: this script's current wrapper)
         return 0
@@ -290,7 +298,7 @@ build_chroot_python() {
     chroot_legacy_libpq
     exe="$(write_wrapper "$xy")"
     "$exe" -c 'import sys, venv, ensurepip; print(sys.version)' >&2
-    touch "$stamp"
+    echo "$chroot_recipe" >"$stamp"
     echo "$exe"
 }
 

@@ -344,6 +344,18 @@ def stress(dsn: str, libpq: Libpq, rounds: int, threads: int, max_rss_growth_mib
     }
     for failure in tally.failures[:20]:
         print("FAILURE:", failure, file=sys.stderr)
+    b, p, a = figures["before"], figures["peak"], figures["after"]
+    gil = {None: "?", True: "on", False: "off"}[figures["gil_enabled"]]
+    print(
+        f"stress: {figures['python']} ({figures['twin']} twin, GIL {gil}):"
+        f" {threads} threads x {rounds + 1} rounds, {tally.cancels} cancels in"
+        f" {figures['duration_s']} s; fds {b['fds']}/{p['fds']}/{a['fds']},"
+        f" threads {b['threads']}/{p['threads']}/{a['threads']},"
+        f" RSS MiB {b['rss_kib'] // 1024}/{p['rss_kib'] // 1024}/{a['rss_kib'] // 1024}"
+        " (before/peak/after)"
+        + ("" if all(checks.values()) else f"; FAILED: {[k for k, v in checks.items() if not v]}"),
+        flush=True,
+    )
     print(json.dumps(figures), flush=True)
     return 0 if all(checks.values()) else 1
 
