@@ -5,11 +5,11 @@ cancel the process's cache is reduced to the TGT (as after a renewal) and its
 ``krb5.conf`` points at a KDC address that never answers
 (``testing.kerberos.SilentKdc``). ``gss_init_sec_context`` then blocks inside
 libpq's poll step while libkrb5 retries (about 25 s here). The cancel must
-still end on time (``CancellationTimeout`` within 1.2 s of a 1 s timeout)
-and, under asyncio, never stall the loop (the largest gap measured 6-11 ms
-while the control showed 12-22 ms: ``docs/deployments.md``; asserted: under
-:data:`GUARD`): the step runs in a worker thread, which ends on its own once
-libkrb5 gives up.
+still end on time (``CancellationTimeout`` 1.000-1.022 s after a 1 s
+timeout, asserted within ``TIMEOUT + SLACK``) and, under asyncio, never stall
+the loop (its largest gap is the machine's, as an idle loop's, the control's:
+figures in ``docs/deployments.md``; asserted: under :data:`GUARD`): the step
+runs in a worker thread, which ends on its own once libkrb5 gives up.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ suites): the failure it guards against is the handshake's ~25 s."""
 MAX_GAP = 0.020
 """The acceptance figure for the loop's largest gap during that cancel (seconds).
 A loaded machine stalls a loop by itself (the control, the same loop without a
-cancel, shows 12-22 ms at a load average of 20 on 2 cores), so the test prints
+cancel, shows 8-80 ms at a load average of 15-28 on 2 cores), so the test prints
 the figures (``pytest -rP``) and asserts :data:`GUARD`."""
 GUARD = TIMEOUT / 5
 """What the test asserts: a handshake in the loop's thread would stall it for the
