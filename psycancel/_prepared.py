@@ -191,6 +191,19 @@ class PreparedCancel:
         if self.empty:
             return
         self._claim()
+        if self._may_block and self._cc is not None:
+            # A step that may block inside libpq (a GSS handshake reaching a KDC)
+            # runs in a thread, waited for until the deadline (docs/deployments.md).
+            from ._engine import blocking, cooperative
+
+            if cooperative.gevent_hub() is None:
+                try:
+                    done = self._start_thread(deadline)
+                except BaseException:
+                    self._release()
+                    raise
+                blocking.wait_future(done, deadline, legacy=False)
+                return
         self._send_blocking(deadline)
 
     def _send_blocking(self, deadline: Deadline) -> None:

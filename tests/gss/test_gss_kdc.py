@@ -15,9 +15,10 @@ runs in a worker thread, which ends on its own once libkrb5 gives up.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,9 @@ GUARD = TIMEOUT / 5
 whole timeout (1 s); the same guard as the legacy path's (tests/cancel/test_legacy.py)."""
 WORKER_ENDS = 120.0
 """How long the worker may take to give up on its own (libkrb5's retries: ~25 s)."""
-WORKER_NAMES = ("psycancel-legacy-cancel",)
-"""The worker threads of the legacy path, which isolated cancels share."""
+WORKER_NAMES = ("psycancel-legacy-cancel", "psycancel-prepared-send")
+"""The worker threads of the legacy path, which isolated cancels share, and of
+``prepare()``'s sends."""
 
 
 @pytest.fixture
@@ -84,8 +86,10 @@ class Ticker:
         await self._task
 
 
-async def _cancel_measured(conn: Any, kwargs: dict[str, Any]) -> tuple[float, float, float]:
-    """(seconds, the loop's largest gap, the control's gap) of ``cancel_async``.
+async def _cancel_measured(
+    send: Callable[[], Awaitable[None]],
+) -> tuple[float, float, float]:
+    """(seconds, the loop's largest gap, the control's gap) of ``send()``, a cancel.
 
     The control: the same ticker while the loop only sleeps for the timeout.
     The cancel must end with :class:`CancellationTimeout`.
@@ -95,7 +99,7 @@ async def _cancel_measured(conn: Any, kwargs: dict[str, Any]) -> tuple[float, fl
     async with Ticker() as ticker:
         t0 = time.monotonic()
         with pytest.raises(psycancel.CancellationTimeout):
-            await psycancel.cancel_async(conn, **kwargs)
+            await send()
         elapsed = time.monotonic() - t0
     return elapsed, ticker.gap, control.gap
 
@@ -104,11 +108,13 @@ def warm_up(mode: str, server: GssServer, libpq: Libpq) -> None:
     """One cancel of a GSS session in ``mode`` first: what a first cancel pays once in a
     process (psycancel's lazy imports, its worker threads) is not what is measured."""
     with sleeping(server.dsn_gss(), libpq, server.dsn_plain) as conn:
-        call_cancel(mode, conn, timeout=10)
+        call_cancel({"prepared": "sync", "prepared-async": "async"}.get(mode, mode), conn)
         assert drain(conn).sqlstate == QUERY_CANCELED
 
 
-@pytest.mark.parametrize("mode", ["sync", "async", "async-inline", "async-offload", "trio"])
+@pytest.mark.parametrize(
+    "mode", ["sync", "async", "async-inline", "async-offload", "trio", "prepared", "prepared-async"]
+)
 def test_silent_kdc_cannot_stretch_the_timeout_or_block_the_loop(
     mode: str,
     kdc: ThrowawayKdc,
@@ -126,17 +132,26 @@ def test_silent_kdc_cannot_stretch_the_timeout_or_block_the_loop(
         assert conn.pgconn.gss_enc_in_use
         assert kdc.klist(tgt_only) == [f"krbtgt/{kdc.realm}@{kdc.realm}"]
         with kerberos_env(silent_config, tgt_only):
-            if mode in ("sync", "trio"):  # (the loop gap: asyncio's)
+            if mode in ("sync", "trio", "prepared"):  # (the loop gap: asyncio's)
                 t0 = time.monotonic()
                 with pytest.raises(psycancel.CancellationTimeout):
-                    call_cancel(mode, conn, timeout=TIMEOUT)
+                    if mode == "prepared":
+                        with psycancel.prepare(conn) as prepared:
+                            prepared.cancel(timeout=TIMEOUT)
+                    else:
+                        call_cancel(mode, conn, timeout=TIMEOUT)
                 elapsed = time.monotonic() - t0
                 gap = control = 0.0
+            elif mode == "prepared-async":
+                with psycancel.prepare(conn) as prepared:
+                    send = functools.partial(prepared.cancel_async, timeout=TIMEOUT)
+                    elapsed, gap, control = asyncio.run(_cancel_measured(send))
             else:
                 kwargs: dict[str, Any] = {"timeout": TIMEOUT}
                 if mode != "async":
                     kwargs["offload"] = mode == "async-offload"
-                elapsed, gap, control = asyncio.run(_cancel_measured(conn, kwargs))
+                send = functools.partial(psycancel.cancel_async, conn, **kwargs)
+                elapsed, gap, control = asyncio.run(_cancel_measured(send))
         new_workers = workers() - before
         figures = (
             f"{mode}: {elapsed:.3f} s, loop gap {gap * 1000:.1f} ms "
