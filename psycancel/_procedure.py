@@ -77,9 +77,7 @@ def prepare_target(
 
 def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: int) -> Plan | None:
     """The plan for the resolved ``pgconn`` (see :func:`prepare_cancel`; arguments valid)."""
-    # OpenTelemetry, when installed, is imported by the process's first call, here, in
-    # the caller's thread and before the deadline starts: never when a cancel is due.
-    instruments = telemetry.active()
+    instruments = telemetry.active()  # (None unless the application uses OpenTelemetry)
     deadline = Deadline.after(timeout)
     if pgconn is None:
         telemetry.no_op("closed")
@@ -96,7 +94,7 @@ def _plan(pgconn: PGconn | None, *, timeout: float, strict: bool, stacklevel: in
             )
         plan = make_plan(pgconn, deadline, strict=strict, stacklevel=stacklevel + 1)
         if instruments is not None:  # a fired cancel runs elsewhere: its event goes here
-            plan.span = instruments.current_span()
+            plan.span = telemetry.current_span()
         return plan
     except InterfaceError:
         if pgconn.closed:

@@ -1,12 +1,15 @@
 """OpenTelemetry metrics and span events of cancels, when ``opentelemetry-api`` is installed.
 
-Nothing here imports OpenTelemetry when psycancel is imported. The first hook
-called (at the first cancel) looks for the package once
-(``importlib.util.find_spec``); only when it is installed does it import its
-API and make the instruments of the ``psycancel`` meter. Without it, each
-later hook costs a test of one module global. With the API but no SDK (no
-meter or tracer provider configured), the API's no-op objects take the
-records.
+psycancel never imports OpenTelemetry: an application that records metrics
+has imported ``opentelemetry.metrics`` (to set its meter provider, or through
+auto-instrumentation) before it cancels anything. So each hook looks in
+``sys.modules`` (one dict lookup) until the API is there, then makes the
+instruments of the ``psycancel`` meter once. Without it (not installed, or
+installed and unused) nothing is imported and nothing is recorded; a process
+that imports the API later is seen from its next cancel on. With the API but
+no SDK, the API's no-op objects take the records. Span events need
+``opentelemetry.trace`` imported likewise (a span can only be current if the
+application used it).
 
 Instruments (``docs/telemetry.md`` documents them and their attributes):
 
@@ -19,13 +22,14 @@ Instruments (``docs/telemetry.md`` documents them and their attributes):
 Span events, on the span that is current where the cancel runs (when it is
 recording): ``psycancel.cancel`` and ``psycancel.connection_broken``.
 
-``PSYCANCEL_OTEL=0`` in the environment turns all of it off (nothing is
-looked for or imported).
+``PSYCANCEL_OTEL=0`` in the environment (read when psycancel is imported)
+turns all of it off.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any, Final
@@ -39,6 +43,7 @@ __all__ = [
     "active",
     "broken_connection",
     "cancel_ran",
+    "current_span",
     "error_type",
     "no_op",
     "outcome_of",
@@ -61,9 +66,9 @@ _BASE: Final[Mapping[str, Any]] = {"db.system.name": "postgresql"}
 class Instruments:
     """The ``psycancel`` meter's instruments and the API's ``get_current_span``."""
 
-    __slots__ = ("broken", "cancels", "current_span", "duration")
+    __slots__ = ("broken", "cancels", "duration")
 
-    def __init__(self, metrics: Any, trace: Any) -> None:
+    def __init__(self, metrics: Any) -> None:
         meter = metrics.get_meter(METER_NAME, _version())
         self.cancels = meter.create_counter(
             CANCELS,
@@ -86,52 +91,50 @@ class Instruments:
             unit="{connection}",
             description="Connections psycancel shut down because a query outlived its bound",
         )
-        self.current_span = trace.get_current_span
 
 
 def _version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version("psycancel")
-    except Exception:  # not installed as a distribution (a bare source tree)
-        return None
+    """psycancel's version (the package is imported: this module is part of it)."""
+    version = getattr(sys.modules.get("psycancel"), "__version__", None)
+    return version if isinstance(version, str) else None
 
 
-_UNRESOLVED: Final = object()
-_state: object = _UNRESOLVED
+_OFF: Final = os.environ.get("PSYCANCEL_OTEL", "").strip().lower() in ("0", "false", "off", "no")
+_API: Final = "opentelemetry.metrics"
+_instruments: Instruments | None = None
 _lock = threading.Lock()
 
 
-def _load() -> Instruments | None:
-    """The instruments if OpenTelemetry's API is installed (and not turned off), else None."""
-    if os.environ.get("PSYCANCEL_OTEL", "").strip().lower() in ("0", "false", "off", "no"):
-        return None
-    import importlib.util
-
-    try:
-        if importlib.util.find_spec("opentelemetry") is None:
-            return None
-        from opentelemetry import metrics, trace
-    except Exception:  # ImportError, or a broken installation: no telemetry
-        return None
-    return Instruments(metrics, trace)
-
-
 def active() -> Instruments | None:
-    """The instruments, resolved once per process (the first call may import OpenTelemetry)."""
-    state = _state
-    if state is _UNRESOLVED:
-        state = _resolve()
-    return state  # type: ignore[return-value]
+    """The instruments once the application imported OpenTelemetry's metrics API, else None.
+
+    Never imports anything: one dict lookup until the API is imported, then
+    the instruments made once.
+    """
+    instruments = _instruments
+    if instruments is not None or _OFF:
+        return instruments
+    metrics = sys.modules.get(_API)
+    if metrics is None:
+        return None
+    return _make(metrics)
 
 
-def _resolve() -> Instruments | None:
-    global _state
+def _make(metrics: Any) -> Instruments | None:
+    global _instruments
     with _lock:
-        if _state is _UNRESOLVED:
-            _state = _load()
-        return _state  # type: ignore[return-value]
+        if _instruments is None:
+            try:
+                _instruments = Instruments(metrics)
+            except Exception:  # a broken or partial installation: no telemetry
+                return None
+        return _instruments
+
+
+def current_span() -> object:
+    """OpenTelemetry's current span, if the application imported its tracing API, else None."""
+    trace = sys.modules.get("opentelemetry.trace")
+    return None if trace is None else trace.get_current_span()
 
 
 def outcome_of(error: BaseException | None) -> str:
@@ -230,7 +233,9 @@ def _event(
 ) -> None:
     """Add event ``name`` to ``span`` (default: the current span) if it is recording."""
     if span is None:
-        span = instruments.current_span()
+        span = current_span()
+        if span is None:
+            return
     if not span.is_recording():
         return
     event = dict(attributes)

@@ -1,11 +1,12 @@
-"""OpenTelemetry is imported only when installed, and only at the first cancel.
+"""psycancel never imports OpenTelemetry; it records once the application has.
 
-Each case runs in a child process: ``hidden`` puts a meta-path finder first
-that refuses every ``opentelemetry`` module (as if it were not installed), then
-imports psycancel and runs real cancels (new API blocking and asyncio, and the
-legacy path): afterwards no ``opentelemetry`` module may be in
-``sys.modules``. ``installed`` is the control: nothing is imported by
-``import psycancel`` alone, and the API is imported by the first cancel.
+Each case runs in a child process that imports psycancel and runs real
+cancels (new API blocking and asyncio, and the legacy path). ``hidden`` puts
+a meta-path finder first that refuses every ``opentelemetry`` module (as if
+it were not installed): afterwards no ``opentelemetry`` module may be in
+``sys.modules``. ``unused``: installed but not imported by the application:
+still none. ``used``: the application imported ``opentelemetry.metrics``
+first: psycancel's instruments exist after the cancels.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ CHILD = textwrap.dedent(
     dsn, new_path, legacy_path, mode = sys.argv[1:5]
     if mode == "hidden":
         sys.meta_path.insert(0, Hide())
+    if mode == "used":
+        import opentelemetry.metrics
 
     def otel():
         return sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry")
@@ -45,6 +48,7 @@ CHILD = textwrap.dedent(
     from testing.client import connect
 
     after_import = otel()
+    active_before = telemetry.active() is not None
     conn = connect(dsn, libpq=Libpq.load(new_path))
     psycancel.cancel(conn, timeout=10)
     asyncio.run(psycancel.cancel_async(conn, timeout=10))
@@ -58,6 +62,7 @@ CHILD = textwrap.dedent(
     print(json.dumps({
         "after_import": after_import,
         "after_cancels": otel(),
+        "active_before": active_before,
         "active": telemetry.active() is not None,
     }))
     """
@@ -78,17 +83,19 @@ def run_child(mode: str, dsn: str, new: Libpq, legacy: Libpq | None) -> dict[str
     return result
 
 
+@pytest.mark.parametrize("mode", ["hidden", "unused"])
 @pytest.mark.parametrize("legacy", [False, True], ids=["new-api", "new-and-legacy"])
-def test_nothing_imported_when_not_installed(
-    legacy: bool, request: pytest.FixtureRequest, dsn_tls: str, libpq: Libpq
+def test_nothing_imported(
+    mode: str, legacy: bool, request: pytest.FixtureRequest, dsn_tls: str, libpq: Libpq
 ) -> None:
     old = request.getfixturevalue("legacy_libpq") if legacy else None
-    result = run_child("hidden", dsn_tls, libpq, old)
-    assert result == {"after_import": [], "after_cancels": [], "active": False}
+    result = run_child(mode, dsn_tls, libpq, old)
+    expected = {"after_import": [], "after_cancels": [], "active_before": False, "active": False}
+    assert result == expected
 
 
-def test_imported_at_the_first_cancel_when_installed(dsn_tls: str, libpq: Libpq) -> None:
-    result = run_child("installed", dsn_tls, libpq, None)
-    assert result["after_import"] == []
-    assert "opentelemetry.metrics" in result["after_cancels"]  # type: ignore[operator]
+def test_recorded_once_the_application_imported_it(dsn_tls: str, libpq: Libpq) -> None:
+    result = run_child("used", dsn_tls, libpq, None)
+    assert "opentelemetry.metrics" in result["after_import"]  # type: ignore[operator]
+    assert "opentelemetry.trace" not in result["after_cancels"]  # type: ignore[operator]
     assert result["active"] is True
