@@ -1,4 +1,4 @@
-"""OpenTelemetry metrics and span events of cancels, when ``opentelemetry-api`` is installed.
+"""OpenTelemetry metrics and span events of cancels, when the application uses them.
 
 psycancel never imports OpenTelemetry: an application that records metrics
 has imported ``opentelemetry.metrics`` (to set its meter provider, or through

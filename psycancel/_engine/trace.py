@@ -13,10 +13,10 @@ The logger has a :class:`logging.NullHandler`: nothing is printed unless the
 application configures logging.
 
 The same two calls feed OpenTelemetry (:mod:`.telemetry`, when
-``opentelemetry-api`` is installed): the ``psycancel.cancels`` counter, the
+the application uses ``opentelemetry-api``): the ``psycancel.cancels`` counter, the
 ``psycancel.cancel.duration`` histogram and a span event. When DEBUG is off
-and OpenTelemetry is absent, a cancel pays one ``logger.isEnabledFor`` check
-and one test of a module global (:func:`begin`) and nothing else.
+and OpenTelemetry is not in use, a cancel pays one ``logger.isEnabledFor`` check
+and one dict lookup (:func:`begin`) and nothing else.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _DEBUG = logging.DEBUG
 def begin(plan: Plan) -> float | None:
     """Called by a runner before it runs ``plan``: the start time, or None when nobody listens.
 
-    (None: DEBUG is off and OpenTelemetry is not installed; :func:`end` is then
+    (None: DEBUG is off and the application does not use OpenTelemetry; :func:`end` is then
     not called.)
 
     Logs the WARNING of a clear-text cancel on an encrypted connection (TLS
@@ -67,7 +67,7 @@ def end(
 ) -> None:
     """Log the DEBUG record of a cancel that began at ``started`` (see :func:`begin`).
 
-    Records it for OpenTelemetry too, when installed.
+    Records it for OpenTelemetry too, when the application uses it.
     """
     seconds = time.perf_counter() - started
     lib = plan.libpq
