@@ -98,13 +98,21 @@ trap 'rm -rf "$results_dir"' EXIT
 # The test and drivers extras one requirement at a time, for an interpreter some
 # of them cannot be installed on yet (free-threaded: no wheel, no sdist that
 # builds here): what is left out is listed, and the tests that need it fail.
+# ("drivers" as $2: what tools/install_test_drivers.sh installs from wheels.)
 one_by_one() {
     local venv="$1" req missing=()
     while IFS= read -r req; do
         "$venv/bin/python" -m pip install -q "$req" >/dev/null 2>&1 || missing+=("$req")
-    done < <("$venv/bin/python" -c 'import tomllib
+    done < <(if [ "${2:-}" = drivers ]; then
+        printf '%s\n' 'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' 'psycopg>=3.2' 'aiopg>=1.4' \
+            'anyio>=4.4' 'trio>=0.25' 'gevent>=24' 'psycogreen>=1.0' 'opentelemetry-api>=1.20' \
+            'opentelemetry-sdk>=1.20' 'sqlalchemy[asyncio]>=2.0,<3' 'django>=5.0,<6' \
+            'psycopg-pool>=3.2' 'asyncpg>=0.29' 'pg8000>=1.30'
+    else
+        "$venv/bin/python" -c 'import tomllib
 extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
-print("\n".join(extras["test"] + extras["drivers"]))')
+print("\n".join(extras["test"] + extras["drivers"]))'
+    fi)
     [ "${#missing[@]}" = 0 ] || log "cannot be installed on this Python: ${missing[*]}"
 }
 
@@ -152,7 +160,8 @@ run_one() {
             flock .venv-matrix/.build.lock \
             "$venv/bin/python" -m pip install -q -e . &&
         { "$venv/bin/python" -m pip install -q -e '.[test,drivers]' || one_by_one "$venv"; } &&
-        { bash tools/install_test_drivers.sh "$venv" || [ "${name%t}" != "$name" ]; } &&
+        { bash tools/install_test_drivers.sh "$venv" ||
+            { [ "${name%t}" != "$name" ] && one_by_one "$venv" drivers; }; } &&
         "$venv/bin/python" -m psycancel info || rc=$?
     row "matrix $name: venv, psycancel, drivers" "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
     if [ "$rc" != 0 ]; then
@@ -197,7 +206,39 @@ run_one() {
                 "$(grep '^stress:' "$stress_out" | tail -n1 | cut -c9-)" >>"$out"
         done
     fi
+    if [ "${name%t}" != "$name" ] && [ "${PSYCANCEL_FT_WHEEL:-1}" != 0 ]; then
+        ft_wheel "$name" "$py" "$out" || status=1
+    fi
     return "$status"
+}
+
+# Free-threaded: its own wheel (cpXYt, manylinux x86_64: tools/build_wheel.sh with
+# PSYCANCEL_LIMITED_API=0), installed in a fresh venv and run through the stress
+# test, both twins, from a copy of tests/ and testing/ (nothing from the clone).
+ft_wheel() {
+    local name="$1" py="$2" out="$3" t0=$SECONDS rc=0 dir="build/wheel-$1" whl impl
+    log "Python $name: its wheel (tools/build_wheel.sh build, PSYCANCEL_LIMITED_API=0)"
+    flock .venv-matrix/.build.lock env PSYCANCEL_LIMITED_API=0 PYTHON="$py" \
+        PSYCANCEL_WHEEL_DIR="$dir" bash tools/build_wheel.sh build || rc=$?
+    whl="$(ls "$dir"/wheelhouse/psycancel-*-cp3*t-*manylinux*x86_64.whl 2>/dev/null | head -n1)"
+    [ -n "$whl" ] || rc=1
+    local test_dir="$dir/test"
+    if [ "$rc" = 0 ]; then
+        rm -rf "$test_dir"
+        mkdir -p "$test_dir/src"
+        cp -r tests testing "$test_dir/src/"
+        "$py" -m venv "$test_dir/venv" && "$test_dir/venv/bin/python" -m pip install -q "$whl" || rc=$?
+    fi
+    for impl in c python; do
+        [ "$rc" = 0 ] || break
+        (cd "$test_dir/src" && PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" "$OLDPWD/$test_dir/venv/bin/python" \
+            -m tests.freethreading.stress --rounds 1 --threads 32) 2>&1 | tee "$test_dir/$impl.out" || rc=$?
+    done
+    row "matrix $name: its wheel, built, stress test" "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+    printf '%-6s %-7s %-5s %5ss  wheel %s%s\n' "$name" both "$([ "$rc" = 0 ] && echo ok || echo FAIL)" \
+        "$((SECONDS - t0))" "$(basename "${whl:-none}")" \
+        "$([ "$rc" = 0 ] && echo ": stress test passed, both twins")" >>"$out"
+    return "$rc"
 }
 
 jobs_max="${PSYCANCEL_MATRIX_JOBS:-3}"
