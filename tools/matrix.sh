@@ -119,7 +119,7 @@ print("\n".join(extras["test"] + extras["drivers"]))'
 # One interpreter: build, venv, drivers, the suite per twin (and the stress test).
 # Writes "$results_dir/<name>" (result lines) and exits non-zero on a failure.
 run_one() {
-    local name="$1" py="$2" venv=".venv-matrix/$1" t0 rc status=0 want
+    local name="$1" py="$2" venv=".venv-matrix/$1" t0 rc status=0 want label="$1"
     local out="$results_dir/$name"
     : >"$out"
     if [ "${py#build:}" != "$py" ]; then
@@ -145,7 +145,10 @@ run_one() {
         fi
         local got
         got="$(version_of "$py")"
-        [ "$got" = "$name" ] || log "$name: built $got instead"
+        if [ "$got" != "$name" ]; then
+            log "$name: built $got instead"
+            label="$got"  # (the venv and the log keep the name asked for)
+        fi
     fi
     log "Python $name ($py): $venv"
     t0=$SECONDS
@@ -185,7 +188,7 @@ run_one() {
         local summary
         summary="$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$log_file" | tail -1 |
             sed 's/=//g; s/^ *//; s/ *$//')"
-        printf '%-6s %-7s %-5s %5ss  %s\n' "$name" "$impl" \
+        printf '%-6s %-7s %-5s %5ss  %s\n' "$label" "$impl" \
             "$([ "$rc" = 0 ] && echo ok || echo FAIL)" "$((SECONDS - t0))" "$summary" >>"$out"
     done
     if [ "${name%t}" != "$name" ]; then
@@ -201,13 +204,13 @@ run_one() {
             [ "$rc" = 0 ] || status=1
             row "matrix $name: stress test, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" \
                 "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
-            printf '%-6s %-7s %-5s %5ss  stress: %s\n' "$name" "$impl" \
+            printf '%-6s %-7s %-5s %5ss  stress: %s\n' "$label" "$impl" \
                 "$([ "$rc" = 0 ] && echo ok || echo FAIL)" "$((SECONDS - t0))" \
                 "$(grep '^stress:' "$stress_out" | tail -n1 | cut -c9-)" >>"$out"
         done
     fi
     if [ "${name%t}" != "$name" ] && [ "${PSYCANCEL_FT_WHEEL:-1}" != 0 ]; then
-        ft_wheel "$name" "$py" "$out" || status=1
+        ft_wheel "$label" "$py" "$out" || status=1
     fi
     return "$status"
 }
