@@ -151,8 +151,9 @@ def main() -> int:
     failures = 0
     with ThrowawayServer() as server:
         dsn = server.dsn_tls
+        pg2_version = str(getattr(psycopg2, "__version__", "?")).split()[0]
         drivers: list[tuple[str, Callable[[str], Any], Callable[[BaseException], str | None]]] = [
-            (f"psycopg2 {psycopg2.__version__.split()[0]}", psycopg2.connect, pg2_state),
+            (f"psycopg2 {pg2_version}", psycopg2.connect, pg2_state),
             (f"psycopg {psycopg.__version__}", psycopg.connect, pg3_state),
         ]
         for name, connect, sqlstate_of in drivers:
