@@ -7,6 +7,8 @@
 #   bash tools/build_python.sh 3.15    # Debian unstable's python3.15, in a chroot
 #   bash tools/build_python.sh 3.14t   # free-threaded (--disable-gil), built from
 #   bash tools/build_python.sh 3.13t   #   Debian's python3.X source package
+#   bash tools/build_python.sh unmount # undo the chroot's bind mounts (do this
+#                                      # before deleting the cache: they include /work)
 #
 # X.Y (no "t"): a debootstrap chroot (amd64) of Debian unstable, shared by all
 # such versions, with pythonX.Y, its venv and dev packages, a C compiler and what
@@ -37,7 +39,29 @@
 # (debootstrap, chroot, mount). All progress goes to stderr.
 set -euo pipefail
 
-version="${1:?usage: $0 X.Y|X.Yt (e.g. 3.14, 3.15, 3.14t)}"
+version="${1:?usage: $0 X.Y|X.Yt|unmount (e.g. 3.14, 3.15, 3.14t)}"
+if [ "$version" = unmount ]; then
+    # The chroot's bind mounts (/work, /tmp, ... under it) go away: do this before
+    # deleting the cache, or `rm -rf` would reach into those directories. The
+    # wrappers mount them again on their next run.
+    if [ "$(id -u)" = 0 ]; then c=/var/cache/psycancel; else c="${XDG_CACHE_HOME:-$HOME/.cache}/psycancel"; fi
+    r="${PSYCANCEL_CACHE_DIR:-$c}/chroot-unstable"
+    for _ in 1 2 3 4 5; do
+        points="$(awk -v p="$r" '$5 == p || index($5, p "/") == 1 { print $5 }' /proc/self/mountinfo |
+            sort -r -u)"
+        [ -n "$points" ] || break
+        while IFS= read -r m; do
+            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+        done <<<"$points"
+    done
+    if awk -v p="$r" '$5 == p || index($5, p "/") == 1 { found = 1 } END { exit !found }' \
+            /proc/self/mountinfo; then
+        echo "build_python: could not unmount everything under $r" >&2
+        exit 1
+    fi
+    echo "build_python: nothing mounted under $r any more" >&2
+    exit 0
+fi
 case "$version" in
     3.[0-9]|3.[0-9][0-9]|3.[0-9]t|3.[0-9][0-9]t) ;;
     *) echo "usage: $0 X.Y|X.Yt (e.g. 3.14, 3.15, 3.14t)" >&2; exit 2 ;;
