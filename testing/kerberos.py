@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 REALM = "PSYCANCEL.TEST"
+# Seconds a KDC exchange may last (krb5 >= 1.22): well past the tests' cancel
+# timeouts, under what MIT krb5 1.20's retries take against a silent KDC.
+KDC_REQUEST_TIMEOUT = 20
 SERVICE = "postgres/localhost"
 """The server's principal: libpq asks for ``krbsrvname/host`` (``postgres@localhost``)."""
 USER = "postgres"
@@ -189,11 +192,20 @@ class ThrowawayKdc:
     # -- configuration
 
     def client_config(self, path: Path, kdc: tuple[str, int] | None = None) -> Path:
-        """Write a ``krb5.conf`` for this realm whose KDC is ``kdc`` (default: this one)."""
+        """Write a ``krb5.conf`` for this realm whose KDC is ``kdc`` (default: this one).
+
+        ``request_timeout`` bounds a KDC exchange: from MIT krb5 1.22 on, a
+        request sent on a TCP connection the KDC accepted waits for its reply
+        with no end (measured: ``kinit`` against :class:`SilentKdc` still waited
+        after 45 s on 1.22.1, a GSS cancel's worker after 120 s; 1.20.1 gives
+        up after ~27 s), and 1.22 added this option to cap it (5 s measured
+        with ``request_timeout = 5``). Older versions ignore it.
+        """
         host, port = kdc or (self.host, self.port)
         path.write_text(
             "[libdefaults]\n"
             f"    default_realm = {REALM}\n"
+            f"    request_timeout = {KDC_REQUEST_TIMEOUT}\n"
             "    dns_lookup_kdc = false\n"
             "    dns_lookup_realm = false\n"
             "    dns_canonicalize_hostname = false\n"
