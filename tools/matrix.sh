@@ -102,7 +102,11 @@ trap 'rm -rf "$results_dir"' EXIT
 one_by_one() {
     local venv="$1" req missing=()
     while IFS= read -r req; do
-        "$venv/bin/python" -m pip install -q "$req" >/dev/null 2>&1 || missing+=("$req")
+        # (Wheels only on a retry: the newest release may need a source build
+        # that fails here where an older one has a wheel, e.g. mypy on 3.13t.)
+        "$venv/bin/python" -m pip install -q "$req" >/dev/null 2>&1 ||
+            "$venv/bin/python" -m pip install -q --only-binary :all: "$req" >/dev/null 2>&1 ||
+            missing+=("$req")
     done < <(if [ "${2:-}" = drivers ]; then
         printf '%s\n' 'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' 'psycopg>=3.2' 'aiopg>=1.4' \
             'anyio>=4.4' 'trio>=0.25' 'gevent>=24' 'psycogreen>=1.0' 'opentelemetry-api>=1.20' \
