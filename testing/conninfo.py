@@ -11,6 +11,7 @@ __all__ = ["ConninfoValue", "make_conninfo", "parse_conninfo", "quote_conninfo_v
 #: A value accepted in a conninfo string built by :func:`make_conninfo`.
 ConninfoValue = str | int | os.PathLike[str]
 
+
 def quote_conninfo_value(value: ConninfoValue) -> str:
     """Render *value* for a libpq ``key=value`` conninfo string.
 

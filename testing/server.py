@@ -33,7 +33,6 @@ _PORT_ATTEMPTS = 3
 _PORT_IN_USE_MARKERS = ("Address already in use",)
 
 
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((_HOST, 0))

@@ -150,6 +150,7 @@ if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
 fi
 
 check "static checks: ruff" .venv/bin/python -m ruff check .
+check "static checks: ruff format" .venv/bin/python -m ruff format --check .
 check "static checks: mypy --strict" .venv/bin/python -m mypy --strict psycancel
 # The documentation site (docs/conf.py): warnings are errors, and so is a link to
 # a page, a heading or a repository file that does not exist.
