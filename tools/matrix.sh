@@ -184,7 +184,12 @@ run_one() {
         local log_file="$results_dir/$name-$impl.out"
         t0=$SECONDS
         rc=0
-        PSYCANCEL_IMPL="$impl" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+        # (SIGINT and SIGQUIT at their default: a job started with "&" by a
+        # non-interactive shell, as each job here and the whole matrix in
+        # quickstart.sh are, has them ignored, and Python then installs no
+        # KeyboardInterrupt handler: the Ctrl-C tests would test another program.)
+        PSYCANCEL_IMPL="$impl" env --default-signal=INT,QUIT \
+            "$venv/bin/python" -m pytest -q -p no:cacheprovider \
             -n "$workers" "${runs[@]}" 2>&1 | tee "$log_file" || rc=$?
         [ "$rc" = 0 ] || status=1
         row "matrix $name: suite, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" \
