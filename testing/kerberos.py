@@ -278,7 +278,19 @@ class ThrowawayKdc:
             self._admin(f"ktadd -k {self.server_keytab} {SERVICE}")
             self._admin(f"ktadd -k {self.user_keytab} {USER}")
             self.server_keytab.chmod(0o644)  # a throwaway key, read by the server's user
-            self._start_kdc()
+            for attempt in range(3):
+                try:
+                    self._start_kdc()
+                    break
+                except RuntimeError:
+                    # Another process took the port between _free_port() and the
+                    # KDC's bind (parallel suites start many KDCs): another port.
+                    if attempt == 2 or self._proc is None or self._proc.poll() is None:
+                        raise
+                    old, self.port = self.port, _free_port()
+                    conf = d / "kdc.conf"
+                    conf.write_text(conf.read_text().replace(f"= {old}\n", f"= {self.port}\n"))
+                    self.client_config(self.config)
         except BaseException:
             self.stop()
             raise
@@ -302,6 +314,8 @@ class ThrowawayKdc:
             except RuntimeError:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
                     out = (self.directory / "krb5kdc.out").read_text(errors="replace")
+                    with contextlib.suppress(OSError):
+                        out += self.log_file.read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"krb5kdc did not start:\n{out}") from None
                 time.sleep(0.1)
 
