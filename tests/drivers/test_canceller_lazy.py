@@ -75,7 +75,7 @@ def test_canceller_of_a_session_without_connection_cancels_its_first_query(
     engine: Any, monitor: Monitor
 ) -> None:
     """The handle is made in the query's thread before the session connects."""
-    made, connected = threading.Event(), threading.Event()
+    made, checked, connected = threading.Event(), threading.Event(), threading.Event()
     handle: list[psycancel.Canceller] = []
     pids: list[int] = []
 
@@ -85,6 +85,7 @@ def test_canceller_of_a_session_without_connection_cancels_its_first_query(
             assert session.get_transaction() is None  # no connection at all yet
             handle.append(psycancel.Canceller(session))
             made.set()
+            checked.wait(15)  # (the handle is looked at before the session connects)
             pids.append(pid_of(session))  # the session's first connection, begun here
             connected.set()
             return session.execute(text(SLEEP))
@@ -92,7 +93,10 @@ def test_canceller_of_a_session_without_connection_cancels_its_first_query(
         query = Background(run)
         assert made.wait(15)
         canceller = handle[0]
-        assert "not connected yet" in repr(canceller)
+        try:
+            assert "not connected yet" in repr(canceller)
+        finally:
+            checked.set()
         assert connected.wait(15)
         monitor.wait_sleeping(pids[0])
         assert canceller.connection is not None  # resolved in the session's thread
