@@ -219,6 +219,14 @@ def _is_echo(signum: int) -> bool:
         return True
 
 
+def _is_installed(signum: int, handler: Handler) -> bool:
+    """True if ``handler`` is the Python-level handler of ``signum`` (any thread may ask)."""
+    try:
+        return signal.getsignal(signum) == handler
+    except (ValueError, OSError):  # pragma: no cover (a signal Python does not know)
+        return False
+
+
 def _reset_echoes() -> None:
     """After ``fork``: the child has no watcher, and the lock may have been held."""
     global _echo_lock
@@ -296,6 +304,10 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
         self._running = False
         self._phase = _QUIET
         self._held: dict[int, FrameType | None] = {}
+        self._heard: set[int] = set()
+        """Our signals the watcher read on the wakeup fd."""
+        self._handled: set[int] = set()
+        """Our signals the Python-level handler ran for (or that were delivered again)."""
         self._plan: Plan | None = None
         self._sockets_closed = False
         self._settled = threading.Event()
@@ -349,6 +361,8 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         """The Python-level handler (main thread, between bytecodes)."""
+        with self._lock:
+            self._handled.add(signum)
         if self._state == _ACTIVE and _inside(self, frame):
             # Entering or leaving: hold it until the restoring is done.
             self._deferred.setdefault(signum, frame)
@@ -464,6 +478,8 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
             os.write(self._previous_fd, data)
 
     def _on_own_signal(self, signum: int) -> None:
+        with self._lock:
+            self._heard.add(signum)
         if not self._fired:
             self._fire(signum)
         elif self._bound:
@@ -673,6 +689,14 @@ class cancel_on_interrupt:  # lower case: used like a function, as in ``with ...
                 return  # leaving: __exit__ hands them on
             held = list(self._held)
             self._held.clear()
+            # A signal that reached the C handler (its byte was read) while the main
+            # thread was about to enter a blocking call (a ``time.sleep``) does not
+            # cut that call short: the Python-level handler then waits with it. The
+            # innermost block (whose handler is the installed one) delivers it again.
+            for signum in self._heard - self._handled:
+                if signum not in held and _is_installed(signum, self._on_signal):
+                    held.append(signum)
+            self._handled.update(held)
         for signum in held:
             _deliver(self._main_id, signum)
 

@@ -34,11 +34,21 @@ POLL_OK, POLL_READ, POLL_WRITE, POLL_ERROR = 0, 1, 2, 3
 """``psycopg2.extensions.POLL_*``."""
 
 
+_SIGNAL_CHECK = 0.5
+"""Seconds a wait lasts at most before psycopg2 is polled again.
+
+A signal that arrives just before ``select`` starts its system call (after the
+interpreter last looked for signals) does not interrupt it: its Python-level
+handler, which raises ``KeyboardInterrupt``, would wait as long as the query
+(seen under load: a Ctrl-C that never cancelled). Waiting in slices bounds that
+to this many seconds; an idle wait costs one wake-up per slice."""
+
+
 def _wait(fd: int, state: int) -> None:
     if state == POLL_READ:
-        select.select([fd], [], [])
+        select.select([fd], [], [], _SIGNAL_CHECK)
     else:
-        select.select([], [fd], [])
+        select.select([], [fd], [], _SIGNAL_CHECK)
 
 
 def make_psycopg2_wait_callback(
