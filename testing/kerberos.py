@@ -130,7 +130,12 @@ class SilentKdc:
         self.port = port
 
     def close(self) -> None:
-        """Close both sockets. Idempotent."""
+        """Close both sockets. Idempotent.
+
+        The address then stops being silent: the connections waiting in the
+        listen queue are reset and datagrams are refused, so that a client
+        still waiting on it gives up at once instead of after libkrb5's retries.
+        """
         self.udp.close()
         self.tcp.close()
 
