@@ -35,8 +35,8 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]}"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+    as_root flock /var/lock/psycancel-apt.lock apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root flock /var/lock/psycancel-apt.lock apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 # The machine's release and its main mirror, from its apt sources (deb822 or one-line).
@@ -58,10 +58,15 @@ fi
 [ -n "$mirror" ] || { log "no apt source for $suite found"; exit 1; }
 
 log "debootstrap --arch=arm64 --foreign $suite into $root (mirror from the apt sources)"
-as_root rm -rf "$root.tmp"
-as_root debootstrap --arch=arm64 --foreign --variant=minbase \
-    --include=python3,python3-venv,libpq5,python3-psycopg2,ca-certificates \
-    "$suite" "$root.tmp" "$mirror" >&2
+# (Twice at most: a download the mirror drops midway ends debootstrap with status 2.)
+for attempt in 1 2; do
+    as_root rm -rf "$root.tmp"
+    as_root debootstrap --arch=arm64 --foreign --variant=minbase \
+        --include=python3,python3-venv,libpq5,python3-psycopg2,ca-certificates \
+        "$suite" "$root.tmp" "$mirror" >&2 && break
+    [ "$attempt" = 1 ] || { log "debootstrap failed twice"; exit 1; }
+    log "debootstrap failed: once more"
+done
 # The first stage unpacks only the base system; the rest (--include) is left
 # as .deb files for a second stage that would need to run arm64 code: unpack
 # them here instead (no maintainer scripts are needed to run Python).

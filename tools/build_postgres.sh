@@ -88,8 +88,8 @@ install_debian_deps() {
     done
     if [ "${#need[@]}" -gt 0 ]; then
         log "installing build dependencies: ${need[*]}"
-        as_root apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >&2
+        as_root flock /var/lock/psycancel-apt.lock apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive as_root flock /var/lock/psycancel-apt.lock apt-get install -y -qq "${need[@]}" >&2
     fi
 }
 

@@ -95,8 +95,8 @@ install_host_packages() {
     done
     if [ "${#need[@]}" -gt 0 ]; then
         log "installing on the host: ${need[*]}"
-        apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+        flock /var/lock/psycancel-apt.lock apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive flock /var/lock/psycancel-apt.lock apt-get install -y -qq "${need[@]}" >&2
     fi
 }
 
@@ -206,11 +206,15 @@ make_chroot() {
     install_host_packages debootstrap
     local uri tmp="$root.tmp"
     uri="$(mirror)"
-    rm -rf "$tmp"
-    log "debootstrap of unstable (amd64) into $root via $uri"
-    nice -n "$niceness" debootstrap --arch=amd64 --variant=minbase --include="$packages" \
-        unstable "$tmp" "$uri" >"${TMPDIR:-/tmp}/psycancel-debootstrap.log" 2>&1 ||
-        { tail -30 "${TMPDIR:-/tmp}/psycancel-debootstrap.log" >&2; return 1; }
+    local attempt
+    for attempt in 1 2; do  # (twice at most: the mirror may drop a download midway)
+        rm -rf "$tmp"
+        log "debootstrap of unstable (amd64) into $root via $uri"
+        nice -n "$niceness" debootstrap --arch=amd64 --variant=minbase --include="$packages" \
+            unstable "$tmp" "$uri" >"${TMPDIR:-/tmp}/psycancel-debootstrap.log" 2>&1 && break
+        tail -30 "${TMPDIR:-/tmp}/psycancel-debootstrap.log" >&2
+        [ "$attempt" = 1 ] || return 1
+    done
     mv "$tmp" "$root"
     touch "$root/.psycancel-complete"
 }
@@ -306,6 +310,10 @@ build_chroot_python() {
         write_wrapper "$xy"  # (cheap: this script's current wrapper)
         return 0
     fi
+    # One chroot set-up at a time (the matrix builds 3.14 and 3.15 side by side).
+    mkdir -p "$cache"
+    exec 8>"$cache/.chroot.lock"
+    flock 8
     [ -f "$root/.psycancel-complete" ] || make_chroot
     # The mirror may serve a frozen unstable whose Release file has expired.
     echo 'Acquire::Check-Valid-Until "false";' >"$root/etc/apt/apt.conf.d/99psycancel"
@@ -316,8 +324,8 @@ build_chroot_python() {
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing in the chroot: ${missing[*]}"
-        chroot "$root" apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq "${missing[@]}" >&2
+        flock "$root/.apt.lock" chroot "$root" apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive flock "$root/.apt.lock" chroot "$root" apt-get install -y -qq "${missing[@]}" >&2
     fi
     chroot_legacy_libpq
     exe="$(write_wrapper "$xy")"

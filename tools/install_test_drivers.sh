@@ -99,8 +99,8 @@ fi
 pg_config=/usr/bin/pg_config
 if [ ! -x "$pg_config" ]; then
     log "installing libpq-dev (system libpq headers and pg_config)"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq libpq-dev >/dev/null
+    as_root flock /var/lock/psycancel-apt.lock apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root flock /var/lock/psycancel-apt.lock apt-get install -y -qq libpq-dev >/dev/null
 fi
 version="$("$pg_config" --version)"
 case "$version" in

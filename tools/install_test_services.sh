@@ -34,11 +34,11 @@ has kadmin.local || need+=(krb5-admin-server)
 has kinit || need+=(krb5-user)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
-    as_root apt-get update -qq
+    as_root flock /var/lock/psycancel-apt.lock apt-get update -qq
     # The pgbouncer package would start its own service where an init system
     # runs; policy-rc.d (if any) or the package's defaults decide. The tests
     # never use that instance: they start their own, on a free port.
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root flock /var/lock/psycancel-apt.lock apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # The GSSAPI build of PostgreSQL (its own cache key; a no-op once built).
 PSYCANCEL_PG_GSSAPI=1 bash "$(dirname "$0")/build_postgres.sh" >/dev/null
