@@ -180,7 +180,9 @@ class Canceller:
 
         unwatch = function(target, acquired, released)
         finalizer = weakref.finalize(self, unwatch)
-        finalizer.atexit = False  # at exit the framework may be half torn down
+        # At exit the framework may be half torn down. (The ignore: mypy < 2, the
+        # newest on a free-threaded 3.13, reads a typeshed whose finalize has no atexit.)
+        finalizer.atexit = False  # type: ignore[misc,unused-ignore]
         self._finalizer = finalizer
         if self._holder == "":
             self._holder = _label(target)

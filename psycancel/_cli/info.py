@@ -8,9 +8,14 @@ not psycancel's default (psycopg2-binary and psycopg[binary] bundle their
 own). To find that libpq this diagnostic command imports the drivers, which
 psycancel itself never does.
 
+On a free-threaded CPython, importing a driver that does not declare
+free-threading support turns the GIL on (CPython warns on stderr): the command
+keeps that warning quiet and says it instead (``free_threaded``; a driver's
+``enables_gil``). psycancel's own modules keep the GIL off.
+
 ``--json`` prints one JSON object (keys documented in ``docs/packaging.md``):
-``psycancel``, ``python``, ``implementation``, ``twins``, ``libpq``,
-``drivers``.
+``psycancel``, ``python``, ``free_threaded``, ``implementation``, ``twins``,
+``libpq``, ``drivers``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import importlib
 import importlib.util
 import json
 import sys
+import sysconfig
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +88,12 @@ _DRIVERS: tuple[tuple[str, Callable[[], tuple[str, Libpq]]], ...] = (
 """Each driver family with its own libpq (aiopg uses psycopg2's)."""
 
 
+def _gil_enabled() -> bool:
+    """Whether the GIL is on now (always, on a CPython that is not free-threaded)."""
+    is_enabled: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else is_enabled()
+
+
 def _driver_info(name: str, find: Callable[[], tuple[str, Libpq]]) -> dict[str, Any] | None:
     """The driver and its libpq; None if it is not installed."""
     try:
@@ -88,11 +101,24 @@ def _driver_info(name: str, find: Callable[[], tuple[str, Libpq]]) -> dict[str, 
             return None
     except (ImportError, ValueError):
         return None
+    gil_before = _gil_enabled()
     try:
-        version, lib = find()
+        with warnings.catch_warnings():
+            # (Free-threaded CPython: "The global interpreter lock (GIL) has been
+            # enabled to load module ...": said in the output instead.)
+            warnings.filterwarnings(
+                "ignore", message="The global interpreter lock", category=RuntimeWarning
+            )
+            version, lib = find()
     except Exception as ex:  # a broken driver installation: report it, go on
         return {"driver": name, "version": None, "libpq": None, "error": f"{ex}"}
-    return {"driver": name, "version": version, "libpq": _libpq_info(lib), "error": None}
+    return {
+        "driver": name,
+        "version": version,
+        "libpq": _libpq_info(lib),
+        "error": None,
+        "enables_gil": not gil_before and _gil_enabled(),
+    }
 
 
 def collect_info() -> dict[str, Any]:
@@ -111,6 +137,7 @@ def collect_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "psycancel": __version__,
         "python": sys.version.split()[0],
+        "free_threaded": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
         "implementation": __impl__,
         "twins": twins,
     }
@@ -138,6 +165,8 @@ def _libpq_line(lib: dict[str, Any]) -> str:
 
 def _print_text(info: dict[str, Any]) -> None:
     print(f"psycancel {info['psycancel']} (Python {info['python']})")
+    if info["free_threaded"]:
+        print("free-threaded Python: psycancel keeps the GIL off")
     print(f"implementation: {info['implementation']}")
     for name, twin in info["twins"].items():
         state = "available" if twin["available"] else f"unavailable: {twin['error']}"
@@ -162,6 +191,11 @@ def _print_text(info: dict[str, Any]) -> None:
             print(f"  {driver['driver']}: cannot tell its libpq ({driver['error']})")
         else:
             print(f"  {driver['driver']} {driver['version']}: {_libpq_line(driver['libpq'])}")
+        if driver.get("enables_gil"):
+            print(
+                f"    importing {driver['driver']} turned the GIL on (it does not declare "
+                "free-threading support)"
+            )
 
 
 def show_info(*, as_json: bool = False) -> int:

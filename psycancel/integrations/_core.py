@@ -152,7 +152,7 @@ def _keep(conn: object, kept: _Prepared) -> None:
                 except TypeError:  # not weakly referenceable: nothing is kept for it
                     kept.plan.discard()
                     return
-                finalizer.atexit = False  # at exit: nothing to free for anyone
+                finalizer.atexit = False  # type: ignore[misc,unused-ignore]  # (mypy < 2)
                 cell = _prepared[key] = []
     cell.append(kept)
     while len(cell) > 1:  # two blocks of one connection gave theirs back: keep one

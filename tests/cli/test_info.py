@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from typing import Any
 
 import pytest
@@ -58,6 +59,7 @@ def test_json(system_libpq: str) -> None:
     assert set(info) == {
         "psycancel",
         "python",
+        "free_threaded",
         "implementation",
         "twins",
         "libpq",
@@ -69,6 +71,8 @@ def test_json(system_libpq: str) -> None:
 
     assert info["psycancel"] == psycancel.__version__
     assert info["implementation"] == __impl__
+    free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert info["free_threaded"] is free_threaded
     assert set(info["twins"]) == {"c", "python"} and info["twins"]["python"]["available"]
     lib = info["libpq"]
     real = os.path.realpath(system_libpq)
@@ -81,6 +85,8 @@ def test_json(system_libpq: str) -> None:
     assert set(drivers) == set(DRIVERS)
     for driver in drivers.values():
         assert driver["error"] is None and driver["version"]
+        # psycopg2 declares no free-threading support: importing it turns the GIL on.
+        assert driver["enables_gil"] is (free_threaded and driver["driver"] == "psycopg2")
         assert set(driver["libpq"]) == keys
         assert driver["libpq"]["cancel_conn"] and driver["libpq"]["version"] >= 170000
         assert os.path.realpath(driver["libpq"]["path"]) != real

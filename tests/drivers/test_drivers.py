@@ -13,6 +13,7 @@ import asyncio
 import ctypes
 import importlib.metadata
 import os
+import sysconfig
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -48,6 +49,15 @@ psycopg = _need("psycopg")
 aiopg = _need("aiopg")
 
 APIS = ["sync", "async"]
+
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+"""Neither binary wheel exists for a free-threaded CPython: there
+``tools/install_test_drivers.sh`` builds psycopg2-binary's source and psycopg-c
+against the PostgreSQL 18 build and repairs them with auditwheel, each with a
+libpq 18 of its own (the binary wheels: psycopg2-binary 17, psycopg[binary] 18)."""
+PSYCOPG_DIST = "psycopg-c" if FREE_THREADED else "psycopg-binary"
+PSYCOPG_IMPL = "c" if FREE_THREADED else "binary"
+PSYCOPG2_LIBPQ_MAJOR = 18 if FREE_THREADED else 17
 
 
 # =====================================================================================
@@ -129,7 +139,7 @@ class SyncDriver:
         return conn.execute(query).fetchall()
 
     def owner(self) -> Path:
-        return bundled_libpq("psycopg2-binary" if self.name == "psycopg2" else "psycopg-binary")
+        return bundled_libpq("psycopg2-binary" if self.name == "psycopg2" else PSYCOPG_DIST)
 
     def libpq_version(self) -> int:
         if self.name == "psycopg2":
@@ -154,7 +164,7 @@ def test_psycopg2_binary_owner_is_its_bundled_libpq(dsn_plain: str, libpq: Libpq
         assert pgconn.pgconn_ptr == conn.pgconn_ptr
         assert Path(pgconn.libpq.path) == bundled_libpq("psycopg2-binary")
         assert pgconn.libpq.version == psycopg2_extensions.libpq_version()
-        assert pgconn.libpq.version // 10000 == 17
+        assert pgconn.libpq.version // 10000 == PSYCOPG2_LIBPQ_MAJOR
         assert pgconn.libpq.has_cancel_conn
         assert pgconn.libpq.path != libpq.path
         assert pgconn.socket == conn.fileno()  # it reads the right struct
@@ -164,12 +174,12 @@ def test_psycopg2_binary_owner_is_its_bundled_libpq(dsn_plain: str, libpq: Libpq
 
 
 def test_psycopg_binary_owner_is_its_bundled_libpq(dsn_plain: str, libpq: Libpq) -> None:
-    assert psycopg.pq.__impl__ == "binary"
+    assert psycopg.pq.__impl__ == PSYCOPG_IMPL
     conn = psycopg.connect(dsn_plain)
     try:
         pgconn = as_pgconn(conn)
         assert pgconn.pgconn_ptr == conn.pgconn.pgconn_ptr
-        assert Path(pgconn.libpq.path) == bundled_libpq("psycopg-binary")
+        assert Path(pgconn.libpq.path) == bundled_libpq(PSYCOPG_DIST)
         assert pgconn.libpq.version == psycopg.pq.version()
         assert pgconn.libpq.path != libpq.path
         assert pgconn.socket == conn.fileno()
@@ -185,7 +195,7 @@ def test_two_drivers_two_libpqs_in_one_process(dsn_plain: str) -> None:
     try:
         lib2, lib3 = as_pgconn(c2).libpq, as_pgconn(c3).libpq
         assert lib2.path != lib3.path
-        assert {lib2.version // 10000, lib3.version // 10000} == {17, 18}
+        assert {lib2.version // 10000, lib3.version // 10000} == {PSYCOPG2_LIBPQ_MAJOR, 18}
         # Neither is psycancel's default libpq.
         assert os.path.realpath(Libpq.load().path) not in (lib2.path, lib3.path)
     finally:
@@ -363,7 +373,7 @@ def test_psycopg_async_connection(
             await aconn.close()
 
     asyncio.run(main())
-    assert [Path(lib.path) for lib, _ in used_libpqs] == [bundled_libpq("psycopg-binary")]
+    assert [Path(lib.path) for lib, _ in used_libpqs] == [bundled_libpq(PSYCOPG_DIST)]
 
 
 @pytest.mark.parametrize("sslmode", ["disable", "require", "verify-full"])
