@@ -49,11 +49,39 @@ def _missing(what: str, hint: str) -> None:
     pytest.skip(message, allow_module_level=True)
 
 
+UNAVAILABLE_FILE = Path(sys.prefix) / "psycancel-unavailable.txt"
+"""Test dependencies that cannot be installed on this interpreter, one per line:
+``name<TAB>why`` (written by ``tools/install_test_drivers.sh``: gevent on a
+free-threaded CPython)."""
+
+
+def unavailable() -> dict[str, str]:
+    """What :data:`UNAVAILABLE_FILE` declares: name -> why."""
+    try:
+        lines = UNAVAILABLE_FILE.read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    return dict(line.split("\t", 1) for line in lines if "\t" in line)
+
+
 def need(name: str) -> ModuleType:
-    """Import a test dependency: skipped when missing, except under CI (fails)."""
+    """Import a test dependency: skipped when missing, except under CI (fails).
+
+    A dependency the venv declares unavailable on this interpreter (see
+    :data:`UNAVAILABLE_FILE`) is skipped with that reason, in CI too: it is
+    counted as a skip, never as a pass.
+    """
     try:
         return importlib.import_module(name)
     except ImportError as ex:
+        why = unavailable().get(name)
+        if why is not None:
+            from tests.conftest import ALLOWED_SKIP
+
+            pytest.skip(
+                f"{ALLOWED_SKIP} {name} cannot be installed on this interpreter: {why}",
+                allow_module_level=True,
+            )
         _missing(name, str(ex))
         raise  # not reached
 
