@@ -17,9 +17,10 @@
 # tests' subprocesses (the PostgreSQL server, the openssl command) run the
 # host's x86_64 programs natively.
 #
-# Environment: PSYCANCEL_CACHE (default /var/cache/psycancel), the cache folder.
+# Environment: PSYCANCEL_CACHE_DIR (default /var/cache/psycancel), the cache folder
+# (as the other build scripts; PSYCANCEL_CACHE is still read).
 set -euo pipefail
-cache="${PSYCANCEL_CACHE:-/var/cache/psycancel}"
+cache="${PSYCANCEL_CACHE_DIR:-${PSYCANCEL_CACHE:-/var/cache/psycancel}}"
 root="$cache/sysroot-arm64"
 stamp="$root/.psycancel-sysroot-v1"
 log() { printf 'aarch64_sysroot: %s\n' "$*" >&2; }
