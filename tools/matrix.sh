@@ -82,6 +82,18 @@ for want in ${PSYCANCEL_BUILD_PYTHONS-3.14 3.15 3.14t}; do
     chosen[$want]="build:$want"
     order+=("$want")
 done
+# The longest jobs first, so that the last ones to start are short: a
+# free-threaded one (its suites, stress test and wheel), then the others built
+# here, then the machine's own.
+sorted=()
+for v in ${order[@]+"${order[@]}"}; do [ "${v%t}" != "$v" ] && sorted+=("$v"); done
+for v in ${order[@]+"${order[@]}"}; do
+    [ "${v%t}" = "$v" ] && [ "${chosen[$v]#build:}" != "${chosen[$v]}" ] && sorted+=("$v")
+done
+for v in ${order[@]+"${order[@]}"}; do
+    [ "${v%t}" = "$v" ] && [ "${chosen[$v]#build:}" = "${chosen[$v]}" ] && sorted+=("$v")
+done
+order=(${sorted[@]+"${sorted[@]}"})
 if [ "${#order[@]}" -eq 0 ]; then
     log "no other CPython >= 3.10 found: nothing to do"
     exit 0
@@ -254,6 +266,15 @@ ft_wheel() {
 }
 
 jobs_max="${PSYCANCEL_MATRIX_JOBS:-3}"
+# One more at once when the file $PSYCANCEL_MAIN_DONE exists (tools/quickstart.sh
+# makes it once its other stages are done: their share of the CPU is free).
+jobs_now() {
+    if [ -n "${PSYCANCEL_MAIN_DONE:-}" ] && [ -e "$PSYCANCEL_MAIN_DONE" ]; then
+        echo $((jobs_max + 1))
+    else
+        echo "$jobs_max"
+    fi
+}
 declare -A pids=()
 status=0
 t_all=$SECONDS
@@ -274,7 +295,7 @@ reap() {
     done
 }
 for version in "${order[@]}"; do
-    while [ "${#pids[@]}" -ge "$jobs_max" ]; do
+    while [ "${#pids[@]}" -ge "$(jobs_now)" ]; do
         sleep 2
         reap
     done

@@ -17,12 +17,14 @@
 # (tools/build_wheel.sh: all 7 built with zig and checked, the suite against the
 # installed x86_64 wheel, 3.10/3.13 smoke venvs, aarch64 under qemu-user); the
 # benchmarks' smoke runs; valgrind on the compiled twin; and, in the background
-# beside all of those, tools/matrix.sh: the suite on every other CPython >= 3.10
-# of the machine (PSYCANCEL_MATRIX=0 leaves that out). The interpreters
-# tools/build_python.sh makes (3.14, 3.15, free-threaded 3.14t, which falls back
-# to 3.13t) join it only with PSYCANCEL_BUILD_PYTHONS="3.14 3.15 3.14t": their
-# suites are not green yet (issue 21: Ctrl-C in a block's Python code on 3.14
-# and 3.15; drivers and gevent on 3.13t), and a red stage would hide the others.
+# beside all of those, tools/matrix.sh: the suite, both twins, on every other
+# CPython >= 3.10 of the machine and on the ones tools/build_python.sh makes
+# ($PSYCANCEL_BUILD_PYTHONS, default "3.14 3.15 3.14t": Debian unstable's 3.14
+# and 3.15 in a chroot, and a free-threaded build, 3.13t while Debian's 3.14
+# source cannot be had), with the free-threading stress test and the cpXYt
+# wheel (PSYCANCEL_MATRIX=0 leaves the matrix out). The matrix runs
+# $PSYCANCEL_MATRIX_JOBS interpreters at once (default 2), one more once the
+# stages above are done: the suites mostly wait, and 2 cores carry about 3.
 #
 # Each suite run is spread over PSYCANCEL_TEST_WORKERS pytest-xdist workers
 # (default: twice the CPU count, at most 8; 0 runs it in one process), each
@@ -102,8 +104,8 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -f /usr/lib/x86_64-linux-gnu/libpq.so.5 ] || [ -n "$(ldconfig -p | grep 'libpq.so.5 ')" ] || need+=(libpq5)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing system packages: ${need[*]}"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+    as_root flock /var/lock/psycancel-apt.lock apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root flock /var/lock/psycancel-apt.lock apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 end
 
@@ -146,11 +148,13 @@ if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
     log "tools/matrix.sh: started in the background (output: .venv-matrix/matrix.log)"
     mkdir -p .venv-matrix
     matrix_start=$SECONDS
-    log "tools/matrix.sh: Pythons built by tools/build_python.sh: ${PSYCANCEL_BUILD_PYTHONS:-none (set PSYCANCEL_BUILD_PYTHONS=\"3.14 3.15 3.14t\" to add them; not green yet, issue 21)}"
-    # One interpreter at a time (PSYCANCEL_MATRIX_JOBS): three at once beside the
-    # main stages loaded 2 cores enough to break timing margins and KDC start-ups.
-    PSYCANCEL_MATRIX_JOBS="${PSYCANCEL_MATRIX_JOBS:-1}" \
-    PSYCANCEL_BUILD_PYTHONS="${PSYCANCEL_BUILD_PYTHONS-}" PSYCANCEL_NO_SKIP=1 bash tools/matrix.sh \
+    # Two interpreters at a time beside the main stages (three at once loaded 2
+    # cores enough to break timing margins), a third once they are done (the
+    # file $PSYCANCEL_MAIN_DONE appears).
+    PSYCANCEL_MAIN_DONE="$PWD/.venv-matrix/.main-done"
+    rm -f "$PSYCANCEL_MAIN_DONE"
+    PSYCANCEL_MATRIX_JOBS="${PSYCANCEL_MATRIX_JOBS:-2}" PSYCANCEL_MAIN_DONE="$PSYCANCEL_MAIN_DONE" \
+    PSYCANCEL_BUILD_PYTHONS="${PSYCANCEL_BUILD_PYTHONS-3.14 3.15 3.14t}" PSYCANCEL_NO_SKIP=1 bash tools/matrix.sh \
         --skip "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
         >.venv-matrix/matrix.log 2>&1 &
     matrix_pid=$!
@@ -199,6 +203,7 @@ check "valgrind: compiled twin, short form" env PYTHON=.venv/bin/python \
     bash tools/valgrind.sh --short
 
 if [ -n "$matrix_pid" ]; then
+    touch "$PSYCANCEL_MAIN_DONE"  # (the matrix may run one more interpreter at once)
     # Its own rows: per Python, the build, the venv and the suite per twin.
     log "waiting for tools/matrix.sh (running since the end of the setup)"
     rc=0
