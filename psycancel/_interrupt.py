@@ -43,7 +43,10 @@ context: the usual case, the query ends within milliseconds of its cancel),
 or, if the block still runs 0.25 s after the cancel completed or the break
 (50 ms once the driver dropped the broken socket), delivered again to the
 main thread (``pthread_kill``), so that a block running Python code is
-interrupted too. The watcher knows the bytes of those re-deliveries and
+interrupted too. So is a signal whose Python-level handler has not run by
+then: one that reached the C level as the main thread entered a blocking
+call (a ``time.sleep``), which it then does not cut short (the innermost
+block delivers it). The watcher knows the bytes of those re-deliveries and
 neither passes them on nor counts them as a second signal. psycancel's
 threads block the handled signals, so that the kernel gives a signal to the
 main thread (where it interrupts a ``time.sleep``) as in a program without

@@ -300,7 +300,14 @@ def test_task_cancelled_at_stage(
         mode, px, variant_dsn(px, pg_server, variant), libpq, spy, stage, stage == "eof"
     )
     assert spy.stages[-1] == stage, spy.stages  # it stopped exactly there
-    assert spy.stages.count(stage) == 1
+    if mode == "asyncio-offload":
+        # The engine thread hears of the abort asynchronously: it may wait at the
+        # same stage once more first (a TLS handshake whose reply came in two
+        # parts, under load), never at a later one.
+        first = spy.stages.index(stage)
+        assert set(spy.stages[first:]) == {stage}, spy.stages
+    else:
+        assert spy.stages.count(stage) == 1, spy.stages
     assert_all_finished(created)
 
 
