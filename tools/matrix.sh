@@ -173,6 +173,10 @@ run_one() {
     # One editable build at a time: they all write psycancel_c/_pq.c in the clone.
     # A wheel of an older release rather than an sdist that cannot build here.)
     export PIP_PREFER_BINARY=1
+    # (No Rust crate can be fetched here: a source build that needs one, e.g.
+    # nh3 for twine on a free-threaded CPython, then fails at once instead of
+    # after cargo's network retries.)
+    export CARGO_NET_OFFLINE=true
     { [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"; } &&
         "$venv/bin/python" -m pip install -q --upgrade pip &&
         PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
