@@ -179,7 +179,7 @@ for impl in ${PSYCANCEL_WHEEL_IMPLS:-c python}; do
     rc=0
     in_venv PSYCANCEL_IMPL="$impl" PSYCANCEL_PG_PREFIX="$pg_prefix" \
         PSYCANCEL_LIBPQ="$test_libpq" PSYCANCEL_TEST_LIBPQ="$test_libpq" \
-        "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "$workers" \
+        bash "$root/tools/suite_slot.sh" "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "$workers" \
         --rootdir "$tmp" "$tmp/tests" || rc=$?
     row "suite wheel x86_64, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" \
         "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
@@ -227,7 +227,7 @@ if [ "${PSYCANCEL_QEMU:-1}" != 0 ] && [ "$limited" = 1 ]; then
     arm="$(grep -E 'manylinux_2_17_aarch64' "$work/wheels.txt" | head -1)"
     log "aarch64: $(basename "$arm") under qemu-aarch64-static (tools/qemu_aarch64.sh)"
     PSYCANCEL_TOOLS_PYTHON="$tools/bin/python" PSYCANCEL_WHEEL_DIR="$work" \
-        bash tools/qemu_aarch64.sh "$arm" || status=1
+        bash tools/suite_slot.sh bash tools/qemu_aarch64.sh "$arm" || status=1
 fi
 [ "$status" = 0 ] && log "wheels OK: $work/wheelhouse"
 exit "$status"

@@ -22,7 +22,9 @@
 # process); on a free-threaded interpreter also the free-threading stress test
 # (tests/freethreading, both twins, PYTHON_GIL=0). $PSYCANCEL_MATRIX_JOBS jobs
 # run at once (default 3): the suite mostly waits on the server and timeouts,
-# and a build overlaps the others' suites. A job's output goes to
+# and a build overlaps the others' suites. Each suite run (and stress test)
+# takes a slot of tools/suite_slot.sh first (tools/quickstart.sh: two suites at
+# once in all, its own stages' included). A job's output goes to
 # .venv-matrix/<name>.log and is printed when it ends.
 #
 # A table of the counts ends the output; the exit status is non-zero if any run
@@ -177,6 +179,9 @@ run_one() {
     # nh3 for twine on a free-threaded CPython, then fails at once instead of
     # after cargo's network retries.)
     export CARGO_NET_OFFLINE=true
+    # (In a subshell of lower priority: the suites running meanwhile keep their
+    # timing margins.)
+    ( renice -n 10 -p "$BASHPID" >/dev/null 2>&1 || true
     { [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"; } &&
         "$venv/bin/python" -m pip install -q --upgrade pip &&
         PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
@@ -185,7 +190,7 @@ run_one() {
         { "$venv/bin/python" -m pip install -q -e '.[test,drivers]' || one_by_one "$venv"; } &&
         { bash tools/install_test_drivers.sh "$venv" ||
             { [ "${name%t}" != "$name" ] && one_by_one "$venv" drivers; }; } &&
-        "$venv/bin/python" -m psycancel info || rc=$?
+        "$venv/bin/python" -m psycancel info ) || rc=$?
     row "matrix $name: venv, psycancel, drivers" "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
     if [ "$rc" != 0 ]; then
         printf '%-6s %-7s %-5s %6s  %s\n' "$name" - FAIL "$((SECONDS - t0))" "venv set-up failed" >>"$out"
@@ -204,8 +209,9 @@ run_one() {
         # non-interactive shell, as each job here and the whole matrix in
         # quickstart.sh are, has them ignored, and Python then installs no
         # KeyboardInterrupt handler: the Ctrl-C tests would test another program.)
+        # (tools/suite_slot.sh: at most $PSYCANCEL_SUITE_SLOTS suites at once.)
         PSYCANCEL_IMPL="$impl" env --default-signal=INT,QUIT \
-            "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+            bash tools/suite_slot.sh "$venv/bin/python" -m pytest -q -p no:cacheprovider \
             -n "$workers" "${runs[@]}" 2>&1 | tee "$log_file" || rc=$?
         [ "$rc" = 0 ] || status=1
         row "matrix $name: suite, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" \
@@ -223,7 +229,8 @@ run_one() {
             local stress_out="$results_dir/$name-stress-$impl.out"
             t0=$SECONDS
             rc=0
-            PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" "$venv/bin/python" -m tests.freethreading.stress \
+            PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" bash tools/suite_slot.sh \
+                "$venv/bin/python" -m tests.freethreading.stress \
                 --rounds "${PSYCANCEL_STRESS_ROUNDS:-3}" --threads "${PSYCANCEL_STRESS_THREADS:-32}" \
                 2>&1 | tee "$stress_out" || rc=$?
             [ "$rc" = 0 ] || status=1
@@ -259,7 +266,8 @@ ft_wheel() {
     fi
     for impl in c python; do
         [ "$rc" = 0 ] || break
-        (cd "$test_dir/src" && PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" "$OLDPWD/$test_dir/venv/bin/python" \
+        (cd "$test_dir/src" && PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" bash "$OLDPWD/tools/suite_slot.sh" \
+            "$OLDPWD/$test_dir/venv/bin/python" \
             -m tests.freethreading.stress --rounds 1 --threads 32) 2>&1 | tee "$test_dir/$impl.out" || rc=$?
     done
     row "matrix $name: its wheel, built, stress test" "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
@@ -270,15 +278,6 @@ ft_wheel() {
 }
 
 jobs_max="${PSYCANCEL_MATRIX_JOBS:-3}"
-# One more at once when the file $PSYCANCEL_MAIN_DONE exists (tools/quickstart.sh
-# makes it once its other stages are done: their share of the CPU is free).
-jobs_now() {
-    if [ -n "${PSYCANCEL_MAIN_DONE:-}" ] && [ -e "$PSYCANCEL_MAIN_DONE" ]; then
-        echo $((jobs_max + 1))
-    else
-        echo "$jobs_max"
-    fi
-}
 declare -A pids=()
 status=0
 t_all=$SECONDS
@@ -299,7 +298,7 @@ reap() {
     done
 }
 for version in "${order[@]}"; do
-    while [ "${#pids[@]}" -ge "$(jobs_now)" ]; do
+    while [ "${#pids[@]}" -ge "$jobs_max" ]; do
         sleep 2
         reap
     done

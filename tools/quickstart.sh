@@ -22,9 +22,14 @@
 # ($PSYCANCEL_BUILD_PYTHONS, default "3.14 3.15 3.14t": Debian unstable's 3.14
 # and 3.15 in a chroot, and a free-threaded build, 3.13t while Debian's 3.14
 # source cannot be had), with the free-threading stress test and the cpXYt
-# wheel (PSYCANCEL_MATRIX=0 leaves the matrix out). The matrix runs
-# $PSYCANCEL_MATRIX_JOBS interpreters at once (default 2), one more once the
-# stages above are done: the suites mostly wait, and 2 cores carry about 3.
+# wheel (PSYCANCEL_MATRIX=0 leaves the matrix out). The matrix prepares
+# $PSYCANCEL_MATRIX_JOBS interpreters at once (default 3), the longest first.
+#
+# Every suite run, wherever it comes from (the stages here, the wheels' and the
+# matrix's), takes one of $PSYCANCEL_SUITE_SLOTS slots (default 2;
+# tools/suite_slot.sh): two suites at a time load 2 cores to 4-6 and pass; a
+# third beside the builds broke their timing margins. Builds, venvs and checks
+# run between them, at a lower priority (nice) where they are CPU-bound.
 #
 # Each suite run is spread over PSYCANCEL_TEST_WORKERS pytest-xdist workers
 # (default: twice the CPU count, at most 8; 0 runs it in one process), each
@@ -84,6 +89,7 @@ stage_table() {
         printf '%-50s %7d  %s\n' total "$SECONDS" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
     fi
     rm -f "$PSYCANCEL_STAGE_TIMES"
+    [ -z "${PSYCANCEL_SLOT_DIR:-}" ] || rm -rf "$PSYCANCEL_SLOT_DIR"
     [ -z "${matrix_pid:-}" ] || kill "$matrix_pid" 2>/dev/null || true
     return "$rc"
 }
@@ -143,17 +149,16 @@ end
 # free-threading stress test) runs in the background from here, beside the stages below: the suites
 # mostly wait on servers and timeouts. Its rows join the stage table; its output
 # is printed at the end.
+# The suite slots (tools/suite_slot.sh), shared with the scripts below.
+PSYCANCEL_SLOT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-slots.XXXXXX")"
+export PSYCANCEL_SLOT_DIR
+export PSYCANCEL_SUITE_SLOTS="${PSYCANCEL_SUITE_SLOTS:-2}"
 matrix_pid=""
 if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
     log "tools/matrix.sh: started in the background (output: .venv-matrix/matrix.log)"
     mkdir -p .venv-matrix
     matrix_start=$SECONDS
-    # Two interpreters at a time beside the main stages (three at once loaded 2
-    # cores enough to break timing margins), a third once they are done (the
-    # file $PSYCANCEL_MAIN_DONE appears).
-    PSYCANCEL_MAIN_DONE="$PWD/.venv-matrix/.main-done"
-    rm -f "$PSYCANCEL_MAIN_DONE"
-    PSYCANCEL_MATRIX_JOBS="${PSYCANCEL_MATRIX_JOBS:-2}" PSYCANCEL_MAIN_DONE="$PSYCANCEL_MAIN_DONE" \
+    PSYCANCEL_MATRIX_JOBS="${PSYCANCEL_MATRIX_JOBS:-3}" \
     PSYCANCEL_BUILD_PYTHONS="${PSYCANCEL_BUILD_PYTHONS-3.14 3.15 3.14t}" PSYCANCEL_NO_SKIP=1 bash tools/matrix.sh \
         --skip "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
         >.venv-matrix/matrix.log 2>&1 &
@@ -177,10 +182,10 @@ PSYCANCEL_TEST_WORKERS="${PSYCANCEL_TEST_WORKERS:-$(.venv/bin/python -c \
 export PSYCANCEL_TEST_WORKERS
 for impl in c python; do
     check "suite .venv, PSYCANCEL_IMPL=$impl" env PSYCANCEL_IMPL="$impl" \
-        .venv/bin/python -m pytest -q -p no:cacheprovider -n "$PSYCANCEL_TEST_WORKERS" tests
+        bash tools/suite_slot.sh .venv/bin/python -m pytest -q -p no:cacheprovider -n "$PSYCANCEL_TEST_WORKERS" tests
 done
 
-check "sdist: file list, twine check, installs" bash tools/check_sdist.sh
+check "sdist: file list, twine check, installs" nice -n 10 bash tools/check_sdist.sh
 
 # Its own rows: build, venv, the suite per twin against the installed wheel.
 log "wheels: build and check all, test them where they run here (x86_64, 3.10/3.13, aarch64 under qemu)"
@@ -200,10 +205,9 @@ check "benchmarks: configured_overhead.py --quick (smoke)" \
     bash -c '.venv/bin/python benchmarks/configured_overhead.py --quick >/dev/null'
 
 check "valgrind: compiled twin, short form" env PYTHON=.venv/bin/python \
-    bash tools/valgrind.sh --short
+    nice -n 10 bash tools/valgrind.sh --short
 
 if [ -n "$matrix_pid" ]; then
-    touch "$PSYCANCEL_MAIN_DONE"  # (the matrix may run one more interpreter at once)
     # Its own rows: per Python, the build, the venv and the suite per twin.
     log "waiting for tools/matrix.sh (running since the end of the setup)"
     rc=0
