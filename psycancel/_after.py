@@ -682,8 +682,12 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             return
         done = self._sent_event()
         done.wait(max(0.0, self._wait_bound() - time.monotonic()))
-        if not done.is_set() and self._error is None and not self._broken:
-            self._error = outcomes.timed_out(self._timeout, legacy=True)
+        if not done.is_set() and self._error is None:
+            # Past its own deadline and still not done: it timed out, whether or not
+            # its thread has said so yet (after a break the block waits only 50 ms
+            # past the bound, and a loaded machine's cancel thread is later than
+            # that). Only a legacy cancel, which has no timeout, runs on after it.
+            self._error = outcomes.timed_out(self._timeout, legacy=not self._broken)
 
     def __enter__(self) -> cancel_after:
         try:

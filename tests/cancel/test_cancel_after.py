@@ -498,14 +498,7 @@ def test_cancel_that_cannot_complete_breaks_the_connection(
 
         elapsed, info = arun(main)
     assert info.value.connection_broken
-    # The cancel's own timeout ends at the bound too, as the break does: the block
-    # waits 50 ms past the bound for the cancel's outcome, and on a loaded machine
-    # (free-threaded 3.13, load 6-7) the cancel thread was later than that: the
-    # cause is then the driver's error from the broken connection.
-    cause = info.value.__cause__
-    assert isinstance(cause, psycancel.CancellationTimeout) or (
-        type(cause).__name__ == "OperationalError" and "closed" in str(cause)
-    ), repr(cause)
+    assert isinstance(info.value.__cause__, psycancel.CancellationTimeout)
     assert elapsed < 0.05 + 0.4 + 0.5, elapsed
     assert len(created) == 1 and created[0].closed
 
