@@ -40,8 +40,10 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
 TIMEOUT = 1.0
 """The ``timeout`` of the child's block (the cancel's, and the bound's)."""
-MARGIN = 0.5
-"""How late past its bound the block may end (a loaded machine)."""
+MARGIN = 1.5
+"""How late past its bound the block may end (a loaded machine: 0.55 s late seen on
+free-threaded 3.13 at a load of 6-7 on 2 cores; what it guards against is a block
+that runs as long as its query)."""
 DRIVER_ERRORS = {"psycopg2": "psycopg2", "psycopg": "psycopg"}
 """The module prefix of each driver's connection error (the KeyboardInterrupt's context)."""
 IGNORES_CANCEL = (

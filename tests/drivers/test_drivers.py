@@ -393,7 +393,7 @@ def test_aiopg_cancel_from_another_task_without_blocking(
     at least ``2 * delay`` (and a TLS one several round trips), which a
     blocking cancel would spend inside the loop.
     """
-    delay = 0.1
+    delay = 0.3  # (0.1 s: a loaded machine's own loop gaps, up to 0.18 s, came too close)
     px = proxy()
 
     async def main() -> Ticker:
@@ -425,7 +425,7 @@ def test_aiopg_cancel_from_another_task_without_blocking(
     ticker = asyncio.run(main())
     assert ticker.ticks > 10
     # A cancel that blocked the loop would show one gap of >= 2 * delay.
-    assert ticker.gap < 0.15, f"largest loop gap {ticker.gap * 1000:.1f} ms"
+    assert ticker.gap < 1.5 * delay, f"largest loop gap {ticker.gap * 1000:.1f} ms"
     assert [Path(lib.path) for lib, _ in used_libpqs] == [bundled_libpq("psycopg2-binary")]
 
 
