@@ -144,11 +144,11 @@ bash tools/install_test_drivers.sh .venv
 bash tools/install_test_services.sh
 end
 
-# tools/matrix.sh (every other CPython of the machine, both twins each; with
-# PSYCANCEL_BUILD_PYTHONS also the ones tools/build_python.sh makes and the
-# free-threading stress test) runs in the background from here, beside the stages below: the suites
-# mostly wait on servers and timeouts. Its rows join the stage table; its output
-# is printed at the end.
+# tools/matrix.sh (every other CPython of the machine and the ones
+# tools/build_python.sh makes, both twins each, and the free-threading stress
+# test) runs in the background from here, beside the stages below; its suites
+# share the slots with theirs. Its rows join the stage table; its output is
+# printed at the end.
 # The suite slots (tools/suite_slot.sh), shared with the scripts below.
 PSYCANCEL_SLOT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-slots.XXXXXX")"
 export PSYCANCEL_SLOT_DIR
