@@ -167,7 +167,14 @@ def interrupted(
 ) -> dict[str, Any]:
     child = Child(args)
     try:
-        seconds = ended_after_signal(child, monitor, again_after=again_after)
+        try:
+            seconds = ended_after_signal(child, monitor, again_after=again_after)
+        except AssertionError as ex:
+            # What the child said (its result, its stderr): why the query ran on.
+            child.proc.kill()
+            out, err = child.proc.communicate(timeout=30)
+            said = f"child stdout: {out[-2000:]}\nchild stderr: {err[-4000:]}"
+            raise AssertionError(f"{ex}\n{said}") from ex
         result = child.result()
     finally:
         child.kill()
