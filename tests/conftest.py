@@ -23,6 +23,7 @@ from testing import (
     parse_conninfo,
     postgres_version,
 )
+from tests.support.drivers import ALLOWED_SKIP
 from tests.support.proxy import ServerLike, TcpProxy
 from tests.support.spies import created, stage_spy  # noqa: F401 (fixtures, shared)
 from tests.support.twins import (
@@ -233,8 +234,6 @@ def legacy_libpq() -> Libpq:
 # reported as a failure, except skips whose reason starts with ALLOWED_SKIP: those
 # are not missing dependencies (e.g. a recursion guard in a child process).
 # =====================================================================================
-
-ALLOWED_SKIP = "[not a missing dependency]"
 
 
 def _skips_fail() -> bool:
