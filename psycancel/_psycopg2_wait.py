@@ -16,6 +16,12 @@ until the server ends the query, so the connection stays usable and
 ``execute`` raises psycopg2's ``QueryCanceledError``.
 
 psycopg2 is never imported: its ``POLL_*`` constants are part of its API.
+
+A Ctrl-C that arrives after psycopg2 sent the query but before it called the
+callback raises ``KeyboardInterrupt`` at the callback's first line (Python runs
+a pending signal's handler when a function starts), before its ``try``:
+psycopg2 then closes the connection and the query runs on. No callback can
+close that window; ``cancel_on_interrupt`` has none (docs/usage.md).
 """
 
 from __future__ import annotations

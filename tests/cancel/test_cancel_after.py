@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 import threading
 import time
 import warnings
@@ -255,10 +256,35 @@ def test_cancel_by_someone_else_is_not_a_timeout(
 ROUNDS = 100
 
 
-def limit(i: int) -> float:
-    """Time limits spread around the query's 10 ms (1 to 12 ms), so that every
-    side of the race happens: in time, cancelled, and fired-but-too-late."""
-    return 0.001 + 0.011 * (i % 12) / 11
+QUERY = "select pg_sleep(0.01)"
+
+
+def limit(i: int, took: float) -> float:
+    """Time limits spread around ``took``, the query's own median time here
+    (10% to 120% of it), so that every side of the race happens: in time,
+    cancelled, and fired-but-too-late. Measured, not assumed: under emulation
+    (qemu) a TLS round trip takes more than the 10 ms the query sleeps."""
+    return took * (0.1 + 1.1 * (i % 12) / 11)
+
+
+def median_time(run: Callable[[], object], times: int = 7) -> float:
+    """The median wall time of ``run()``."""
+    spans = []
+    for _ in range(times):
+        t0 = time.monotonic()
+        run()
+        spans.append(time.monotonic() - t0)
+    return statistics.median(spans)
+
+
+async def median_time_async(run: Callable[[], Awaitable[object]], times: int = 7) -> float:
+    """The median wall time of ``await run()``."""
+    spans = []
+    for _ in range(times):
+        t0 = time.monotonic()
+        await run()
+        spans.append(time.monotonic() - t0)
+    return statistics.median(spans)
 
 
 def _tally(outcomes: list[str]) -> str:
@@ -272,11 +298,12 @@ def test_next_query_never_cancelled_sync(
     conn = sync_driver.connect(request.getfixturevalue(dsn_name))
     outcomes: list[str] = []
     try:
+        took = median_time(lambda: sync_driver.execute(conn, QUERY))
         for i in range(ROUNDS):
-            timer = psycancel.cancel_after(conn, limit(i))
+            timer = psycancel.cancel_after(conn, limit(i, took))
             try:
                 with timer:
-                    sync_driver.execute(conn, "select pg_sleep(0.01)")
+                    sync_driver.execute(conn, QUERY)
             except psycancel.QueryTimeout:
                 outcomes.append("timeout")
             else:
@@ -301,11 +328,12 @@ def test_next_query_never_cancelled_async(
         conn = await async_driver.connect(dsn)
         outcomes: list[str] = []
         try:
+            took = await median_time_async(lambda: async_driver.execute(conn, QUERY))
             for i in range(ROUNDS):
-                timer = psycancel.cancel_after(conn, limit(i))
+                timer = psycancel.cancel_after(conn, limit(i, took))
                 try:
                     async with timer:
-                        await async_driver.execute(conn, "select pg_sleep(0.01)")
+                        await async_driver.execute(conn, QUERY)
                 except psycancel.QueryTimeout:
                     outcomes.append("timeout")
                 else:
