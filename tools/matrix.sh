@@ -14,7 +14,8 @@
 # per X.Y and build kind (a free-threaded X.Yt is its own entry).
 #
 # Each interpreter is one job: (build it,) a venv of its own in
-# .venv-matrix/<X.Y[t]> with psycancel installed editable and its compiled twin
+# .venv-matrix/<X.Y[t]> (or $PSYCANCEL_MATRIX_VENV_DIR/<X.Y[t]>: kept between
+# runs) with psycancel installed editable and its compiled twin
 # built and linked with the PostgreSQL 18 build (as tools/quickstart.sh does),
 # the test drivers (tools/install_test_drivers.sh), then the suite once per
 # twin with skips counted as failures, spread over $PSYCANCEL_TEST_WORKERS
@@ -106,6 +107,15 @@ prefix="$(bash tools/build_postgres.sh)"
 export PSYCANCEL_PG_PREFIX="$prefix"
 export PSYCANCEL_NO_SKIP=1
 mkdir -p .venv-matrix
+# The venvs: .venv-matrix/<X.Y[t]>, or kept between runs under
+# $PSYCANCEL_MATRIX_VENV_DIR (tools/quickstart.sh: beside the PostgreSQL build):
+# then a run only reinstalls psycancel (editable, from this tree) and checks the
+# rest is there; a venv whose interpreter changed is made again.
+venv_root="${PSYCANCEL_MATRIX_VENV_DIR:-.venv-matrix}"
+mkdir -p "$venv_root"
+venv_root="$(cd "$venv_root" && pwd)"
+# (Seen at the same path by the Pythons that run in tools/build_python.sh's chroot.)
+export PSYCANCEL_CHROOT_BINDS="${PSYCANCEL_CHROOT_BINDS:-} $venv_root"
 results_dir="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-matrix.XXXXXX")"
 trap 'rm -rf "$results_dir"' EXIT
 
@@ -137,7 +147,7 @@ print("\n".join(extras["test"] + extras["drivers"]))'
 # One interpreter: build, venv, drivers, the suite per twin (and the stress test).
 # Writes "$results_dir/<name>" (result lines) and exits non-zero on a failure.
 run_one() {
-    local name="$1" py="$2" venv=".venv-matrix/$1" t0 rc status=0 want label="$1"
+    local name="$1" py="$2" venv="$venv_root/$1" t0 rc status=0 want label="$1"
     local out="$results_dir/$name"
     : >"$out"
     if [ "${py#build:}" != "$py" ]; then
@@ -171,6 +181,16 @@ run_one() {
     log "Python $name ($py): $venv"
     t0=$SECONDS
     rc=0
+    # One run at a time in a venv (kept between runs under $PSYCANCEL_MATRIX_VENV_DIR);
+    # made again when its interpreter is not the one asked for any more.
+    exec {venv_lock}>"$venv.lock"
+    flock "$venv_lock"
+    local want_version
+    want_version="$("$py" -c 'import sys; print(sys.version)')"
+    if [ -e "$venv" ] && [ "$("$venv/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null)" != "$want_version" ]; then
+        log "$venv: made by another interpreter, made again"
+        rm -rf "$venv"
+    fi
     # (A chain of &&: set -e does not apply in a function whose status is tested.
     # One editable build at a time: they all write psycancel_c/_pq.c in the clone.
     # A wheel of an older release rather than an sdist that cannot build here.)
@@ -184,10 +204,12 @@ run_one() {
     ( renice -n 10 -p "$BASHPID" >/dev/null 2>&1 || true
     { [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"; } &&
         "$venv/bin/python" -m pip install -q --upgrade pip &&
-        PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
+        { PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
             flock .venv-matrix/.build.lock \
-            "$venv/bin/python" -m pip install -q -e . &&
-        { "$venv/bin/python" -m pip install -q -e '.[test,drivers]' || one_by_one "$venv"; } &&
+            "$venv/bin/python" -m pip install -q -e '.[test,drivers]' ||
+          { PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
+            flock .venv-matrix/.build.lock \
+            "$venv/bin/python" -m pip install -q -e . && one_by_one "$venv"; }; } &&
         { bash tools/install_test_drivers.sh "$venv" ||
             { [ "${name%t}" != "$name" ] && one_by_one "$venv" drivers; }; } &&
         "$venv/bin/python" -m psycancel info ) || rc=$?

@@ -155,6 +155,15 @@ PSYCANCEL_SLOT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-slots.XXXXXX")"
 export PSYCANCEL_SLOT_DIR
 export PSYCANCEL_SUITE_SLOTS="${PSYCANCEL_SUITE_SLOTS:-2}"
 matrix_pid=""
+# Bytecode, written once per run: a machine may set PYTHONDONTWRITEBYTECODE
+# (this one does), and then every pytest worker and every child Python of the
+# run's suites compiles the project's modules again and pytest rewrites every
+# test module again (~10% of a suite's CPU). Written beside the tree, not in it.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX="$PWD/build/pycache"
+# The matrix's venvs are kept between runs, beside the PostgreSQL build: a warm
+# run only reinstalls psycancel in them (tools/matrix.sh).
+export PSYCANCEL_MATRIX_VENV_DIR="${PSYCANCEL_MATRIX_VENV_DIR:-$(dirname "$prefix")/matrix-venvs}"
 if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
     log "tools/matrix.sh: started in the background (output: .venv-matrix/matrix.log)"
     mkdir -p .venv-matrix
