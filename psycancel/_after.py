@@ -76,7 +76,9 @@ resolved then; if it holds none yet (or gives it back and takes another),
 the framework's own events, which run in the owning thread (SQLAlchemy's
 ``after_begin``/``after_transaction_end``, Django's ``connection_created``),
 make the cancel object for the connection it acquires during the block and
-drop it when the session gives its connection back. The driver's error
+drop it when the session gives its connection back. A deadline that passes
+while it holds none leaves the block armed and overdue: the connection it
+acquires next is cancelled at once. The driver's error
 arrives wrapped by the framework (``sqlalchemy.exc.OperationalError``,
 ``django.db.utils.OperationalError``): it is found through ``.orig``,
 ``__cause__`` and ``__context__``, and :class:`QueryTimeout` is raised from
@@ -227,7 +229,13 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
       call returns with its connection error, and :class:`QueryTimeout` is
       raised with ``connection_broken=True`` (the connection is broken; pools
       discard it). ``break_connection=False``: never break (the cancel's
-      failure is raised at the exit instead, as before 0.2).
+      failure is raised at the exit instead, as before 0.2);
+    * a framework object that holds no connection when the deadline passes
+      (a Django connection or a SQLAlchemy session still connecting, or
+      between transactions): the connection it acquires later in the block
+      is cancelled at once (a cancel that reaches it before its query starts
+      is sent again while the block still runs), so nothing the block runs
+      past its deadline escapes it.
 
     ``timeout`` bounds the cancel request and ``strict`` is the security
     policy of :func:`psycancel.cancel`; with a libpq < 17 on an encrypted
@@ -259,6 +267,8 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         "_handle",
         "_left",
         "_lock",
+        "_loop",
+        "_overdue",
         "_pgconn",
         "_plan",
         "_seconds",
@@ -295,6 +305,8 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._entered_at = 0.0
         self._fired = False
         self._fired_at = 0.0
+        self._overdue = False  # the deadline passed while no connection was held
+        self._loop: asyncio.AbstractEventLoop | None = None  # ``async with`` under asyncio
         self._broken = False
         self._error: BaseException | None = None
         self._plan: Plan | None = None
@@ -310,7 +322,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._break_entry: timers.TimerEntry | None = None
         # a fired cancel runs in a thread (``with``, Trio; done: _sent_done) or a task
         self._sent_done: threading.Event | None = None  # made when fired: Events cost
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
         self._task: asyncio.Task[Any] | None = None
 
     @property
@@ -320,7 +332,11 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
 
     @property
     def fired(self) -> bool:
-        """True once the deadline passed (a cancel request was, or is being, sent)."""
+        """True once the deadline passed (a cancel request was, or is being, sent).
+
+        For a framework object that held no connection then, the cancel goes to
+        the connection it acquires later in the block, if it does.
+        """
         return self._fired
 
     @property
@@ -368,11 +384,21 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         except Exception as ex:  # not raised inside the framework's code: at the block's exit
             self._watch_error = ex
             plan, fence, pgconn = None, None, None
+        overdue = False
         with self._lock:
             if self._state == _ARMED:
                 plan, self._plan = self._plan, plan
                 self._fence = fence
                 self._pgconn = pgconn
+                overdue = self._overdue and self._plan is not None
+                if overdue:
+                    # Past the deadline already: fire now (the timer's path).
+                    if self._loop is not None:
+                        self._handle = self._loop.call_soon_threadsafe(
+                            self._fire_asyncio, self._loop
+                        )
+                    else:
+                        self._entry = timers.call_at(time.monotonic(), self._on_deadline)
         if plan is not None:
             plan.discard()
 
@@ -410,10 +436,16 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         """ARMED -> FIRING (the deadline passed): the plan to send now, rearmed.
 
         None if the block was left first, or holds no connection now (a
-        watched session between transactions). Schedules the break.
+        watched object still connecting, or between transactions: then the
+        block stays armed, overdue, and the connection it acquires is
+        cancelled at once, :meth:`_acquired`). Schedules the break.
         """
         with self._lock:
             if self._state != _ARMED:
+                return None
+            if self._plan is None and self._unwatch is not None:
+                self._overdue = self._fired = True
+                self._fired_at = time.monotonic()
                 return None
             self._state = _FIRING
             self._fired = True
@@ -735,6 +767,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         loop = asyncio.get_running_loop()
         with self._lock:
             self._state = _ARMED
+            self._loop = loop
         if self._seconds is not None:
             self._handle = loop.call_later(self._seconds, self._fire_asyncio, loop)
         return self

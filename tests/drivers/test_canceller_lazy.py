@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -172,6 +173,49 @@ def test_cancel_after_a_canceller_follows_it(engine: Any) -> None:
         assert sqlstate(info.value.__cause__) == CANCELED
         session.rollback()
         assert session.execute(text("select 1")).scalar() == 1
+
+
+def test_a_deadline_passed_between_transactions_cancels_the_next_one(engine: Any) -> None:
+    """The deadline passes while the session holds no connection: the connection it
+    acquires later in the block is cancelled at once (it was a silent no-op: the
+    query ran on, unbounded)."""
+    with sa_orm.Session(engine) as session:
+        timer = psycancel.cancel_after(session, 0.2, timeout=10)
+        with pytest.raises(psycancel.QueryTimeout) as info, timer:
+            pid_of(session)
+            session.commit()  # the connection goes back: the block holds none
+            time.sleep(0.5)  # the deadline passes meanwhile, nothing to cancel
+            assert timer.fired
+            session.execute(text(SLEEP))
+        assert sqlstate(info.value.__cause__) == CANCELED  # cancelled, not broken
+        assert timer.fired and not timer.connection_broken
+        session.rollback()
+        assert session.execute(text("select 1")).scalar() == 1
+
+
+def test_a_deadline_passed_before_an_async_session_connected(fdsn: str) -> None:
+    """``async with`` under asyncio: the same, the loop timer's path."""
+
+    async def main() -> None:
+        eng = sa_asyncio.create_async_engine(
+            "postgresql+psycopg://", async_creator=lambda: psycopg.AsyncConnection.connect(fdsn)
+        )
+        try:
+            async with sa_asyncio.AsyncSession(eng) as asession:
+                timer = psycancel.cancel_after(asession, 0.1, timeout=10)
+                with pytest.raises(psycancel.QueryTimeout) as info:
+                    async with timer:
+                        await asyncio.sleep(0.3)  # past the deadline, not connected yet
+                        assert timer.fired
+                        await asession.execute(text(SLEEP))
+                assert sqlstate(info.value.__cause__) == CANCELED
+                assert timer.fired and not timer.connection_broken
+                await asession.rollback()
+                assert (await asession.execute(text("select 7"))).scalar() == 7
+        finally:
+            await eng.dispose()
+
+    asyncio.run(main())
 
 
 # =====================================================================================
