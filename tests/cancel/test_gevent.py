@@ -5,8 +5,9 @@ psycogreen for psycopg2), runs ``select pg_sleep(30)`` in a greenlet and
 cancels it from another while a third ticks every millisecond; the cancel
 goes through a proxy (in this process) that delays it by about 200 ms. The
 largest gap between two ticks during the cancel must stay a small part of
-the cancel's own duration (a ratio, not a wall-clock bound): before gevent
-support, the compiled twin's blocking wait froze the hub for all of it.
+the cancel's own duration (a ratio, not a wall-clock bound) in at least one
+of ``ROUNDS`` cancels: before gevent support, the compiled twin's blocking
+wait froze the hub for all of it, in every one.
 """
 
 from __future__ import annotations
@@ -25,14 +26,24 @@ MAX_RATIO = 1 / 3
 """The largest hub gap allowed, as a part of the cancel's duration."""
 
 
-def check(result: dict[str, object]) -> None:
-    seconds, gap = result["cancel_seconds"], result["largest_gap"]
-    assert isinstance(seconds, float) and isinstance(gap, float)
-    assert result["sqlstate"] == "57014", result
-    assert result["impl"] == pq.__impl__, result
-    assert seconds >= DELAY, result  # the cancel really went through the delay
-    assert gap < MAX_RATIO * seconds, (
-        f"the hub stalled {gap * 1000:.0f} ms during a {seconds * 1000:.0f} ms cancel"
+ROUNDS = 3
+"""Cancels per test: every one must succeed; one with a small hub gap suffices.
+A hub blocked by the cancel stalls for all of it in every round; one stall
+of 170-250 ms in a 400 ms cancel is another process taking the CPU (seen
+with the test command's other suites and builds running)."""
+
+
+def check(results: list[dict[str, object]]) -> None:
+    gaps: list[tuple[float, float]] = []
+    for result in results:
+        seconds, gap = result["cancel_seconds"], result["largest_gap"]
+        assert isinstance(seconds, float) and isinstance(gap, float)
+        assert result["sqlstate"] == "57014", result
+        assert result["impl"] == pq.__impl__, result
+        assert seconds >= DELAY, result  # the cancel really went through the delay
+        gaps.append((gap, seconds))
+    assert any(gap < MAX_RATIO * seconds for gap, seconds in gaps), "the hub stalled " + ", ".join(
+        f"{gap * 1000:.0f} ms during a {seconds * 1000:.0f} ms cancel" for gap, seconds in gaps
     )
 
 
@@ -42,9 +53,9 @@ def test_cancel_from_a_greenlet_keeps_the_hub_running(pg_server: ServerLike, ssl
     need("psycogreen")
     need("psycopg2")
     results = gevent_rounds(
-        pg_server, how="psycancel", impl=pq.__impl__, delay=DELAY, sslmode=sslmode
+        pg_server, how="psycancel", impl=pq.__impl__, delay=DELAY, sslmode=sslmode, repeats=ROUNDS
     )
-    check(results[0])
+    check(results)
     assert results[0]["libpq_version"] >= 170000  # type: ignore[operator]  # the new API
 
 
@@ -59,8 +70,9 @@ def test_legacy_cancel_from_a_greenlet_keeps_the_hub_running(pg_server: ServerLi
         impl=pq.__impl__,
         delay=DELAY,
         pythonpath=[str(legacy)],
+        repeats=ROUNDS,
     )
-    check(results[0])
+    check(results)
     assert results[0]["libpq_version"] < 170000  # type: ignore[operator]
 
 

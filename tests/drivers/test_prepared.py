@@ -414,7 +414,7 @@ def test_policy_set_once_for_the_process(dsn_tls: str, legacy_libpq: Libpq) -> N
 @pytest.mark.parametrize("legacy", [False, True], ids=["new", "legacy"])
 def test_gevent_hub_keeps_running(pg_server: Any, how: str, legacy: bool) -> None:
     """Under gevent a prepared send waits through the hub (legacy: its native pool)."""
-    from tests.cancel.test_gevent import DELAY, check
+    from tests.cancel.test_gevent import DELAY, ROUNDS, check
     from tests.support.drivers import need_legacy_psycopg2
     from tests.support.gevent_rounds import gevent_rounds
 
@@ -422,7 +422,12 @@ def test_gevent_hub_keeps_running(pg_server: Any, how: str, legacy: bool) -> Non
     _need("psycogreen")
     pythonpath = [str(need_legacy_psycopg2())] if legacy else []
     results = gevent_rounds(
-        pg_server, how=how, impl=psycancel.pq.__impl__, delay=DELAY, pythonpath=pythonpath
+        pg_server,
+        how=how,
+        impl=psycancel.pq.__impl__,
+        delay=DELAY,
+        pythonpath=pythonpath,
+        repeats=ROUNDS,
     )
-    check(results[0])
+    check(results)
     assert (results[0]["libpq_version"] < 170000) == legacy  # type: ignore[operator]

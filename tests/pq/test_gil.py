@@ -8,7 +8,9 @@ request's first bytes, the main thread runs a pure-Python loop for ``WINDOW``
 seconds; its progress is compared with the mean of the same window run right
 before and right after the cancel. A cancel that held the GIL (as psycopg2's
 does) would leave the main thread with ~0% of its baseline; here it must keep
->= 80%.
+>= 50% (in one of ``TRIALS`` tries: with the test command's other suites
+and builds running, 0.29-0.78 were seen in five tries of a cancel that
+released the GIL).
 
 Progress is the CPU time the main thread spent running that loop
 (``time.thread_time()``): a thread waiting for the GIL sleeps and gets none
@@ -40,7 +42,7 @@ DELAY = 0.3
 WINDOW = 0.25
 """Seconds of counting; shorter than ``DELAY``, so the whole window falls in
 the time the request spends in the proxy's delay queue."""
-MIN_RATIO = 0.8
+MIN_RATIO = 0.5
 TRIALS = 5
 """Measurements allowed per test (the first that reaches MIN_RATIO passes)."""
 QUERY_CANCELED = "57014"
