@@ -175,12 +175,16 @@ def test_cancel_after_a_canceller_follows_it(engine: Any) -> None:
         assert session.execute(text("select 1")).scalar() == 1
 
 
-def test_a_deadline_passed_between_transactions_cancels_the_next_one(engine: Any) -> None:
+@pytest.mark.parametrize("through", ["session", "canceller"])
+def test_a_deadline_passed_between_transactions_cancels_the_next_one(
+    engine: Any, through: str
+) -> None:
     """The deadline passes while the session holds no connection: the connection it
     acquires later in the block is cancelled at once (it was a silent no-op: the
-    query ran on, unbounded)."""
+    query ran on, unbounded). The same through a ``Canceller`` of the session."""
     with sa_orm.Session(engine) as session:
-        timer = psycancel.cancel_after(session, 0.2, timeout=10)
+        target = session if through == "session" else psycancel.Canceller(session)
+        timer = psycancel.cancel_after(target, 0.2, timeout=10)
         with pytest.raises(psycancel.QueryTimeout) as info, timer:
             pid_of(session)
             session.commit()  # the connection goes back: the block holds none

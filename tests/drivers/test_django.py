@@ -138,3 +138,12 @@ def test_a_dropped_canceller_leaves_no_signal_receiver(outcome: dict[str, Any]) 
 
 def test_cancel_after_a_canceller_made_before_connecting(outcome: dict[str, Any]) -> None:
     assert outcome["cancel_after_handle"] == {"raised": "QueryTimeout", "pgcode": QUERY_CANCELED}
+
+
+def test_a_deadline_passed_before_connecting_cancels_the_query(outcome: dict[str, Any]) -> None:
+    """The connection made after the deadline is cancelled at once (it ran on, unbounded)."""
+    assert outcome["cancel_after_overdue"] == {
+        "raised": "QueryTimeout",
+        "pgcode": QUERY_CANCELED,
+        "fired": True,
+    }

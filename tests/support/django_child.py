@@ -25,7 +25,9 @@ scenario and prints ``RESULT <json>``:
 * ``receivers``: ``connection_created`` receivers before, while and after a
   handle lives (dropped and collected);
 * ``cancel_after_handle``: ``cancel_after(Canceller(connection))`` on a
-  thread's first query.
+  thread's first query;
+* ``cancel_after_overdue``: the same with the deadline passed before the
+  thread connects (the connection it makes afterwards is cancelled at once).
 """
 
 from __future__ import annotations
@@ -355,4 +357,21 @@ def timed_handle() -> dict[str, Any]:
 
 
 result["cancel_after_handle"] = in_thread(timed_handle).get("value")
+
+
+# cancel_after_overdue: the deadline passes before the thread's wrapper connects
+def overdue_handle() -> dict[str, Any]:
+    try:
+        handle = psycancel.Canceller(connection)
+        with psycancel.cancel_after(handle, 0.05, timeout=10) as timer:
+            time.sleep(0.3)  # the deadline passes, nothing connected yet
+            fired_before = timer.fired
+            with connection.cursor() as cur:  # connects now, then runs the query
+                cur.execute(SLEEP)
+    except psycancel.QueryTimeout as ex:
+        return {"raised": "QueryTimeout", "pgcode": pgcode(ex.__cause__), "fired": fired_before}
+    return {"raised": None}
+
+
+result["cancel_after_overdue"] = in_thread(overdue_handle).get("value")
 print("RESULT " + json.dumps(result), flush=True)
