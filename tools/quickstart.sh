@@ -159,6 +159,8 @@ matrix_pid=""
 # (this one does), and then every pytest worker and every child Python of the
 # run's suites compiles the project's modules again and pytest rewrites every
 # test module again (~10% of a suite's CPU). Written beside the tree, not in it.
+# (With a prefix Python keeps every module's bytecode there, the libraries' too,
+# not their __pycache__: each is compiled once per run and interpreter.)
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX="$PWD/build/pycache"
 # The matrix's venvs are kept between runs, beside the PostgreSQL build: a warm
