@@ -59,6 +59,29 @@ def plaintext_cancels(data: bytes) -> list[tuple[int, int, bytes]]:
         start = i + 1
 
 
+def tls_records_after_hello(data: bytes) -> list[bytes]:
+    """The bodies of a client's TLS records after its ClientHello (``data`` starts with it).
+
+    The ClientHello is clear text by design, and its extension list may spell a
+    PID by chance: an empty extension before extended_master_secret
+    (``00 00 00 17 00 00``) holds PID 5888 (``00 00 17 00``; seen once). Record
+    headers are framing. What is left is sealed. A stream that does not parse as
+    records is returned whole (a check then covers every byte).
+    """
+    parts: list[bytes] = []
+    i = 0
+    while i < len(data):
+        if i + 5 > len(data):
+            return [data]
+        end = i + 5 + int.from_bytes(data[i + 3 : i + 5], "big")
+        if end > len(data):
+            return [data]
+        if i > 0:
+            parts.append(data[i + 5 : end])
+        i = end
+    return parts
+
+
 def describe_bytes(data: bytes, limit: int = 48) -> str:
     """A short hex rendering of ``data`` for assertion messages."""
     more = f"... ({len(data)} bytes)" if len(data) > limit else ""
