@@ -238,6 +238,7 @@ EOF
 cwd="$(pwd -P)"
 top="/$(echo "$cwd" | cut -d/ -f2)"
 mounted() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+same_dir() { [ "$(stat -c %d:%i "$1" 2>/dev/null)" = "$(stat -c %d:%i "$2" 2>/dev/null)" ]; }
 mount_all() {
     # The chroot's / a mount point of its own (ip netns makes it a slave mount).
     mounted "$root" || mount --rbind "$root" "$root"
@@ -248,6 +249,12 @@ mount_all() {
             ${PSYCANCEL_CHROOT_BINDS:-} "$@"; do
         [ -d "$d" ] || continue
         mkdir -p "$root$d"
+        # A bind left by an earlier run may show a directory deleted since (a CI
+        # clone made again at the same path): the chroot would not see the new one.
+        for _ in 1 2 3; do
+            mounted "$root$d" && ! same_dir "$d" "$root$d" || break
+            umount -l "$root$d"
+        done
         mounted "$root$d" || mount --bind "$d" "$root$d"
     done
     # Name resolution, and the host's trust store and pip configuration (a

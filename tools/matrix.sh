@@ -355,4 +355,10 @@ done
 log "summary ($((SECONDS - t_all)) s wall, $jobs_max Pythons at a time)"
 printf '%-6s %-7s %-5s %6s  %s\n' python twin state time counts
 for version in "${order[@]}"; do cat "$results_dir/$version" 2>/dev/null || true; done
+# A failure's cause again, after the table (a CI page may show only the tail).
+for version in "${order[@]}"; do
+    [ "$(cat "$results_dir/$version.rc" 2>/dev/null || echo 1)" = 0 ] && continue
+    log "Python $version failed; the last lines of .venv-matrix/$version.log:"
+    grep -v '^[.sFExX]*\( *\[ *[0-9]*%\]\)\?$' ".venv-matrix/$version.log" | tail -n 25 >&2 || true
+done
 exit "$status"
