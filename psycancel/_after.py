@@ -534,6 +534,13 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 return False
             fence = self._fence
             self._broken = fence is not None and fence.shutdown()
+            # Reported before the lock is let go: the block's exit takes it, so
+            # what it reports comes after this record, never before it.
+            self._report_break(fence, why, reason)
+        return True
+
+    def _report_break(self, fence: SocketFence | None, why: str, reason: str) -> None:
+        """Log (and record) the outcome of a break; called with the lock held."""
         pid = fence.backend_pid if fence is not None else 0
         facts = {"pid": pid, "outcome": "connection_broken", "reason": reason}
         if self._broken:
@@ -554,7 +561,6 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 why,
                 extra={"psycancel_cancel": facts},
             )
-        return True
 
     def _cancel_failed(self, error: BaseException) -> None:
         """The fired cancel failed: remember it, say so, break the connection now."""
