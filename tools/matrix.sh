@@ -248,15 +248,32 @@ run_one() {
         # quickstart.sh are, has them ignored, and Python then installs no
         # KeyboardInterrupt handler: the Ctrl-C tests would test another program.)
         # (tools/suite_slot.sh: at most $PSYCANCEL_SUITE_SLOTS suites at once.)
-        PSYCANCEL_IMPL="$impl" env --default-signal=INT,QUIT \
+        # (Free-threaded: the suite runs with the GIL off, PYTHON_GIL=0, as a
+        # free-threaded application would: psycopg2's import would otherwise turn it
+        # on, and 3.13t's GIL then leaves an asyncio loop 0.1-4 s gaps under load
+        # (tools/ft_gil_gap.py shows it without psycancel). tests/pq/test_gil.py
+        # then runs again with the GIL on: it measures releasing it.)
+        local gil_off=()
+        [ "${name%t}" = "$name" ] || gil_off=(PYTHON_GIL=0)
+        PSYCANCEL_IMPL="$impl" env --default-signal=INT,QUIT "${gil_off[@]}" \
             bash tools/suite_slot.sh "$venv/bin/python" -m pytest -q -p no:cacheprovider \
             -n "$workers" "${runs[@]}" 2>&1 | tee "$log_file" || rc=$?
+        if [ "${#gil_off[@]}" != 0 ]; then
+            log "Python $name, PSYCANCEL_IMPL=$impl: tests/pq/test_gil.py with the GIL on"
+            PYTHON_GIL=1 PSYCANCEL_IMPL="$impl" bash tools/suite_slot.sh "$venv/bin/python" \
+                -m pytest -q -p no:cacheprovider tests/pq/test_gil.py 2>&1 |
+                tee "$log_file.gil" || rc=$?
+        fi
         [ "$rc" = 0 ] || status=1
         row "matrix $name: suite, PSYCANCEL_IMPL=$impl" "$((SECONDS - t0))" \
             "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
         local summary
         summary="$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$log_file" | tail -1 |
             sed 's/=//g; s/^ *//; s/ *$//')"
+        if [ -e "$log_file.gil" ]; then
+            summary="$summary (GIL off); GIL on: $(grep -E '^[0-9]+ (passed|failed)' \
+                "$log_file.gil" | tail -1 | sed 's/ in [0-9.]*s.*//')"
+        fi
         printf '%-6s %-7s %-5s %5ss  %s\n' "$label" "$impl" \
             "$([ "$rc" = 0 ] && echo ok || echo FAIL)" "$((SECONDS - t0))" "$summary" >>"$out"
     done

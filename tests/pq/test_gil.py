@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +38,14 @@ import pytest
 
 from testing import client
 from tests.support.active import poll_until_active
+from tests.support.drivers import ALLOWED_SKIP
+
+pytestmark = pytest.mark.skipif(
+    bool(sysconfig.get_config_var("Py_GIL_DISABLED")) and os.environ.get("PYTHON_GIL") == "0",
+    reason=f"{ALLOWED_SKIP} the GIL is disabled (PYTHON_GIL=0): there is no lock to hold "
+    "or release; tools/matrix.sh runs this file again on a free-threaded build with "
+    "PYTHON_GIL=1",
+)
 
 DELAY = 0.3
 """Seconds the proxy adds to every chunk, in each direction (>= 0.2)."""
