@@ -237,20 +237,26 @@ async def _tick_during(work: Callable[[], Awaitable[Any]]) -> tuple[float, int]:
 def test_does_not_block_the_loop(
     which: str, pg_server: Any, proxy: Any, libpq: Libpq, legacy_libpq: Libpq
 ) -> None:
-    """With 100 ms added each way, the loop keeps ticking while the cancel waits."""
+    """With ``delay`` added each way, the loop keeps ticking while the cancel waits.
+
+    A blocking cancel would stall it for >= 2 * delay; the limit is half that
+    (0.1 s each way and a 0.1 s limit broke with three suites at a time: gaps of
+    0.17 s from the load alone).
+    """
+    delay = 0.5
     px = proxy()
     lib = libpq if which == "new" else legacy_libpq
     with sleeping(px.dsn(pg_server, sslmode="disable"), lib, pg_server.dsn()) as conn:
-        px.delay = 0.1
+        px.delay = delay
 
         async def main() -> tuple[float, int]:
             return await _tick_during(lambda: psycancel.cancel_async(conn, timeout=10))
 
         t0 = time.monotonic()
         gap, ticks = trio_run(main)
-        assert time.monotonic() - t0 >= 0.2
+        assert time.monotonic() - t0 >= 2 * delay
         assert drain(conn).sqlstate == QUERY_CANCELED
-    assert gap < 0.1, f"largest loop gap {gap * 1000:.0f} ms"
+    assert gap < delay, f"largest loop gap {gap * 1000:.0f} ms"
     assert ticks > 20
 
 

@@ -393,7 +393,9 @@ def test_aiopg_cancel_from_another_task_without_blocking(
     at least ``2 * delay`` (and a TLS one several round trips), which a
     blocking cancel would spend inside the loop.
     """
-    delay = 0.3  # (0.1 s: a loaded machine's own loop gaps, up to 0.18 s, came too close)
+    # (0.1 s: a loaded machine's own loop gaps, up to 0.18 s, came too close; 0.3 s:
+    # a 0.55 s gap with three suites at a time, load 10. A blocking cancel: >= 1 s.)
+    delay = 0.5
     px = proxy()
 
     async def main() -> Ticker:

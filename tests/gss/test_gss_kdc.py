@@ -42,9 +42,10 @@ MAX_GAP = 0.020
 A loaded machine stalls a loop by itself (the control, the same loop without a
 cancel, shows 8-80 ms at a load average of 15-28 on 2 cores), so the test prints
 the figures (``pytest -rP``) and asserts :data:`GUARD`."""
-GUARD = TIMEOUT / 5
+GUARD = TIMEOUT / 2
 """What the test asserts: a handshake in the loop's thread would stall it for the
-whole timeout (1 s); the same guard as the legacy path's (tests/cancel/test_legacy.py)."""
+whole timeout (1 s). (TIMEOUT / 5 broke once with three suites at a time, load 10:
+a 232 ms gap with the GIL off on 3.13t.)"""
 WORKER_ENDS = 120.0
 """How long the worker may take to give up on its own (libkrb5's retries: ~25 s)."""
 WORKER_NAMES = ("psycancel-legacy-cancel", "psycancel-prepared-send")
