@@ -253,14 +253,16 @@ run_one() {
         # on, and 3.13t's GIL then leaves an asyncio loop 0.1-4 s gaps under load
         # (tools/ft_gil_gap.py shows it without psycancel). tests/pq/test_gil.py
         # then runs again with the GIL on: it measures releasing it.)
+        # (And with tools/ft_noyield.c preloaded: 3.13t's spin on sched_yield.)
         local gil_off=()
-        [ "${name%t}" = "$name" ] || gil_off=(PYTHON_GIL=0)
+        [ "${name%t}" = "$name" ] || gil_off=(PYTHON_GIL=0 "${ft_preload[@]}")
         PSYCANCEL_IMPL="$impl" env --default-signal=INT,QUIT "${gil_off[@]}" \
             bash tools/suite_slot.sh "$venv/bin/python" -m pytest -q -p no:cacheprovider \
             -n "$workers" "${runs[@]}" 2>&1 | tee "$log_file" || rc=$?
         if [ "${#gil_off[@]}" != 0 ]; then
             log "Python $name, PSYCANCEL_IMPL=$impl: tests/pq/test_gil.py with the GIL on"
-            PYTHON_GIL=1 PSYCANCEL_IMPL="$impl" bash tools/suite_slot.sh "$venv/bin/python" \
+            PYTHON_GIL=1 PSYCANCEL_IMPL="$impl" env "${ft_preload[@]}" \
+                bash tools/suite_slot.sh "$venv/bin/python" \
                 -m pytest -q -p no:cacheprovider tests/pq/test_gil.py 2>&1 |
                 tee "$log_file.gil" || rc=$?
         fi
@@ -284,7 +286,7 @@ run_one() {
             local stress_out="$results_dir/$name-stress-$impl.out"
             t0=$SECONDS
             rc=0
-            PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" bash tools/suite_slot.sh \
+            PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" env "${ft_preload[@]}" bash tools/suite_slot.sh \
                 "$venv/bin/python" -m tests.freethreading.stress \
                 --rounds "${PSYCANCEL_STRESS_ROUNDS:-3}" --threads "${PSYCANCEL_STRESS_THREADS:-32}" \
                 2>&1 | tee "$stress_out" || rc=$?
@@ -331,6 +333,15 @@ ft_wheel() {
         "$([ "$rc" = 0 ] && echo ": stress test passed, both twins")" >>"$out"
     return "$rc"
 }
+
+# The free-threaded 3.13 suites' sched_yield (tools/ft_noyield.c), built here.
+ft_preload=()
+mkdir -p build
+if cc -O2 -shared -fPIC -o build/ft_noyield.so tools/ft_noyield.c; then
+    ft_preload=("LD_PRELOAD=$PWD/build/ft_noyield.so")
+else
+    log "tools/ft_noyield.c did not build: the free-threaded suites run without it"
+fi
 
 jobs_max="${PSYCANCEL_MATRIX_JOBS:-3}"
 declare -A pids=()

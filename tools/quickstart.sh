@@ -19,17 +19,18 @@
 # benchmarks' smoke runs; valgrind on the compiled twin; and, in the background
 # beside all of those, tools/matrix.sh: the suite, both twins, on every other
 # CPython >= 3.10 of the machine and on the ones tools/build_python.sh makes
-# ($PSYCANCEL_BUILD_PYTHONS, default "3.14 3.15": Debian unstable's 3.14 and
-# 3.15 in a chroot; add "3.14t" for a free-threaded build, 3.13t while Debian's
-# 3.14 source cannot be had, with the free-threading stress test and the cpXYt
-# wheel: not in the default yet, its suites still break timing margins under
-# the command's load, issue 21) (PSYCANCEL_MATRIX=0 leaves the matrix out). The matrix prepares
+# ($PSYCANCEL_BUILD_PYTHONS, default "3.14 3.15 3.14t": Debian unstable's 3.14
+# and 3.15 in a chroot, and a free-threaded build, 3.13t while Debian's 3.14
+# source cannot be had, its suites run with the GIL off, with the
+# free-threading stress test and the cpXYt wheel) (PSYCANCEL_MATRIX=0 leaves
+# the matrix out). The matrix prepares
 # $PSYCANCEL_MATRIX_JOBS interpreters at once (default 3), the longest first.
 #
 # Every suite run, wherever it comes from (the stages here, the wheels' and the
-# matrix's), takes one of $PSYCANCEL_SUITE_SLOTS slots (default 2;
-# tools/suite_slot.sh): two suites at a time load 2 cores to 4-6 and pass; a
-# third beside the builds broke their timing margins. Builds, venvs and checks
+# matrix's), takes one of $PSYCANCEL_SUITE_SLOTS slots (default 3;
+# tools/suite_slot.sh): a suite alone uses ~0.7 of the 2 cores (~115 CPU-s in
+# 165 s), three at a time load them to 8-10, and the timing margins are set for
+# that. Builds, venvs and checks
 # run between them, at a lower priority (nice) where they are CPU-bound.
 #
 # Each suite run is spread over PSYCANCEL_TEST_WORKERS pytest-xdist workers
@@ -153,7 +154,7 @@ end
 # The suite slots (tools/suite_slot.sh), shared with the scripts below.
 PSYCANCEL_SLOT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/psycancel-slots.XXXXXX")"
 export PSYCANCEL_SLOT_DIR
-export PSYCANCEL_SUITE_SLOTS="${PSYCANCEL_SUITE_SLOTS:-2}"
+export PSYCANCEL_SUITE_SLOTS="${PSYCANCEL_SUITE_SLOTS:-3}"
 matrix_pid=""
 # Bytecode, written once per run: a machine may set PYTHONDONTWRITEBYTECODE
 # (this one does), and then every pytest worker and every child Python of the
@@ -171,7 +172,7 @@ if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
     mkdir -p .venv-matrix
     matrix_start=$SECONDS
     PSYCANCEL_MATRIX_JOBS="${PSYCANCEL_MATRIX_JOBS:-3}" \
-    PSYCANCEL_BUILD_PYTHONS="${PSYCANCEL_BUILD_PYTHONS-3.14 3.15}" PSYCANCEL_NO_SKIP=1 bash tools/matrix.sh \
+    PSYCANCEL_BUILD_PYTHONS="${PSYCANCEL_BUILD_PYTHONS-3.14 3.15 3.14t}" PSYCANCEL_NO_SKIP=1 bash tools/matrix.sh \
         --skip "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
         >.venv-matrix/matrix.log 2>&1 &
     matrix_pid=$!
