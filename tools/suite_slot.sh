@@ -15,7 +15,11 @@
 set -uo pipefail
 [ $# -gt 0 ] || { echo "usage: $0 COMMAND [ARG]..." >&2; exit 2; }
 dir="${PSYCANCEL_SLOT_DIR:-}"
-[ -n "$dir" ] && [ -d "$dir" ] || exec "$@"
+# (SIGINT and SIGQUIT at their defaults for the suite: a script started with "&"
+# by a shell without job control has them ignored, and a Python started so
+# installs no KeyboardInterrupt handler: the Ctrl-C tests would test another
+# program.)
+[ -n "$dir" ] && [ -d "$dir" ] || exec env --default-signal=INT,QUIT "$@"
 slots="${PSYCANCEL_SUITE_SLOTS:-3}"
 busy=75  # flock's status when the slot is taken (no suite command exits with it)
 t0=$SECONDS
@@ -24,7 +28,7 @@ while :; do
         # (A wait is said, so that a log shows where a stage's time went.)
         flock -n -E "$busy" "$dir/slot.$i" bash -c \
             '[ "$1" -eq 0 ] || printf "suite_slot: waited %s s for a slot\n" "$1" >&2; shift; exec "$@"' \
-            sh "$((SECONDS - t0))" "$@"
+            sh "$((SECONDS - t0))" env --default-signal=INT,QUIT "$@"
         rc=$?
         [ "$rc" = "$busy" ] || exit "$rc"
     done
