@@ -241,6 +241,45 @@ def _skips_fail() -> bool:
     return any(flag.strip().lower() in ("1", "true", "yes") for flag in flags)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Hand the tests marked ``long`` out first, spread over the workers.
+
+    pytest-xdist's load scheduler starts each worker with a batch of consecutive
+    tests (``len(items) // workers // 4`` of them, at least 2), then sends more as
+    they finish. A 30 s test handed out last would be the only one still running
+    at the end, and a suite's wall time (what the test command waits for) would
+    grow by it. So the first batches start with them: those of one module
+    together (they share its fixtures: a KDC, a PgBouncer farm, set up once per
+    worker), the longest module first, each to the worker with the least so far.
+    (Every worker computes the same order, as pytest-xdist requires.)
+    """
+    marked = [item for item in items if item.get_closest_marker("long")]
+    if not marked:
+        return
+    workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    workers = max(1, int(workerinput.get("workercount", 1)))
+
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long")
+        return float(marker.args[0]) if marker is not None and marker.args else 5.0
+
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in marked:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for group in sorted(modules.values(), key=lambda g: -sum(map(seconds, g))):
+        min(shares, key=lambda share: sum(map(seconds, share))).extend(group)
+    rest = [item for item in items if not item.get_closest_marker("long")]
+    batch = max(2, len(items) // workers // 4)
+    ordered: list[pytest.Item] = []
+    for share in shares:
+        fill = max(0, batch - len(share))
+        ordered += share + rest[:fill]
+        rest = rest[fill:]
+    items[:] = ordered + rest
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

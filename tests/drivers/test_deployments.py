@@ -224,6 +224,7 @@ def test_peered_pgbouncer_client_asking_protocol_3_2(peered: PgBouncerFarm) -> N
     result.check_taken()
 
 
+@pytest.mark.long(8)
 @pytest.mark.parametrize("driver", [*DRIVERS, "psycopg-async"])
 def test_unpeered_pgbouncer_losses_are_resent(driver: str, unpeered: PgBouncerFarm) -> None:
     """Not peered: about half the cancels land on the wrong process; re-sends catch them.
@@ -279,6 +280,7 @@ def test_haproxy_roundrobin_first_resend_recovers(
     assert all(r.resends <= 1 for r in result.rounds), result.rounds
 
 
+@pytest.mark.long(9)
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_haproxy_leastconn_loses_every_cancel_and_reports_it(
     driver: str, pg_server: Any, second_server: ThrowawayServer
@@ -375,6 +377,7 @@ def interrupt_round(dsn: str) -> None:
         conn.close()
 
 
+@pytest.mark.long(9)
 def test_haproxy_roundrobin_resend_never_hits_the_next_query(
     pg_server: Any, second_server: ThrowawayServer
 ) -> None:

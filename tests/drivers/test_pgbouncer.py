@@ -210,6 +210,7 @@ def test_cancel_through_pgbouncer(
     assert len(created) == 1 and created[0].closed
 
 
+@pytest.mark.long(6)
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_late_cancel_never_hits_another_client(
     mode: str, transaction_bouncer: PgBouncer, pg_server: Any, libpq: Libpq

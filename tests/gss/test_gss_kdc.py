@@ -115,6 +115,7 @@ def warm_up(mode: str, server: GssServer, libpq: Libpq) -> None:
         assert drain(conn).sqlstate == QUERY_CANCELED
 
 
+@pytest.mark.long(8)
 @pytest.mark.parametrize(
     "mode", ["sync", "async", "async-inline", "async-offload", "trio", "prepared", "prepared-async"]
 )

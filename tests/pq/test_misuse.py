@@ -707,6 +707,7 @@ def test_objects_cannot_be_copied_or_pickled(twin: ModuleType, conn: Any) -> Non
 # =====================================================================================
 
 
+@pytest.mark.long(6)
 @pytest.mark.skipif(
     bool(os.environ.get(ENV_CHILD)), reason="[not a missing dependency] already the -X dev child"
 )

@@ -381,6 +381,7 @@ class CancelStateMachine(RuleBasedStateMachine):
                 conn.proxy.close()
 
 
+@pytest.mark.long(30)
 def test_cancel_objects_state_machine(pg_server: Any, libpq: Any) -> None:
     CancelStateMachine.server = pg_server
     CancelStateMachine.libpq_path = libpq.path

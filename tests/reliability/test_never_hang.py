@@ -102,6 +102,7 @@ def test_extreme_timeouts_seen_before(pg_server: Any, text: str) -> None:
     check_outcomes(text, run_child(pg_server, text))
 
 
+@pytest.mark.long(14)
 @settings(
     max_examples=12,
     deadline=None,

@@ -32,6 +32,7 @@ def load_soak() -> ModuleType:
     return module
 
 
+@pytest.mark.long(6)
 def test_soak_short(pg_server: Any, libpq: Libpq, capsys: pytest.CaptureFixture[str]) -> None:
     if getattr(pg_server, "ca_file", None) is None:
         pytest.skip("the soak uses verify-full: needs the server's CA certificate")
