@@ -21,6 +21,7 @@
 #    tools/wheel_smoke.py cancels a TLS query of each driver, encrypted;
 # 6. tools/qemu_aarch64.sh: the cancel and driver tests, both twins, against
 #    the manylinux2014 aarch64 wheel under qemu-user (PSYCANCEL_QEMU=0 leaves it out).
+# Steps 5 and 6 run in the background beside step 4 (their output follows its).
 #
 # Environment:
 #   PYTHON                   the interpreter for the tools venv and the suite's venv
@@ -55,8 +56,12 @@ log() { printf '\n== build_wheel: %s\n' "$*" >&2; }
 die() { printf 'build_wheel: error: %s\n' "$*" >&2; exit 1; }
 # Stage rows for tools/quickstart.sh's table; a step that stops the script is
 # recorded as FAIL by the EXIT trap (set below, with the clean-up).
+# (name, seconds, ok/FAIL, and the start in seconds since $PSYCANCEL_STAGE_EPOCH)
 row() {
-    [ -z "${PSYCANCEL_STAGE_TIMES:-}" ] || printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$PSYCANCEL_STAGE_TIMES"
+    [ -n "${PSYCANCEL_STAGE_TIMES:-}" ] || return 0
+    local from=""
+    [ -z "${PSYCANCEL_STAGE_EPOCH:-}" ] || from="$(($(date +%s) - PSYCANCEL_STAGE_EPOCH - $2))"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$from" >>"$PSYCANCEL_STAGE_TIMES"
 }
 stage_name="wheel: sdist, 7 wheels (zig), checks"
 stage_start=$SECONDS
@@ -94,7 +99,10 @@ cp README.md "$tmp/"  # tests/support/django_child.py runs the README's Django e
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 chmod -R a+rX "$tmp"
 log "sdist (Cython runs here, once: the sdist ships psycancel_c/_pq.c)"
-PSYCANCEL_NO_EXT=1 "$tools/bin/python" -m build --sdist --outdir "$work/dist" . >"$work/sdist.log" 2>&1 ||
+# (One build in the tree at a time: it writes psycancel_c/_pq.c, which the
+# editable installs of tools/matrix.sh read; they take the same lock.)
+mkdir -p "$root/build"
+flock "$root/build/.tree-build.lock" env PSYCANCEL_NO_EXT=1 "$tools/bin/python" -m build --sdist --outdir "$work/dist" . >"$work/sdist.log" 2>&1 ||
     { tail -40 "$work/sdist.log" >&2; die "sdist failed"; }
 sdist="$(ls "$work"/dist/psycancel-*.tar.gz)"
 
@@ -127,6 +135,64 @@ pg_prefix="$(bash tools/build_postgres.sh)"
 test_libpq="$pg_prefix/lib/libpq.so.5"
 [ -e "$test_libpq" ] || die "no $test_libpq"
 
+# The test runs: nothing may point at the build tree.
+clean_env=(env -u LD_LIBRARY_PATH -u PSYCANCEL_LIBPQ -u PYTHONPATH -u PSYCANCEL_IMPL
+           -u PSYCANCEL_BUNDLE_LIBPQ -u PSYCANCEL_TEST_DSN -u PSYCANCEL_TEST_LIBPQ)
+in_venv() { (cd "$tmp" && "${clean_env[@]}" "$@"); }
+
+# --- beside the suites: steps 5 and 6 (they need the wheels only) ---------------------
+aside_runs() {
+    local aside_status=0 py version kind whl t0 rc sv
+    # --- smoke: fresh venvs on 3.10 and 3.13, the x86_64 wheel and the pure one -----------
+    smoke_pythons=()
+    if [ -n "${PSYCANCEL_SMOKE_PYTHONS:-}" ]; then
+        read -r -a smoke_pythons <<<"$PSYCANCEL_SMOKE_PYTHONS"
+    else
+        for want in 3.10 3.13; do
+            for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$want".*/bin/python3; do
+                [ -x "$py" ] && { smoke_pythons+=("$py"); break; }
+            done
+        done
+    fi
+    [ "${#smoke_pythons[@]}" -gt 0 ] || log "no CPython 3.10/3.13 found: no smoke runs"
+    for py in "${smoke_pythons[@]}"; do
+        version="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+        for kind in c python; do
+            whl="$wheel"; [ "$kind" = python ] && whl="$pure"
+            t0=$SECONDS
+            rc=0
+            log "smoke: Python $version, fresh venv, $(basename "$whl"), psycopg2-binary, psycopg[binary]"
+            sv="$work/smoke-$version-$kind"
+            rm -rf "$sv"
+            {
+                "$py" -m venv "$sv" &&
+                "$sv/bin/python" -m pip install -q --upgrade pip &&
+                "$sv/bin/python" -m pip install -q --only-binary :all: "$whl" \
+                    'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' &&
+                # No compiler and no Cython were needed: none is in the venv either.
+                ! "$sv/bin/python" -c 'import Cython' 2>/dev/null &&
+                in_venv PSYCANCEL_PG_PREFIX="$pg_prefix" "$sv/bin/python" tools/wheel_smoke.py --impl "$kind"
+            } || rc=$?
+            row "smoke $version: $([ "$kind" = c ] && echo x86_64 || echo pure) wheel, TLS cancels" \
+                "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+            [ "$rc" = 0 ] || aside_status=1
+        done
+    done
+
+    # --- aarch64 under qemu-user -----------------------------------------------------------
+    if [ "${PSYCANCEL_QEMU:-1}" != 0 ] && [ "$limited" = 1 ]; then
+        arm="$(grep -E 'manylinux_2_17_aarch64' "$work/wheels.txt" | head -1)"
+        log "aarch64: $(basename "$arm") under qemu-aarch64-static (tools/qemu_aarch64.sh)"
+        PSYCANCEL_TOOLS_PYTHON="$tools/bin/python" PSYCANCEL_WHEEL_DIR="$work" \
+            PSYCANCEL_SLOT_PRIORITY=2 bash tools/suite_slot.sh bash tools/qemu_aarch64.sh "$arm" || aside_status=1
+    fi
+    return "$aside_status"
+}
+# (Started now, in the background: its output is printed after the suites.)
+aside_log="$work/aside.log"
+aside_runs >"$aside_log" 2>&1 </dev/null &
+aside_pid=$!
+
 # --- a fresh venv with the wheel ----------------------------------------------------
 venv="$work/test-venv"
 log "fresh virtualenv $venv with $(basename "$wheel")[test,drivers]"
@@ -135,11 +201,6 @@ rm -rf "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q --only-binary psycancel "${wheel}[test,drivers]"
 bash tools/install_test_drivers.sh "$venv"
-
-# Nothing may point at the build tree from here on.
-clean_env=(env -u LD_LIBRARY_PATH -u PSYCANCEL_LIBPQ -u PYTHONPATH -u PSYCANCEL_IMPL
-           -u PSYCANCEL_BUNDLE_LIBPQ -u PSYCANCEL_TEST_DSN -u PSYCANCEL_TEST_LIBPQ)
-in_venv() { (cd "$tmp" && "${clean_env[@]}" "$@"); }
 
 log "checks inside the venv"
 in_venv "$venv/bin/python" - "$venv" "$test_libpq" <<'PY'
@@ -177,7 +238,8 @@ for impl in ${PSYCANCEL_WHEEL_IMPLS:-c python}; do
     log "test suite against the installed wheel, PSYCANCEL_IMPL=$impl ($workers workers)"
     t0=$SECONDS
     rc=0
-    in_venv PSYCANCEL_IMPL="$impl" PSYCANCEL_PG_PREFIX="$pg_prefix" \
+    # (The aarch64 run waits for them: they get a free slot first.)
+    in_venv PSYCANCEL_IMPL="$impl" PSYCANCEL_PG_PREFIX="$pg_prefix" PSYCANCEL_SLOT_PRIORITY=2 \
         PSYCANCEL_LIBPQ="$test_libpq" PSYCANCEL_TEST_LIBPQ="$test_libpq" \
         bash "$root/tools/suite_slot.sh" "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "$workers" \
         --rootdir "$tmp" "$tmp/tests" || rc=$?
@@ -186,48 +248,10 @@ for impl in ${PSYCANCEL_WHEEL_IMPLS:-c python}; do
     [ "$rc" = 0 ] || status=$rc
 done
 
-# --- smoke: fresh venvs on 3.10 and 3.13, the x86_64 wheel and the pure one -----------
-smoke_pythons=()
-if [ -n "${PSYCANCEL_SMOKE_PYTHONS:-}" ]; then
-    read -r -a smoke_pythons <<<"$PSYCANCEL_SMOKE_PYTHONS"
-else
-    for want in 3.10 3.13; do
-        for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$want".*/bin/python3; do
-            [ -x "$py" ] && { smoke_pythons+=("$py"); break; }
-        done
-    done
-fi
-[ "${#smoke_pythons[@]}" -gt 0 ] || log "no CPython 3.10/3.13 found: no smoke runs"
-for py in "${smoke_pythons[@]}"; do
-    version="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-    for kind in c python; do
-        whl="$wheel"; [ "$kind" = python ] && whl="$pure"
-        t0=$SECONDS
-        rc=0
-        log "smoke: Python $version, fresh venv, $(basename "$whl"), psycopg2-binary, psycopg[binary]"
-        sv="$work/smoke-$version-$kind"
-        rm -rf "$sv"
-        {
-            "$py" -m venv "$sv" &&
-            "$sv/bin/python" -m pip install -q --upgrade pip &&
-            "$sv/bin/python" -m pip install -q --only-binary :all: "$whl" \
-                'psycopg2-binary>=2.9' 'psycopg[binary]>=3.2' &&
-            # No compiler and no Cython were needed: none is in the venv either.
-            ! "$sv/bin/python" -c 'import Cython' 2>/dev/null &&
-            in_venv PSYCANCEL_PG_PREFIX="$pg_prefix" "$sv/bin/python" tools/wheel_smoke.py --impl "$kind"
-        } || rc=$?
-        row "smoke $version: $([ "$kind" = c ] && echo x86_64 || echo pure) wheel, TLS cancels" \
-            "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
-        [ "$rc" = 0 ] || status=1
-    done
-done
-
-# --- aarch64 under qemu-user -----------------------------------------------------------
-if [ "${PSYCANCEL_QEMU:-1}" != 0 ] && [ "$limited" = 1 ]; then
-    arm="$(grep -E 'manylinux_2_17_aarch64' "$work/wheels.txt" | head -1)"
-    log "aarch64: $(basename "$arm") under qemu-aarch64-static (tools/qemu_aarch64.sh)"
-    PSYCANCEL_TOOLS_PYTHON="$tools/bin/python" PSYCANCEL_WHEEL_DIR="$work" \
-        bash tools/suite_slot.sh bash tools/qemu_aarch64.sh "$arm" || status=1
-fi
+rc=0
+wait "$aside_pid" || rc=$?
+log "smoke runs and aarch64 (run beside the suites above): $([ "$rc" = 0 ] && echo ok || echo FAILED)"
+cat "$aside_log" >&2
+[ "$rc" = 0 ] || status=1
 [ "$status" = 0 ] && log "wheels OK: $work/wheelhouse"
 exit "$status"

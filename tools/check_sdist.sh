@@ -37,7 +37,10 @@ trap 'rm -rf "$work"' EXIT
 start=$SECONDS
 
 log "sdist"
-"$python" -m build --sdist --outdir "$work/dist" . >"$work/sdist.log" 2>&1 ||
+# (One build in the tree at a time: it writes psycancel_c/_pq.c, which the
+# editable installs of tools/matrix.sh read; they take the same lock.)
+mkdir -p "$root/build"
+flock "$root/build/.tree-build.lock" "$python" -m build --sdist --outdir "$work/dist" . >"$work/sdist.log" 2>&1 ||
     { tail -40 "$work/sdist.log" >&2; die "sdist failed"; }
 sdist="$(ls "$work"/dist/psycancel-*.tar.gz)"
 ls -l "$sdist" >&2

@@ -22,11 +22,12 @@
 # pytest-xdist workers (default: twice the CPU count, at most 8; 0: one
 # process); on a free-threaded interpreter also the free-threading stress test
 # (tests/freethreading, both twins, PYTHON_GIL=0). $PSYCANCEL_MATRIX_JOBS jobs
-# run at once (default 3): the suite mostly waits on the server and timeouts,
-# and a build overlaps the others' suites. Each suite run (and stress test)
-# takes a slot of tools/suite_slot.sh first (tools/quickstart.sh: two suites at
-# once in all, its own stages' included). A job's output goes to
-# .venv-matrix/<name>.log and is printed when it ends.
+# run at once (default: all of them): each builds and sets up its venv at once
+# (at a lower priority), then its suite runs (and stress test) wait for a slot
+# of tools/suite_slot.sh (tools/quickstart.sh: three suites at once in all, its
+# own stages' included); a free-threaded interpreter's first (its stress test
+# and wheel come after them). A job's output goes to .venv-matrix/<name>.log
+# and is printed when it ends.
 #
 # A table of the counts ends the output; the exit status is non-zero if any run
 # failed. With $PSYCANCEL_STAGE_TIMES (tools/quickstart.sh's), each build, venv
@@ -208,7 +209,9 @@ run_one() {
         rm -rf "$venv"
     fi
     # (A chain of &&: set -e does not apply in a function whose status is tested.
-    # One editable build at a time: they all write psycancel_c/_pq.c in the clone.
+    # One build in the tree at a time (build/.tree-build.lock, also taken by
+    # tools/check_sdist.sh and tools/build_wheel.sh for their sdist): they write
+    # psycancel_c/_pq.c in the clone.
     # A wheel of an older release rather than an sdist that cannot build here.)
     export PIP_PREFER_BINARY=1
     # (No Rust crate can be fetched here: a source build that needs one, e.g.
@@ -221,10 +224,10 @@ run_one() {
     { [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"; } &&
         "$venv/bin/python" -m pip install -q --upgrade pip &&
         { PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
-            flock .venv-matrix/.build.lock \
+            flock build/.tree-build.lock \
             "$venv/bin/python" -m pip install -q -e '.[test,drivers]' ||
           { PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
-            flock .venv-matrix/.build.lock \
+            flock build/.tree-build.lock \
             "$venv/bin/python" -m pip install -q -e . && one_by_one "$venv"; }; } &&
         { bash tools/install_test_drivers.sh "$venv" ||
             { [ "${name%t}" != "$name" ] && one_by_one "$venv" drivers; }; } &&
@@ -255,13 +258,13 @@ run_one() {
         # then runs again with the GIL on: it measures releasing it.)
         # (And with tools/ft_noyield.c preloaded: 3.13t's spin on sched_yield.)
         local gil_off=()
-        [ "${name%t}" = "$name" ] || gil_off=(PYTHON_GIL=0 "${ft_preload[@]}")
+        [ "${name%t}" = "$name" ] || gil_off=(PYTHON_GIL=0 "${ft_env[@]}")
         PSYCANCEL_IMPL="$impl" env --default-signal=INT,QUIT "${gil_off[@]}" \
             bash tools/suite_slot.sh "$venv/bin/python" -m pytest -q -p no:cacheprovider \
             -n "$workers" "${runs[@]}" 2>&1 | tee "$log_file" || rc=$?
         if [ "${#gil_off[@]}" != 0 ]; then
             log "Python $name, PSYCANCEL_IMPL=$impl: tests/pq/test_gil.py with the GIL on"
-            PYTHON_GIL=1 PSYCANCEL_IMPL="$impl" env "${ft_preload[@]}" \
+            PYTHON_GIL=1 PSYCANCEL_IMPL="$impl" env "${ft_env[@]}" \
                 bash tools/suite_slot.sh "$venv/bin/python" \
                 -m pytest -q -p no:cacheprovider tests/pq/test_gil.py 2>&1 |
                 tee "$log_file.gil" || rc=$?
@@ -286,7 +289,7 @@ run_one() {
             local stress_out="$results_dir/$name-stress-$impl.out"
             t0=$SECONDS
             rc=0
-            PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" env "${ft_preload[@]}" bash tools/suite_slot.sh \
+            PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" env "${ft_env[@]}" bash tools/suite_slot.sh \
                 "$venv/bin/python" -m tests.freethreading.stress \
                 --rounds "${PSYCANCEL_STRESS_ROUNDS:-3}" --threads "${PSYCANCEL_STRESS_THREADS:-32}" \
                 2>&1 | tee "$stress_out" || rc=$?
@@ -310,7 +313,7 @@ run_one() {
 ft_wheel() {
     local name="$1" py="$2" out="$3" t0=$SECONDS rc=0 dir="build/wheel-$1" whl impl
     log "Python $name: its wheel (tools/build_wheel.sh build, PSYCANCEL_LIMITED_API=0)"
-    flock .venv-matrix/.build.lock env PSYCANCEL_LIMITED_API=0 PYTHON="$py" \
+    env PSYCANCEL_LIMITED_API=0 PYTHON="$py" \
         PSYCANCEL_WHEEL_DIR="$dir" bash tools/build_wheel.sh build || rc=$?
     whl="$(ls "$dir"/wheelhouse/psycancel-*-cp3*t-*manylinux*x86_64.whl 2>/dev/null | head -n1)"
     [ -n "$whl" ] || rc=1
@@ -323,7 +326,8 @@ ft_wheel() {
     fi
     for impl in c python; do
         [ "$rc" = 0 ] || break
-        (cd "$test_dir/src" && PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" bash "$OLDPWD/tools/suite_slot.sh" \
+        (cd "$test_dir/src" && PYTHON_GIL=0 PSYCANCEL_IMPL="$impl" env "${ft_env[@]}" \
+            bash "$OLDPWD/tools/suite_slot.sh" \
             "$OLDPWD/$test_dir/venv/bin/python" \
             -m tests.freethreading.stress --rounds 1 --threads 32) 2>&1 | tee "$test_dir/$impl.out" || rc=$?
     done
@@ -334,16 +338,18 @@ ft_wheel() {
     return "$rc"
 }
 
-# The free-threaded 3.13 suites' sched_yield (tools/ft_noyield.c), built here.
-ft_preload=()
+# What every run of a free-threaded interpreter gets: the first slot that frees
+# (tools/suite_slot.sh), and 3.13t's sched_yield replaced (tools/ft_noyield.c,
+# built here).
+ft_env=(PSYCANCEL_SLOT_PRIORITY=1)
 mkdir -p build
 if cc -O2 -shared -fPIC -o build/ft_noyield.so tools/ft_noyield.c; then
-    ft_preload=("LD_PRELOAD=$PWD/build/ft_noyield.so")
+    ft_env+=("LD_PRELOAD=$PWD/build/ft_noyield.so")
 else
     log "tools/ft_noyield.c did not build: the free-threaded suites run without it"
 fi
 
-jobs_max="${PSYCANCEL_MATRIX_JOBS:-3}"
+jobs_max="${PSYCANCEL_MATRIX_JOBS:-${#order[@]}}"
 declare -A pids=()
 status=0
 t_all=$SECONDS

@@ -49,8 +49,12 @@ deselect=(
 )
 case "$(basename "$wheel")" in *manylinux*aarch64*) ;; *) echo "not an aarch64 wheel: $wheel" >&2; exit 2 ;; esac
 log() { printf '\n== qemu_aarch64: %s\n' "$*" >&2; }
+# (name, seconds, ok/FAIL, and the start in seconds since $PSYCANCEL_STAGE_EPOCH)
 row() {
-    [ -z "${PSYCANCEL_STAGE_TIMES:-}" ] || printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$PSYCANCEL_STAGE_TIMES"
+    [ -n "${PSYCANCEL_STAGE_TIMES:-}" ] || return 0
+    local from=""
+    [ -z "${PSYCANCEL_STAGE_EPOCH:-}" ] || from="$(($(date +%s) - PSYCANCEL_STAGE_EPOCH - $2))"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$from" >>"$PSYCANCEL_STAGE_TIMES"
 }
 stage="aarch64 (qemu): sysroot, venv, drivers"
 t0=$SECONDS

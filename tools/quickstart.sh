@@ -11,27 +11,29 @@
 # tools/build_postgres.sh), reused on later runs.
 #
 # "test" runs: ruff and mypy --strict; the docs site (Sphinx, warnings as
-# errors); the test suite once per twin; the sdist
-# (tools/check_sdist.sh: its file list, twine check, installs in fresh venvs
-# without Cython, without a C compiler, with Cython); the wheels
+# errors); the test suite once per twin; and, in the background beside those
+# (started once the setup is done; their output is printed at the end): the
+# sdist (tools/check_sdist.sh: its file list, twine check, installs in fresh
+# venvs without Cython, without a C compiler, with Cython); the wheels
 # (tools/build_wheel.sh: all 7 built with zig and checked, the suite against the
 # installed x86_64 wheel, 3.10/3.13 smoke venvs, aarch64 under qemu-user); the
-# benchmarks' smoke runs; valgrind on the compiled twin; and, in the background
-# beside all of those, tools/matrix.sh: the suite, both twins, on every other
+# benchmarks' smoke runs; valgrind on the compiled twin; and
+# tools/matrix.sh: the suite, both twins, on every other
 # CPython >= 3.10 of the machine and on the ones tools/build_python.sh makes
 # ($PSYCANCEL_BUILD_PYTHONS, default "3.14 3.15 3.14t": Debian unstable's 3.14
 # and 3.15 in a chroot, and a free-threaded build, 3.13t while Debian's 3.14
 # source cannot be had, its suites run with the GIL off, with the
 # free-threading stress test and the cpXYt wheel) (PSYCANCEL_MATRIX=0 leaves
-# the matrix out). The matrix prepares
-# $PSYCANCEL_MATRIX_JOBS interpreters at once (default 3), the longest first.
+# the matrix out). The matrix sets up every interpreter's venv at once.
 #
 # Every suite run, wherever it comes from (the stages here, the wheels' and the
 # matrix's), takes one of $PSYCANCEL_SUITE_SLOTS slots (default 3;
 # tools/suite_slot.sh): a suite alone uses ~0.7 of the 2 cores (~115 CPU-s in
 # 165 s), three at a time load them to 8-10, and the timing margins are set for
-# that. Builds, venvs and checks
-# run between them, at a lower priority (nice) where they are CPU-bound.
+# that; a free slot goes first to the runs that other work waits for
+# (PSYCANCEL_SLOT_PRIORITY: the free-threaded interpreter's, the installed
+# wheel's). Builds, venvs and checks run beside them, at a lower priority
+# (nice) where they are CPU-bound.
 #
 # Each suite run is spread over PSYCANCEL_TEST_WORKERS pytest-xdist workers
 # (default: twice the CPU count, at most 8; 0 runs it in one process), each
@@ -93,6 +95,8 @@ stage_table() {
     rm -f "$PSYCANCEL_STAGE_TIMES"
     [ -z "${PSYCANCEL_SLOT_DIR:-}" ] || rm -rf "$PSYCANCEL_SLOT_DIR"
     [ -z "${matrix_pid:-}" ] || kill "$matrix_pid" 2>/dev/null || true
+    local pid
+    for pid in ${aside_pids[@]+"${aside_pids[@]}"}; do kill "$pid" 2>/dev/null || true; done
     return "$rc"
 }
 trap stage_table EXIT
@@ -167,16 +171,62 @@ export PYTHONPYCACHEPREFIX="$PWD/build/pycache"
 # The matrix's venvs are kept between runs, beside the PostgreSQL build: a warm
 # run only reinstalls psycancel in them (tools/matrix.sh).
 export PSYCANCEL_MATRIX_VENV_DIR="${PSYCANCEL_MATRIX_VENV_DIR:-$(dirname "$prefix")/matrix-venvs}"
+# Everything the tests need is installed above: a skip would hide a gap.
+export PSYCANCEL_NO_SKIP=1
+# The suite's pytest-xdist workers (tools/build_wheel.sh and tools/matrix.sh read
+# the same variable).
+PSYCANCEL_TEST_WORKERS="${PSYCANCEL_TEST_WORKERS:-$(.venv/bin/python -c \
+    'import os; print(min(8, 2 * (os.cpu_count() or 1)))')}"
+export PSYCANCEL_TEST_WORKERS
 if [ "${PSYCANCEL_MATRIX:-1}" != 0 ]; then
     log "tools/matrix.sh: started in the background (output: .venv-matrix/matrix.log)"
     mkdir -p .venv-matrix
     matrix_start=$SECONDS
-    PSYCANCEL_MATRIX_JOBS="${PSYCANCEL_MATRIX_JOBS:-3}" \
     PSYCANCEL_BUILD_PYTHONS="${PSYCANCEL_BUILD_PYTHONS-3.14 3.15 3.14t}" PSYCANCEL_NO_SKIP=1 bash tools/matrix.sh \
         --skip "$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
         >.venv-matrix/matrix.log 2>&1 &
     matrix_pid=$!
 fi
+
+# The stages that need no result of the others run in the background from
+# here, beside the .venv suites below (and the matrix): their output is printed
+# at the end, each under its name, and their rows join the table (with the
+# second they started). The sdist and the wheels are mostly builds (at a lower
+# priority); the benchmarks' smoke runs and valgrind take a suite slot each.
+aside_names=()
+aside_pids=()
+aside_logs=()
+aside() {
+    # NAME LOG COMMAND...: run COMMAND in the background, its output to LOG.
+    local name="$1" log_file="$2"
+    shift 2
+    log "$name: started in the background (output: $log_file)"
+    (
+        t0=$SECONDS
+        rc=0
+        "$@" >"$log_file" 2>&1 </dev/null || rc=$?
+        row "$name" "$((SECONDS - t0))" "$([ "$rc" = 0 ] && echo ok || echo FAIL)"
+        exit "$rc"
+    ) &
+    aside_pids+=($!)
+    aside_names+=("$name")
+    aside_logs+=("$log_file")
+}
+mkdir -p build/logs
+aside "sdist: file list, twine check, installs" build/logs/sdist.log nice -n 10 bash tools/check_sdist.sh
+# Its own rows too: build, venv, the suite per twin against the installed wheel,
+# smoke, aarch64 under qemu.
+aside "wheels: all of it (tools/build_wheel.sh)" build/logs/wheels.log \
+    env PYTHON="$python" bash tools/build_wheel.sh
+aside "benchmarks: the smoke runs (--quick), one slot" build/logs/benchmarks.log \
+    bash tools/suite_slot.sh bash -c 'set -e
+        for b in run app burst block_cost import_cost configured_overhead; do
+            t0=$SECONDS
+            .venv/bin/python "benchmarks/$b.py" --quick >/dev/null
+            echo "benchmarks/$b.py --quick: ok ($((SECONDS - t0)) s)"
+        done'
+aside "valgrind: compiled twin, short form" build/logs/valgrind.log \
+    env PYTHON=.venv/bin/python bash tools/suite_slot.sh nice -n 10 bash tools/valgrind.sh --short
 
 check "static checks: ruff" .venv/bin/python -m ruff check .
 check "static checks: ruff format" .venv/bin/python -m ruff format --check .
@@ -186,40 +236,20 @@ check "static checks: mypy --strict" .venv/bin/python -m mypy --strict psycancel
 check "docs: sphinx -W (links checked)" .venv/bin/python -m sphinx -E -W --keep-going -q \
     -b html docs build/docs
 
-# Everything the tests need is installed above: a skip would hide a gap.
-export PSYCANCEL_NO_SKIP=1
-# The suite's pytest-xdist workers (tools/build_wheel.sh and tools/matrix.sh read
-# the same variable).
-PSYCANCEL_TEST_WORKERS="${PSYCANCEL_TEST_WORKERS:-$(.venv/bin/python -c \
-    'import os; print(min(8, 2 * (os.cpu_count() or 1)))')}"
-export PSYCANCEL_TEST_WORKERS
 for impl in c python; do
     check "suite .venv, PSYCANCEL_IMPL=$impl" env PSYCANCEL_IMPL="$impl" \
         bash tools/suite_slot.sh .venv/bin/python -m pytest -q -p no:cacheprovider -n "$PSYCANCEL_TEST_WORKERS" tests
 done
 
-check "sdist: file list, twine check, installs" nice -n 10 bash tools/check_sdist.sh
-
-# Its own rows: build, venv, the suite per twin against the installed wheel.
-log "wheels: build and check all, test them where they run here (x86_64, 3.10/3.13, aarch64 under qemu)"
-PYTHON="$python" bash tools/build_wheel.sh || failed+=("wheels (tools/build_wheel.sh)")
-
-check "benchmarks: run.py --quick (smoke)" \
-    bash -c '.venv/bin/python benchmarks/run.py --quick >/dev/null'
-check "benchmarks: app.py --quick (smoke)" \
-    bash -c '.venv/bin/python benchmarks/app.py --quick >/dev/null'
-check "benchmarks: burst.py --quick (smoke)" \
-    bash -c '.venv/bin/python benchmarks/burst.py --quick >/dev/null'
-check "benchmarks: block_cost.py --quick (smoke)" \
-    bash -c '.venv/bin/python benchmarks/block_cost.py --quick >/dev/null'
-check "benchmarks: import_cost.py --quick (smoke)" \
-    bash -c '.venv/bin/python benchmarks/import_cost.py --quick >/dev/null'
-check "benchmarks: configured_overhead.py --quick (smoke)" \
-    bash -c '.venv/bin/python benchmarks/configured_overhead.py --quick >/dev/null'
-
-check "valgrind: compiled twin, short form" env PYTHON=.venv/bin/python \
-    nice -n 10 bash tools/valgrind.sh --short
-
+for i in "${!aside_pids[@]}"; do
+    log "waiting for: ${aside_names[$i]}"
+    rc=0
+    wait "${aside_pids[$i]}" || rc=$?
+    aside_pids[$i]=""
+    log "${aside_names[$i]}: $([ "$rc" = 0 ] && echo ok || echo FAILED); its output (${aside_logs[$i]}):"
+    cat "${aside_logs[$i]}"
+    [ "$rc" = 0 ] || failed+=("${aside_names[$i]}")
+done
 if [ -n "$matrix_pid" ]; then
     # Its own rows: per Python, the build, the venv and the suite per twin.
     log "waiting for tools/matrix.sh (running since the end of the setup)"
