@@ -78,7 +78,11 @@ the framework's own events, which run in the owning thread (SQLAlchemy's
 make the cancel object for the connection it acquires during the block and
 drop it when the session gives its connection back. A deadline that passes
 while it holds none leaves the block armed and overdue: the connection it
-acquires next is cancelled at once. The driver's error
+acquires next is cancelled at once. One that fired on a connection given back
+since (the cancel found its backend idle) is not cancelled again nor broken
+(another session may hold it by then); the next one the block acquires gets
+the cancel's re-sends (``psycancel._confirm``, which waits meanwhile), and,
+past the bound, is broken at once. The driver's error
 arrives wrapped by the framework (``sqlalchemy.exc.OperationalError``,
 ``django.db.utils.OperationalError``): it is found through ``.orig``,
 ``__cause__`` and ``__context__``, and :class:`QueryTimeout` is raised from
@@ -94,7 +98,15 @@ import warnings
 from types import TracebackType
 from typing import Any
 
-from ._confirm import Confirmation, confirm_asyncio, confirm_blocking, resend_plan
+from ._confirm import (
+    IDLE,
+    MAX_RESENDS,
+    Confirmation,
+    Idle,
+    confirm_asyncio,
+    confirm_blocking,
+    resend_plan,
+)
 from ._drivers.adapter import Unwatch
 from ._drivers.resolve import resolve
 from ._engine import blocking, outcomes, telemetry, timers
@@ -254,6 +266,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         "__weakref__",
         "_break_connection",
         "_break_entry",
+        "_break_pending",
         "_broken",
         "_confirmation",
         "_conn",
@@ -308,6 +321,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._overdue = False  # the deadline passed while no connection was held
         self._loop: asyncio.AbstractEventLoop | None = None  # ``async with`` under asyncio
         self._broken = False
+        self._break_pending = False  # the bound passed while no connection was held
         self._error: BaseException | None = None
         self._plan: Plan | None = None
         self._fence: SocketFence | None = None
@@ -384,7 +398,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         except Exception as ex:  # not raised inside the framework's code: at the block's exit
             self._watch_error = ex
             plan, fence, pgconn = None, None, None
-        overdue = False
+        overdue = break_now = False
         with self._lock:
             if self._state == _ARMED:
                 plan, self._plan = self._plan, plan
@@ -399,17 +413,29 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                         )
                     else:
                         self._entry = timers.call_at(time.monotonic(), self._on_deadline)
+            elif self._state == _FIRING and not self._broken and plan is not None:
+                # Fired already (on a connection given back since, or none): this
+                # one is past the deadline too. The confirmation re-sends the
+                # cancel to it (a full set of re-sends: it is a new connection),
+                # and past the bound it is broken at once.
+                self._fence = fence
+                self._pgconn = pgconn
+                if self._confirmation is not None:
+                    self._confirmation.budget = MAX_RESENDS
+                break_now = self._break_pending
         if plan is not None:
             plan.discard()
+        if break_now:
+            self._break_at_bound()
 
     def _released(self) -> None:
         """The watched object gave its connection back: it must not be cancelled any more."""
         plan = None
         with self._lock:
-            self._pgconn = None  # given back (maybe to a pool): never re-sent to
+            self._pgconn = None  # given back (maybe to a pool): never re-sent to,
+            self._fence = None  # never broken (another user may hold it by then)
             if self._state == _ARMED:
                 plan, self._plan = self._plan, None
-                self._fence = None
         if plan is not None:
             plan.discard()
 
@@ -464,16 +490,20 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             self._first = plan = rearmed(plan)
             return plan
 
-    def _again(self) -> Plan | None:
+    def _again(self) -> Plan | Idle | None:
         """A re-send of the fired cancel while the block still runs (``_confirm``), else None.
 
-        Made under the block's lock, which its exit takes: the block cannot
-        leave (and its owner close the connection) meanwhile.
+        :data:`~psycancel._confirm.IDLE` while the block holds no connection
+        (given back between two transactions: the next one it acquires gets the
+        re-sends). Made under the block's lock, which its exit takes: the block
+        cannot leave (and its owner close the connection) meanwhile.
         """
         with self._lock:
             pgconn, first = self._pgconn, self._first
-            if self._state != _FIRING or self._broken or pgconn is None or first is None:
+            if self._state != _FIRING or self._broken or first is None:
                 return None
+            if pgconn is None:
+                return IDLE if self._unwatch is not None else None
             try:
                 return resend_plan(first, pgconn, self._fired_at + self._timeout)
             except Exception as ex:  # libpq could not prepare it: no re-send
@@ -531,6 +561,12 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         """
         with self._lock:
             if self._state != _FIRING or self._broken or not self._break_connection:
+                return False
+            if self._fence is None and self._pgconn is None and self._unwatch is not None:
+                # A watched object that holds no connection now: nothing runs, and
+                # the one it gave back may be someone else's by now. The next one
+                # it acquires in the block is broken then (_acquired).
+                self._break_pending = True
                 return False
             fence = self._fence
             self._broken = fence is not None and fence.shutdown()

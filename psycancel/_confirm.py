@@ -48,8 +48,10 @@ from .pq.abc import PGconn
 
 __all__ = [
     "CONFIRM_WINDOW",
+    "IDLE",
     "MAX_RESENDS",
     "Confirmation",
+    "Idle",
     "confirm_asyncio",
     "confirm_blocking",
     "resend_plan",
@@ -82,6 +84,8 @@ class Confirmation:
 
     resends: int = 0
     """Cancels sent again because the block still ran after the confirm window."""
+    budget: int = MAX_RESENDS
+    """Re-sends left for the connection the block holds (a new one gets them all again)."""
     lost: bool = False
     """The block still ran after every re-send (the loss was reported)."""
     error: BaseException | None = None
@@ -102,8 +106,20 @@ def resend_plan(first: Plan, pgconn: PGconn, until: float) -> Plan:
     return replace(first, handle=pgconn.get_cancel(), deadline=deadline)
 
 
-Again = Callable[[], Plan | None]
-"""The block's maker of a re-send: a plan while it still runs, None once it left."""
+class Idle:
+    """The type of :data:`IDLE`."""
+
+    def __repr__(self) -> str:
+        return "IDLE"
+
+
+IDLE = Idle()
+"""What the block's maker of a re-send returns while it holds no connection."""
+
+Again = Callable[[], "Plan | Idle | None"]
+"""The block's maker of a re-send: a plan while it still runs on a connection,
+:data:`IDLE` while it runs holding none (a pooled session between two
+transactions: nothing to cancel until it acquires one), None once it left."""
 
 
 def _report(label: str, outcome: Confirmation, window: float) -> None:
@@ -128,18 +144,28 @@ def confirm_blocking(
 ) -> Confirmation:
     """In the cancel's thread, after a successful cancel: wait, re-send, report."""
     outcome = Confirmation() if outcome is None else outcome
+    idle = False
     while True:
         wait = min(CONFIRM_WINDOW, until - time.monotonic())
         if wait > 0 and left.wait(wait):
             return outcome
         if left.is_set():
             return outcome
-        if outcome.resends >= MAX_RESENDS or time.monotonic() >= until:
+        if time.monotonic() >= until:
+            break
+        if outcome.budget <= 0:
+            if idle:
+                continue
             break
         plan = again()
         if plan is None:
             return outcome  # the block left meanwhile
+        idle = isinstance(plan, Idle)
+        if idle:
+            continue  # nothing runs: wait for the connection it acquires next
+        assert not isinstance(plan, Idle)
         outcome.resends += 1
+        outcome.budget -= 1
         logger.info("%s: the query still runs: cancel re-sent (%d)", label, outcome.resends)
         try:
             blocking.run_blocking(plan)
@@ -147,7 +173,8 @@ def confirm_blocking(
             outcome.error = ex
             logger.warning("%s: a re-sent cancel failed (%r)", label, ex)
             return outcome
-    _report(label, outcome, CONFIRM_WINDOW)
+    if not idle:
+        _report(label, outcome, CONFIRM_WINDOW)
     return outcome
 
 
@@ -174,6 +201,7 @@ async def confirm_asyncio(
     outcome.wake = wake
     if left.is_set():
         return outcome
+    idle = False
     while True:
         wait = min(CONFIRM_WINDOW, until - time.monotonic())
         if wait > 0:
@@ -181,12 +209,21 @@ async def confirm_asyncio(
                 await asyncio.wait_for(waker.wait(), wait)
         if left.is_set():
             return outcome
-        if outcome.resends >= MAX_RESENDS or time.monotonic() >= until:
+        if time.monotonic() >= until:
+            break
+        if outcome.budget <= 0:
+            if idle:
+                continue
             break
         plan = again()
         if plan is None:
             return outcome
+        idle = isinstance(plan, Idle)
+        if idle:
+            continue  # nothing runs: wait for the connection it acquires next
+        assert not isinstance(plan, Idle)
         outcome.resends += 1
+        outcome.budget -= 1
         logger.info("%s: the query still runs: cancel re-sent (%d)", label, outcome.resends)
         try:
             await run_asyncio(plan, offloaded=None)
@@ -194,5 +231,6 @@ async def confirm_asyncio(
             outcome.error = ex
             logger.warning("%s: a re-sent cancel failed (%r)", label, ex)
             return outcome
-    _report(label, outcome, CONFIRM_WINDOW)
+    if not idle:
+        _report(label, outcome, CONFIRM_WINDOW)
     return outcome

@@ -99,8 +99,8 @@ cp README.md "$tmp/"  # tests/support/django_child.py runs the README's Django e
 find "$tmp" -name __pycache__ -prune -exec rm -rf {} +
 chmod -R a+rX "$tmp"
 log "sdist (Cython runs here, once: the sdist ships psycancel_c/_pq.c)"
-# (One build in the tree at a time: it writes psycancel_c/_pq.c, which the
-# editable installs of tools/matrix.sh read; they take the same lock.)
+# (The lock alone: this writes psycancel_c/_pq.c again, which the editable
+# builds of tools/matrix.sh read, sharing the lock.)
 mkdir -p "$root/build"
 flock "$root/build/.tree-build.lock" env PSYCANCEL_NO_EXT=1 "$tools/bin/python" -m build --sdist --outdir "$work/dist" . >"$work/sdist.log" 2>&1 ||
     { tail -40 "$work/sdist.log" >&2; die "sdist failed"; }

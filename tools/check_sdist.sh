@@ -37,8 +37,8 @@ trap 'rm -rf "$work"' EXIT
 start=$SECONDS
 
 log "sdist"
-# (One build in the tree at a time: it writes psycancel_c/_pq.c, which the
-# editable installs of tools/matrix.sh read; they take the same lock.)
+# (The lock alone: this writes psycancel_c/_pq.c again, which the editable
+# builds of tools/matrix.sh read, sharing the lock.)
 mkdir -p "$root/build"
 flock "$root/build/.tree-build.lock" "$python" -m build --sdist --outdir "$work/dist" . >"$work/sdist.log" 2>&1 ||
     { tail -40 "$work/sdist.log" >&2; die "sdist failed"; }

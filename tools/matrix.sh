@@ -209,9 +209,12 @@ run_one() {
         rm -rf "$venv"
     fi
     # (A chain of &&: set -e does not apply in a function whose status is tested.
-    # One build in the tree at a time (build/.tree-build.lock, also taken by
-    # tools/check_sdist.sh and tools/build_wheel.sh for their sdist): they write
-    # psycancel_c/_pq.c in the clone.
+    # The editable builds read psycancel_c/_pq.c (made by the .venv's, and
+    # current: Cython leaves it alone), and each writes a module of its own ABI:
+    # they run at once, sharing build/.tree-build.lock, which the sdist builds of
+    # tools/check_sdist.sh and tools/build_wheel.sh take alone (they write
+    # _pq.c again: a compile reading it meanwhile would see half of it). One at
+    # a time, six of them waited up to 739 s for the lock.
     # A wheel of an older release rather than an sdist that cannot build here.)
     export PIP_PREFER_BINARY=1
     # (No Rust crate can be fetched here: a source build that needs one, e.g.
@@ -224,10 +227,10 @@ run_one() {
     { [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"; } &&
         "$venv/bin/python" -m pip install -q --upgrade pip &&
         { PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
-            flock build/.tree-build.lock \
+            flock -s build/.tree-build.lock \
             "$venv/bin/python" -m pip install -q -e '.[test,drivers]' ||
           { PSYCANCEL_REQUIRE_EXT=1 PSYCANCEL_BUNDLE_LIBPQ="$prefix" \
-            flock build/.tree-build.lock \
+            flock -s build/.tree-build.lock \
             "$venv/bin/python" -m pip install -q -e . && one_by_one "$venv"; }; } &&
         { bash tools/install_test_drivers.sh "$venv" ||
             { [ "${name%t}" != "$name" ] && one_by_one "$venv" drivers; }; } &&

@@ -197,6 +197,54 @@ def test_a_deadline_passed_between_transactions_cancels_the_next_one(
         assert session.execute(text("select 1")).scalar() == 1
 
 
+@pytest.mark.parametrize("through", ["session", "canceller"])
+def test_a_deadline_passed_on_a_connection_given_back_cancels_the_next_one(
+    engine: Any, through: str
+) -> None:
+    """The deadline passes while the session holds an idle connection (the cancel
+    finds no query), which it then gives back: the connection it acquires next in
+    the block gets the cancel (it ran on until the bound broke it: seen in CI,
+    where a loaded machine took over 0.2 s to reach the ``commit``)."""
+    with sa_orm.Session(engine) as session:
+        target = session if through == "session" else psycancel.Canceller(session)
+        timer = psycancel.cancel_after(target, 0.2, timeout=10)
+        with pytest.raises(psycancel.QueryTimeout) as info, timer:
+            pid_of(session)
+            time.sleep(0.5)  # fired: the cancel reaches an idle backend
+            assert timer.fired
+            session.commit()  # given back
+            time.sleep(0.6)  # the confirmation finds no connection held
+            t0 = time.monotonic()
+            session.execute(text(SLEEP))
+        assert sqlstate(info.value.__cause__) == CANCELED  # cancelled, not broken
+        assert time.monotonic() - t0 < 5  # (the bound, 10 s, would break it)
+        assert timer.fired and not timer.connection_broken
+        session.rollback()
+        assert session.execute(text("select 1")).scalar() == 1
+
+
+# (Whether a re-send reached the idle connection before the commit depends on the
+# machine's timing: if one did, the block warns that its cancel was not taken.)
+@pytest.mark.filterwarnings("ignore::psycancel.CancelNotTakenWarning")
+def test_a_connection_given_back_is_never_broken(engine: Any) -> None:
+    """A connection the block gave back after its deadline fired is another
+    session's by the bound: it is not broken (it was, and that session's query
+    failed); nor does the block leave with an error of its own."""
+    with sa_orm.Session(engine) as session, sa_orm.Session(engine) as other:
+        timer = psycancel.cancel_after(session, 0.2, timeout=1)
+        with timer:
+            pid = pid_of(session)
+            time.sleep(0.4)  # fired: the cancel reaches an idle backend
+            assert timer.fired
+            session.commit()  # given back: the pool hands it to the other session
+            assert pid_of(other) == pid
+            # Past the bound (0.2 + 1 s) while the other session's query runs on it.
+            other.execute(text("select pg_sleep(1.5)"))
+        assert not timer.connection_broken
+        assert other.execute(text("select 1")).scalar() == 1
+        assert pid_of(other) == pid
+
+
 def test_a_deadline_passed_before_an_async_session_connected(fdsn: str) -> None:
     """``async with`` under asyncio: the same, the loop timer's path."""
 
