@@ -67,7 +67,11 @@ stage_name="wheel: sdist, 7 wheels (zig), checks"
 stage_start=$SECONDS
 end() { row "$stage_name" "$((SECONDS - stage_start))" ok; stage_name="$1"; stage_start=$SECONDS; }
 tmp=""
-trap '[ -z "$tmp" ] || rm -rf "$tmp"
+aside_pid=""
+# (A step that stops the script first waits for the smoke and aarch64 runs, which
+# run in the background from the tests' copy: nothing is left running.)
+trap '[ -z "$aside_pid" ] || wait "$aside_pid" 2>/dev/null
+      [ -z "$tmp" ] || rm -rf "$tmp"
       [ -z "$stage_name" ] || row "$stage_name" "$((SECONDS - stage_start))" FAIL' EXIT
 
 python="${PYTHON:-python3}"
