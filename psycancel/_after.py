@@ -321,7 +321,8 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._overdue = False  # the deadline passed while no connection was held
         self._loop: asyncio.AbstractEventLoop | None = None  # ``async with`` under asyncio
         self._broken = False
-        self._break_pending = False  # the bound passed while no connection was held
+        # (why, reason) of a break due while no connection was held: for the next one
+        self._break_pending: tuple[str, str] | None = None
         self._error: BaseException | None = None
         self._plan: Plan | None = None
         self._fence: SocketFence | None = None
@@ -398,7 +399,8 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         except Exception as ex:  # not raised inside the framework's code: at the block's exit
             self._watch_error = ex
             plan, fence, pgconn = None, None, None
-        overdue = break_now = False
+        overdue = False
+        break_now: tuple[str, str] | None = None
         with self._lock:
             if self._state == _ARMED:
                 plan, self._plan = self._plan, plan
@@ -425,8 +427,8 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 break_now = self._break_pending
         if plan is not None:
             plan.discard()
-        if break_now:
-            self._break_at_bound()
+        if break_now is not None:
+            self._break(*break_now)
 
     def _released(self) -> None:
         """The watched object gave its connection back: it must not be cancelled any more."""
@@ -566,7 +568,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 # A watched object that holds no connection now: nothing runs, and
                 # the one it gave back may be someone else's by now. The next one
                 # it acquires in the block is broken then (_acquired).
-                self._break_pending = True
+                self._break_pending = (why, reason)
                 return False
             fence = self._fence
             self._broken = fence is not None and fence.shutdown()

@@ -223,6 +223,25 @@ def test_a_deadline_passed_on_a_connection_given_back_cancels_the_next_one(
         assert session.execute(text("select 1")).scalar() == 1
 
 
+def test_a_connection_acquired_past_the_bound_is_broken_at_once(engine: Any) -> None:
+    """Fired on an idle connection, given back, and past the bound (seconds +
+    timeout) with none held: the connection the block acquires then is broken at
+    once (the block must end by its bound), not left to run a query unbounded."""
+    with sa_orm.Session(engine) as session:
+        timer = psycancel.cancel_after(session, 0.2, timeout=1)
+        with pytest.raises(psycancel.QueryTimeout) as info, timer:
+            pid_of(session)
+            time.sleep(0.4)  # fired: the backend is idle
+            assert timer.fired
+            session.commit()  # given back
+            time.sleep(1.5)  # past the bound (0.2 + 1 s), holding nothing
+            assert not timer.connection_broken  # (nothing held: nothing broken)
+            t0 = time.monotonic()
+            session.execute(text(SLEEP))
+        assert time.monotonic() - t0 < 5
+        assert timer.connection_broken and info.value.connection_broken
+
+
 # (Whether a re-send reached the idle connection before the commit depends on the
 # machine's timing: if one did, the block warns that its cancel was not taken.)
 @pytest.mark.filterwarnings("ignore::psycancel.CancelNotTakenWarning")
@@ -261,6 +280,37 @@ def test_a_deadline_passed_before_an_async_session_connected(fdsn: str) -> None:
                         assert timer.fired
                         await asession.execute(text(SLEEP))
                 assert sqlstate(info.value.__cause__) == CANCELED
+                assert timer.fired and not timer.connection_broken
+                await asession.rollback()
+                assert (await asession.execute(text("select 7"))).scalar() == 7
+        finally:
+            await eng.dispose()
+
+    asyncio.run(main())
+
+
+def test_a_deadline_passed_on_a_connection_an_async_session_gave_back(fdsn: str) -> None:
+    """``async with`` under asyncio: the confirmation waits on the loop while the
+    session holds no connection, and cancels the one it acquires next."""
+
+    async def main() -> None:
+        eng = sa_asyncio.create_async_engine(
+            "postgresql+psycopg://", async_creator=lambda: psycopg.AsyncConnection.connect(fdsn)
+        )
+        try:
+            async with sa_asyncio.AsyncSession(eng) as asession:
+                timer = psycancel.cancel_after(asession, 0.2, timeout=10)
+                with pytest.raises(psycancel.QueryTimeout) as info:
+                    async with timer:
+                        await asession.execute(text("select 1"))
+                        await asyncio.sleep(0.5)  # fired: the backend is idle
+                        assert timer.fired
+                        await asession.commit()  # given back
+                        await asyncio.sleep(0.6)  # the confirmation finds none held
+                        t0 = time.monotonic()
+                        await asession.execute(text(SLEEP))
+                assert sqlstate(info.value.__cause__) == CANCELED
+                assert time.monotonic() - t0 < 5  # (the bound, 10 s, would break it)
                 assert timer.fired and not timer.connection_broken
                 await asession.rollback()
                 assert (await asession.execute(text("select 7"))).scalar() == 7
