@@ -218,9 +218,9 @@ aside "sdist: file list, twine check, installs" build/logs/sdist.log nice -n 10 
 # smoke, aarch64 under qemu.
 aside "wheels: all of it (tools/build_wheel.sh)" build/logs/wheels.log \
     env PYTHON="$python" bash tools/build_wheel.sh
-# (The benchmarks and valgrind take a slot once no suite waits for one: at the
-# end, when the last suites leave slots free. Under the load of three suites,
-# valgrind took 545 s instead of 57.)
+# (The benchmarks and valgrind take a slot only when no other run waits for one:
+# at the start, before the other suites are ready, or at the end. Beside three
+# suites, valgrind took 545 s instead of 57.)
 aside "benchmarks: the smoke runs (--quick), one slot" build/logs/benchmarks.log \
     env PSYCANCEL_SLOT_PRIORITY=9 bash tools/suite_slot.sh bash -c 'set -e
         for b in run app burst block_cost import_cost configured_overhead; do
