@@ -78,9 +78,12 @@ the framework's own events, which run in the owning thread (SQLAlchemy's
 make the cancel object for the connection it acquires during the block and
 drop it when the session gives its connection back. A deadline that passes
 while it holds none leaves the block armed and overdue: the connection it
-acquires next is cancelled at once. One that fired on a connection given back
-since (the cancel found its backend idle) is not cancelled again nor broken
-(another session may hold it by then); the next one the block acquires gets
+acquires next is cancelled at once. A connection given back while a cancel
+request to it is still on its way goes back once the server has processed
+it (the session's event waits, bounded by the cancel's own bound): arriving
+later, it would cancel the next user's query. One that fired on a connection
+given back since (the cancel found its backend idle) is not cancelled again
+nor broken (another session may hold it by then); the next one the block acquires gets
 the cancel's re-sends (``psycancel._confirm``, which waits meanwhile), and,
 past the bound, is broken at once. The driver's error
 arrives wrapped by the framework (``sqlalchemy.exc.OperationalError``,
@@ -278,12 +281,14 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         "_fired_at",
         "_first",
         "_handle",
+        "_in_flight",
         "_left",
         "_lock",
         "_loop",
         "_overdue",
         "_pgconn",
         "_plan",
+        "_processed",
         "_seconds",
         "_sent",
         "_sent_done",
@@ -314,6 +319,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         self._strict = strict
         self._break_connection = break_connection
         self._lock = threading.Lock()
+        # Cancel requests sent and not yet processed; a connection given back waits
+        # for them (_released): one arriving later would hit its next user's query.
+        self._in_flight = 0
+        self._processed = threading.Condition(self._lock)
         self._state = _NEW
         self._entered_at = 0.0
         self._fired = False
@@ -434,6 +443,13 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
         """The watched object gave its connection back: it must not be cancelled any more."""
         plan = None
         with self._lock:
+            # A cancel request still in flight would reach the backend once another
+            # user holds the connection and cancel their query: it goes back only
+            # when the server processed ours (bounded by the cancel's own bound;
+            # milliseconds on a healthy network, as the block's exit waits).
+            until = self._fired_at + self._timeout + _BROKEN_GRACE
+            while self._in_flight > 0 and (left := until - time.monotonic()) > 0:
+                self._processed.wait(left)
             self._pgconn = None  # given back (maybe to a pool): never re-sent to,
             self._fence = None  # never broken (another user may hold it by then)
             if self._state == _ARMED:
@@ -490,6 +506,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                     self._fired_at + self._timeout, self._break_at_bound
                 )
             self._first = plan = rearmed(plan)
+            self._in_flight += 1  # (until _request_processed)
             return plan
 
     def _again(self) -> Plan | Idle | None:
@@ -507,10 +524,18 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             if pgconn is None:
                 return IDLE if self._unwatch is not None else None
             try:
-                return resend_plan(first, pgconn, self._fired_at + self._timeout)
+                plan = resend_plan(first, pgconn, self._fired_at + self._timeout)
             except Exception as ex:  # libpq could not prepare it: no re-send
                 logger.warning("%s: the cancel could not be re-sent (%r)", self._label(), ex)
                 return None
+            self._in_flight += 1  # (until _request_processed)
+            return plan
+
+    def _request_processed(self) -> None:
+        """A cancel request sent by this block is over (processed, failed, timed out)."""
+        with self._lock:
+            self._in_flight -= 1
+            self._processed.notify_all()
 
     def _label(self) -> str:
         seconds = "" if self._seconds is None else f"{self._seconds:g} s"
@@ -526,6 +551,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             until=self._fired_at + self._timeout,
             label=self._label(),
             outcome=self._confirmation,
+            processed=self._request_processed,
         )
 
     async def _confirm_asyncio(self) -> None:
@@ -537,6 +563,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             until=self._fired_at + self._timeout,
             label=self._label(),
             outcome=self._confirmation,
+            processed=self._request_processed,
         )
 
     @property
@@ -734,6 +761,7 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             thread.start()
         except BaseException as ex:  # no thread to be had: the block hears of it
             plan.discard()
+            self._request_processed()
             self._cancel_failed(ex)
             self._sent_event().set()
 
@@ -745,7 +773,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
 
     def _send_blocking(self, plan: Plan) -> None:
         try:
-            blocking.run_blocking(plan)
+            try:
+                blocking.run_blocking(plan)
+            finally:
+                self._request_processed()
             self._confirm_blocking()
         except BaseException as ex:  # whatever ends the cancel, the block hears of it
             self._cancel_failed(ex)
@@ -822,7 +853,10 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             self._task = loop.create_task(self._send_asyncio(plan))
 
     async def _send_asyncio(self, plan: Plan) -> None:
-        error = await _sent_or_error(plan)
+        try:
+            error = await _sent_or_error(plan)
+        finally:
+            self._request_processed()
         if error is not None:
             self._cancel_failed(error)
             return

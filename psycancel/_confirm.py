@@ -141,8 +141,13 @@ def confirm_blocking(
     until: float,
     label: str,
     outcome: Confirmation | None = None,
+    processed: Callable[[], None] | None = None,
 ) -> Confirmation:
-    """In the cancel's thread, after a successful cancel: wait, re-send, report."""
+    """In the cancel's thread, after a successful cancel: wait, re-send, report.
+
+    ``processed`` is called once each re-send is over (processed, failed or
+    timed out): the block lets a connection go only with none in flight.
+    """
     outcome = Confirmation() if outcome is None else outcome
     idle = False
     while True:
@@ -173,6 +178,9 @@ def confirm_blocking(
             outcome.error = ex
             logger.warning("%s: a re-sent cancel failed (%r)", label, ex)
             return outcome
+        finally:
+            if processed is not None:
+                processed()
     if not idle:
         _report(label, outcome, CONFIRM_WINDOW)
     return outcome
@@ -185,6 +193,7 @@ async def confirm_asyncio(
     until: float,
     label: str,
     outcome: Confirmation | None = None,
+    processed: Callable[[], None] | None = None,
 ) -> Confirmation:
     """:func:`confirm_blocking` on the running asyncio loop (``cancel_async``'s runner).
 
@@ -231,6 +240,9 @@ async def confirm_asyncio(
             outcome.error = ex
             logger.warning("%s: a re-sent cancel failed (%r)", label, ex)
             return outcome
+        finally:
+            if processed is not None:
+                processed()
     if not idle:
         _report(label, outcome, CONFIRM_WINDOW)
     return outcome

@@ -223,6 +223,40 @@ def test_a_deadline_passed_on_a_connection_given_back_cancels_the_next_one(
         assert session.execute(text("select 1")).scalar() == 1
 
 
+def test_a_connection_goes_back_once_its_cancel_was_processed(pg_server: Any, proxy: Any) -> None:
+    """A cancel still on its way when the session gives its connection back would
+    cancel the next user's query (seen in CI: a loaded machine fired the deadline
+    just before the ``commit``). The connection goes back once the server has
+    processed the cancel: here the cancel's connection is slowed by the proxy
+    (0.4 s per chunk), the session's own is not."""
+    px = proxy()
+    dsn = px.dsn(pg_server)
+    eng = sqlalchemy.create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(dsn),
+        pool_size=1,
+        max_overflow=0,
+    )
+    try:
+        with sa_orm.Session(eng) as session, sa_orm.Session(eng) as other:
+            timer = psycancel.cancel_after(session, 0.2, timeout=10)
+            with timer:
+                pid = pid_of(session)  # its connection: made now, not slowed
+                px.forward(delay=0.4)  # connections made from now on: slowed
+                time.sleep(0.3)  # fired: the cancel is on its way
+                assert timer.fired
+                t0 = time.monotonic()
+                session.commit()  # given back once the server processed it
+                waited = time.monotonic() - t0
+                assert pid_of(other) == pid
+                other.execute(text("select pg_sleep(1)"))  # not cancelled
+            assert waited > 0.2  # (the commit alone takes milliseconds)
+            assert not timer.connection_broken
+            other.commit()
+    finally:
+        eng.dispose()
+
+
 def test_a_connection_acquired_past_the_bound_is_broken_at_once(engine: Any) -> None:
     """Fired on an idle connection, given back, and past the bound (seconds +
     timeout) with none held: the connection the block acquires then is broken at
