@@ -447,8 +447,14 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
             # user holds the connection and cancel their query: it goes back only
             # when the server processed ours (bounded by the cancel's own bound;
             # milliseconds on a healthy network, as the block's exit waits).
+            # (Not in an ``async with`` block's own loop: its cancel runs there, and
+            # waiting would block it until the bound.)
             until = self._fired_at + self._timeout + _BROKEN_GRACE
-            while self._in_flight > 0 and (left := until - time.monotonic()) > 0:
+            while (
+                self._in_flight > 0
+                and not self._in_own_loop()
+                and (left := until - time.monotonic()) > 0
+            ):
                 self._processed.wait(left)
             self._pgconn = None  # given back (maybe to a pool): never re-sent to,
             self._fence = None  # never broken (another user may hold it by then)
@@ -530,6 +536,16 @@ class cancel_after:  # lower case: used like a function, as in ``with cancel_aft
                 return None
             self._in_flight += 1  # (until _request_processed)
             return plan
+
+    def _in_own_loop(self) -> bool:
+        """Is this the thread of the asyncio loop that runs the block's cancel?"""
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:  # no loop runs in this thread
+            return False
 
     def _request_processed(self) -> None:
         """A cancel request sent by this block is over (processed, failed, timed out)."""

@@ -257,6 +257,37 @@ def test_a_connection_goes_back_once_its_cancel_was_processed(pg_server: Any, pr
         eng.dispose()
 
 
+def test_an_async_session_giving_back_never_waits_on_its_own_loop(
+    pg_server: Any, proxy: Any
+) -> None:
+    """Under asyncio the block's cancel runs on the session's own loop: giving the
+    connection back while it is on its way must not wait for it there (the loop
+    would stop until the cancel's bound, 30 s here)."""
+    px = proxy()
+    dsn = px.dsn(pg_server)
+
+    async def main() -> float:
+        eng = sa_asyncio.create_async_engine(
+            "postgresql+psycopg://", async_creator=lambda: psycopg.AsyncConnection.connect(dsn)
+        )
+        try:
+            async with sa_asyncio.AsyncSession(eng) as asession:
+                timer = psycancel.cancel_after(asession, 0.2, timeout=30)
+                async with timer:
+                    await asession.execute(text("select 1"))
+                    px.forward(delay=0.4)  # the cancel's connection: slowed
+                    await asyncio.sleep(0.3)  # fired: the cancel is on its way
+                    assert timer.fired
+                    t0 = time.monotonic()
+                    await asession.commit()
+                    return time.monotonic() - t0
+        finally:
+            await eng.dispose()
+        raise AssertionError("unreachable")
+
+    assert asyncio.run(main()) < 10
+
+
 def test_a_connection_acquired_past_the_bound_is_broken_at_once(engine: Any) -> None:
     """Fired on an idle connection, given back, and past the bound (seconds +
     timeout) with none held: the connection the block acquires then is broken at
