@@ -63,6 +63,13 @@ def listeners(session: Any) -> int:
     return len(session.dispatch.after_begin) + len(session.dispatch.after_transaction_end)
 
 
+def _psycopg_async_engine(dsn: str) -> Any:
+    """An ``AsyncEngine`` of the psycopg dialect whose connections go to ``dsn``."""
+    return sa_asyncio.create_async_engine(
+        "postgresql+psycopg://", async_creator=lambda: psycopg.AsyncConnection.connect(dsn)
+    )
+
+
 def pid_of(executable: Any) -> int:
     return int(executable.execute(text("select pg_backend_pid()")).scalar())
 
@@ -267,9 +274,7 @@ def test_an_async_session_giving_back_never_waits_on_its_own_loop(
     dsn = px.dsn(pg_server)
 
     async def main() -> float:
-        eng = sa_asyncio.create_async_engine(
-            "postgresql+psycopg://", async_creator=lambda: psycopg.AsyncConnection.connect(dsn)
-        )
+        eng = _psycopg_async_engine(dsn)
         try:
             async with sa_asyncio.AsyncSession(eng) as asession:
                 timer = psycancel.cancel_after(asession, 0.2, timeout=30)
@@ -333,9 +338,7 @@ def test_a_deadline_passed_before_an_async_session_connected(fdsn: str) -> None:
     """``async with`` under asyncio: the same, the loop timer's path."""
 
     async def main() -> None:
-        eng = sa_asyncio.create_async_engine(
-            "postgresql+psycopg://", async_creator=lambda: psycopg.AsyncConnection.connect(fdsn)
-        )
+        eng = _psycopg_async_engine(fdsn)
         try:
             async with sa_asyncio.AsyncSession(eng) as asession:
                 timer = psycancel.cancel_after(asession, 0.1, timeout=10)
@@ -359,9 +362,7 @@ def test_a_deadline_passed_on_a_connection_an_async_session_gave_back(fdsn: str)
     session holds no connection, and cancels the one it acquires next."""
 
     async def main() -> None:
-        eng = sa_asyncio.create_async_engine(
-            "postgresql+psycopg://", async_creator=lambda: psycopg.AsyncConnection.connect(fdsn)
-        )
+        eng = _psycopg_async_engine(fdsn)
         try:
             async with sa_asyncio.AsyncSession(eng) as asession:
                 timer = psycancel.cancel_after(asession, 0.2, timeout=10)
@@ -392,9 +393,7 @@ def test_a_deadline_passed_on_a_connection_an_async_session_gave_back(fdsn: str)
 
 def test_canceller_of_an_async_session_without_connection(fdsn: str, monitor: Monitor) -> None:
     async def main() -> None:
-        eng = sa_asyncio.create_async_engine(
-            "postgresql+psycopg://", async_creator=lambda: psycopg.AsyncConnection.connect(fdsn)
-        )
+        eng = _psycopg_async_engine(fdsn)
         try:
             async with sa_asyncio.AsyncSession(eng) as asession:
                 canceller = psycancel.Canceller(asession)
